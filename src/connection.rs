@@ -1,0 +1,327 @@
+//! One client connection: handshake, then request → execute → response, one
+//! request at a time, until the client leaves, breaks the protocol, or the
+//! helper shuts down.
+//!
+//! Reads are sized exactly as the reference sizes them (4 handshake bytes,
+//! then the rest of a 16-byte CDB with a control buffer, then exactly the PR
+//! OUT parameter bytes without one), so the same byte-and-fd stream is
+//! framed identically, including which fds the kernel discards.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::time::{timeout_at, Instant};
+use tracing::{debug, warn};
+
+use crate::command::{self, ExecConfig};
+use crate::fdpass::{self, Received};
+use crate::protocol::{
+    self, Need, Progress, Request, RequestDecoder, Response, Violation, CDB_SIZE, FEATURES_SIZE,
+    MAX_TRANSFER,
+};
+use crate::scsi::{self, SenseCode};
+
+/// Per-connection settings shared by all connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// How long a started request (or the handshake reply, or a response
+    /// write) may take before the connection is closed (D9).
+    pub request_timeout: Duration,
+    /// How commands are executed.
+    pub exec: ExecConfig,
+}
+
+/// Who is on the other end, from SO_PEERCRED at accept time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Connection number, unique for the life of the process.
+    pub id: u64,
+    /// Peer process id, if the kernel knows it.
+    pub pid: Option<i32>,
+    /// Peer user id.
+    pub uid: u32,
+    /// Peer group id.
+    pub gid: u32,
+}
+
+impl Peer {
+    /// Credentials of the process at the other end of `stream`.
+    pub fn of(id: u64, stream: &UnixStream) -> Self {
+        match stream.peer_cred() {
+            Ok(cred) => Peer {
+                id,
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            },
+            // Only possible if the socket is already dead; log what we know.
+            Err(_) => Peer {
+                id,
+                pid: None,
+                uid: u32::MAX,
+                gid: u32::MAX,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection {} (pid ", self.id)?;
+        match self.pid {
+            Some(pid) => write!(f, "{pid}")?,
+            None => f.write_str("?")?,
+        }
+        write!(f, ", uid {}, gid {})", self.uid, self.gid)
+    }
+}
+
+/// Why a connection ended. Every variant but [`End::Closed`] and
+/// [`End::Shutdown`] is logged as a warning naming the peer.
+#[derive(Debug, Error)]
+pub enum End {
+    /// The client closed the connection at a request boundary.
+    #[error("client closed the connection")]
+    Closed,
+    /// The helper is shutting down.
+    #[error("helper shutting down")]
+    Shutdown,
+    /// The client broke the protocol (spec §6.1).
+    #[error("{0}")]
+    Violation(Violation),
+    /// The client closed the connection in the middle of a request.
+    #[error("unexpected end-of-file in the middle of {0}")]
+    Truncated(&'static str),
+    /// A started request did not finish arriving in time (D9).
+    #[error("{0} not complete after {1:?}, closing")]
+    Timeout(&'static str, Duration),
+    /// Reading from the socket failed.
+    #[error("unable to read from socket: {0}")]
+    Read(io::Error),
+    /// Writing to the socket failed.
+    #[error("unable to write to socket: {0}")]
+    Write(io::Error),
+    /// Executing a command failed inside the helper (a bug: it is logged as
+    /// an error, the connection is closed, and the helper keeps serving).
+    #[error("internal error executing a command: {0}")]
+    Internal(String),
+}
+
+/// Serves one accepted connection until it ends, then says why.
+pub async fn serve(
+    stream: UnixStream,
+    peer: Peer,
+    config: Arc<ConnectionConfig>,
+    mut shutdown: watch::Receiver<()>,
+) -> End {
+    let mut conn = Connection {
+        stream,
+        peer,
+        config,
+    };
+    let end = tokio::select! {
+        end = conn.handshake() => end,
+        _ = shutdown.changed() => Err(End::Shutdown),
+    };
+    if let Err(end) = end {
+        return end;
+    }
+    let mut decoder = RequestDecoder::new();
+    loop {
+        // Waiting for (and reading) a request is the only part that shutdown
+        // interrupts: a request that has been read is always executed and
+        // answered.
+        let request = tokio::select! {
+            r = conn.read_request(&mut decoder) => r,
+            _ = shutdown.changed() => Err(End::Shutdown),
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(end) => return end,
+        };
+        if let Err(end) = conn.handle(request).await {
+            return end;
+        }
+        if shutdown.has_changed().unwrap_or(true) {
+            return End::Shutdown;
+        }
+    }
+}
+
+struct Connection {
+    stream: UnixStream,
+    peer: Peer,
+    config: Arc<ConnectionConfig>,
+}
+
+impl Connection {
+    /// Spec §2.2: the helper speaks first, then checks the client's word.
+    async fn handshake(&mut self) -> Result<(), End> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        self.write_all(&protocol::encode_features(protocol::SUPPORTED_FEATURES), deadline)
+            .await?;
+        let mut word = [0u8; FEATURES_SIZE];
+        let mut got = 0;
+        while got < FEATURES_SIZE {
+            let r = self.recv(&mut word[got..], false, Some(deadline), "handshake").await?;
+            if r.len == 0 {
+                return Err(if got == 0 {
+                    End::Closed
+                } else {
+                    End::Truncated("the handshake")
+                });
+            }
+            got += r.len;
+        }
+        protocol::check_requested_features(word).map_err(End::Violation)
+    }
+
+    /// Reads one whole request. Idle time before its first byte is unbounded;
+    /// once it has started, the rest must arrive within the request timeout.
+    async fn read_request(
+        &mut self,
+        decoder: &mut RequestDecoder<OwnedFd>,
+    ) -> Result<Request<OwnedFd>, End> {
+        let mut buf = [0u8; CDB_SIZE];
+        let mut params = Vec::new();
+        let mut deadline = None;
+        loop {
+            let progress = match decoder.need() {
+                Need::Cdb(n) => {
+                    let r = self.recv(&mut buf[..n], true, deadline, "CDB").await?;
+                    if r.len == 0 {
+                        return Err(if decoder.is_idle() {
+                            End::Closed
+                        } else {
+                            End::Truncated("a CDB")
+                        });
+                    }
+                    decoder.feed_cdb(&buf[..r.len], r.fds).map_err(End::Violation)?
+                }
+                Need::Params(n) => {
+                    params.resize(n.min(MAX_TRANSFER), 0);
+                    let r = self.recv(&mut params, false, deadline, "parameter list").await?;
+                    if r.len == 0 {
+                        return Err(End::Truncated("the parameter list"));
+                    }
+                    decoder.feed_params(&params[..r.len])
+                }
+            };
+            if let Progress::Complete(request) = progress {
+                return Ok(request);
+            }
+            deadline.get_or_insert_with(|| Instant::now() + self.config.request_timeout);
+        }
+    }
+
+    /// Executes a request on the blocking pool and sends the response.
+    async fn handle(&mut self, request: Request<OwnedFd>) -> Result<(), End> {
+        let started = std::time::Instant::now();
+        let exec = self.config.exec.clone();
+        let (request, response) = tokio::task::spawn_blocking(move || {
+            let response = command::execute(&request, &exec);
+            (request, response)
+        })
+        .await
+        .map_err(|e| End::Internal(e.to_string()))?;
+        log_request(&self.peer, &request, &response, started.elapsed());
+        // The device fd is not needed any more: close it before a possibly
+        // slow write, as the reference does.
+        drop(request);
+        let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
+        response.encode(&mut out);
+        let deadline = Instant::now() + self.config.request_timeout;
+        self.write_all(&out, deadline).await
+    }
+
+    /// One read of up to `buf.len()` bytes (with fds if `want_fds`), bounded
+    /// by `deadline` when there is one.
+    async fn recv(
+        &self,
+        buf: &mut [u8],
+        want_fds: bool,
+        deadline: Option<Instant>,
+        what: &'static str,
+    ) -> Result<Received, End> {
+        let read = async {
+            loop {
+                self.stream.readable().await.map_err(End::Read)?;
+                match self.stream.try_io(Interest::READABLE, || {
+                    fdpass::recv(self.stream.as_fd(), buf, want_fds)
+                }) {
+                    Ok(r) => return Ok(r),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // A reset peer is a peer that went away.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Ok(Received {
+                            len: 0,
+                            fds: Vec::new(),
+                        })
+                    }
+                    Err(e) => return Err(End::Read(e)),
+                }
+            }
+        };
+        match deadline {
+            None => read.await,
+            Some(deadline) => timeout_at(deadline, read)
+                .await
+                .map_err(|_| End::Timeout(what, self.config.request_timeout))?,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), End> {
+        match timeout_at(deadline, self.stream.write_all(bytes)).await {
+            Ok(result) => result.map_err(End::Write),
+            Err(_) => Err(End::Timeout("response write", self.config.request_timeout)),
+        }
+    }
+}
+
+/// Logs one executed request at debug level with structured fields.
+fn log_request(peer: &Peer, request: &Request<OwnedFd>, response: &Response, elapsed: Duration) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let device = nix::sys::stat::fstat(&request.fd)
+        .map(|st| {
+            let rdev = st.st_rdev;
+            format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+        })
+        .unwrap_or_else(|_| "?".to_string());
+    let sense = (response.status == scsi::status::CHECK_CONDITION)
+        .then(|| SenseCode::parse(&response.sense))
+        .flatten()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    debug!(
+        conn = peer.id,
+        peer_pid = peer.pid.unwrap_or(-1),
+        peer_uid = peer.uid,
+        device = %device,
+        opcode = format_args!("{:#04x}", request.cdb[0]),
+        service_action = request.service_action(),
+        status = format_args!("{:#04x}", response.status),
+        sense = %sense,
+        data_len = response.data.len(),
+        duration_us = elapsed.as_micros() as u64,
+        "request"
+    );
+}
+
+/// Logs how a connection ended, at the level its cause deserves.
+pub fn log_end(peer: &Peer, end: &End) {
+    match end {
+        End::Closed | End::Shutdown => debug!("{peer}: {end}"),
+        End::Internal(_) => tracing::error!("{peer}: {end}"),
+        _ => warn!("{peer}: {end}"),
+    }
+}

@@ -1,0 +1,26 @@
+//! pr-helper: a drop-in replacement for QEMU's `qemu-pr-helper`.
+//!
+//! QEMU's `pr-manager-helper` object forwards SCSI PERSISTENT RESERVE IN/OUT
+//! commands, with the device's file descriptor, over a Unix socket; this
+//! privileged helper runs them with SG_IO and answers with status, sense and
+//! data. Module map:
+//!
+//! * [`protocol`]: the wire format, pure encode/decode;
+//! * [`scsi`]: status and sense rules, and the one SG_IO ioctl;
+//! * [`command`]: executing one request;
+//! * [`connection`], [`server`]: connections, the accept loop, shutdown;
+//! * [`listener`], [`signals`]: process plumbing;
+//! * [`client`], [`pr`]: the client side, for tools and tests.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod command;
+pub mod connection;
+pub mod fdpass;
+pub mod listener;
+pub mod pr;
+pub mod protocol;
+pub mod scsi;
+pub mod server;
+pub mod signals;

@@ -1,0 +1,236 @@
+//! The accept loop, the connection bound and graceful shutdown.
+//!
+//! Shape (after tokio's mini-redis): the listener accepts, takes a permit
+//! from a semaphore that bounds simultaneous connections, and spawns one task
+//! per connection. Shutdown is a watch channel whose sender is dropped, plus a
+//! drain: every connection task holds a clone of an mpsc sender, and the
+//! server waits until all clones are gone.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{error, info, warn};
+
+use crate::connection::{self, ConnectionConfig, Peer};
+
+/// Settings for [`run`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most connections served at once (D10); further clients are accepted
+    /// and closed immediately, so they fail fast instead of hanging.
+    pub max_connections: usize,
+    /// Per-connection settings.
+    pub connection: ConnectionConfig,
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, runs
+/// `on_stop` (which removes the socket path), lets requests that were
+/// already read finish and send their responses, and returns.
+pub async fn run(
+    listener: UnixListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+    on_stop: impl FnOnce(),
+) {
+    let (notify_shutdown, shutdown_rx) = watch::channel(());
+    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    let mut acceptor = Acceptor {
+        listener,
+        limit: Arc::new(Semaphore::new(config.max_connections)),
+        max_connections: config.max_connections,
+        connection: Arc::new(config.connection),
+        shutdown_rx,
+        drain_tx,
+        next_id: AtomicU64::new(1),
+        reserve_fd: open_reserve_fd(),
+        over_limit_log: RateLimited::new(Duration::from_secs(10)),
+        accept_error_log: RateLimited::new(Duration::from_secs(10)),
+    };
+    tokio::select! {
+        _ = acceptor.run() => {}
+        _ = shutdown => info!("shutting down: no new connections; finishing requests in flight"),
+    }
+    // Stop accepting: close the listening socket, then let the caller unlink
+    // its path, before waiting for requests in flight (as the reference).
+    let Acceptor { listener, drain_tx, .. } = acceptor;
+    drop(listener);
+    on_stop();
+    drop(notify_shutdown);
+    drop(drain_tx);
+    let _ = drain_rx.recv().await;
+    info!("all connections closed");
+}
+
+struct Acceptor {
+    listener: UnixListener,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+    connection: Arc<ConnectionConfig>,
+    shutdown_rx: watch::Receiver<()>,
+    drain_tx: mpsc::Sender<()>,
+    next_id: AtomicU64,
+    /// An fd kept open to be sacrificed when the process runs out of fds, so
+    /// that a pending connection can still be accepted and refused cleanly.
+    reserve_fd: Option<OwnedFd>,
+    over_limit_log: RateLimited,
+    accept_error_log: RateLimited,
+}
+
+/// Back-off after accept() fails for lack of resources (D10): short enough to
+/// recover quickly, long enough never to burn a CPU.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl Acceptor {
+    /// Accepts forever. Never returns an error: accept failures are logged
+    /// (rate-limited) and retried after a back-off, since the helper must
+    /// keep serving the connections it has.
+    async fn run(&mut self) {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    self.admit(stream);
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    let exhausted = is_fd_exhaustion(&e);
+                    if exhausted {
+                        self.refuse_with_reserve_fd();
+                    }
+                    if let Some(suppressed) = self.accept_error_log.allow() {
+                        if exhausted {
+                            warn!(
+                                suppressed,
+                                "accept failed: {e}; refusing new clients until file descriptors free up"
+                            );
+                        } else {
+                            error!(suppressed, "accept failed: {e}");
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: tokio::net::UnixStream) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let peer = Peer::of(id, &stream);
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            if let Some(suppressed) = self.over_limit_log.allow() {
+                warn!(
+                    suppressed,
+                    "{peer}: refused: {} connections already open (max_connections)",
+                    self.max_connections
+                );
+            }
+            return;
+        };
+        let config = self.connection.clone();
+        let shutdown = self.shutdown_rx.clone();
+        let drain = self.drain_tx.clone();
+        tokio::spawn(async move {
+            tracing::debug!("{peer}: accepted");
+            let end = connection::serve(stream, peer, config, shutdown).await;
+            connection::log_end(&peer, &end);
+            drop(permit);
+            drop(drain);
+        });
+    }
+
+    /// Out of fds: give up the reserve fd for a moment to accept the oldest
+    /// pending client and close it at once, so that clients see a refusal
+    /// (EOF) instead of waiting in the backlog.
+    fn refuse_with_reserve_fd(&mut self) {
+        let Some(reserve) = self.reserve_fd.take() else {
+            return;
+        };
+        drop(reserve);
+        if let Ok(refused) = self.accept_std() {
+            drop(refused);
+        }
+        self.reserve_fd = open_reserve_fd();
+    }
+
+    /// A synchronous, non-blocking accept on the listening socket.
+    fn accept_std(&self) -> io::Result<OwnedFd> {
+        use nix::sys::socket::{accept4, SockFlag};
+        Ok(accept4(&self.listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?)
+    }
+}
+
+fn open_reserve_fd() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+/// Errors after which accepting again at once is right.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EAGAIN)
+    )
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Lets a log line through at most once per interval and counts what it held
+/// back.
+#[derive(Debug)]
+pub struct RateLimited {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    /// A limiter that allows one message per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        RateLimited {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(number of messages suppressed since the last one)` if this one
+    /// may be logged.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let mut r = RateLimited::new(Duration::from_secs(3600));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        r.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(r.allow(), Some(2));
+    }
+}
