@@ -85,10 +85,19 @@ impl Client {
     }
 
     /// Sends the CDB (with the fd on its first write) and the parameters.
-    pub fn send(&mut self, cdb: &[u8; CDB_SIZE], device: BorrowedFd<'_>, params: &[u8]) -> io::Result<()> {
+    pub fn send(
+        &mut self,
+        cdb: &[u8; CDB_SIZE],
+        device: BorrowedFd<'_>,
+        params: &[u8],
+    ) -> io::Result<()> {
         let mut sent = 0;
         while sent < CDB_SIZE {
-            let fds: &[BorrowedFd<'_>] = if sent == 0 { std::slice::from_ref(&device) } else { &[] };
+            let fds: &[BorrowedFd<'_>] = if sent == 0 {
+                std::slice::from_ref(&device)
+            } else {
+                &[]
+            };
             let n = fdpass::send(self.stream.as_fd(), &[IoSlice::new(&cdb[sent..])], fds)?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());

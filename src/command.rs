@@ -64,7 +64,10 @@ fn persistent_reserve_in(request: &Request<OwnedFd>, config: &ExecConfig) -> Res
 
 fn persistent_reserve_out(request: &Request<OwnedFd>, config: &ExecConfig) -> Response {
     if is_read_only(&request.fd) {
-        return response(Completion::check_condition(SenseCode::INVALID_OPCODE), Vec::new());
+        return response(
+            Completion::check_condition(SenseCode::INVALID_OPCODE),
+            Vec::new(),
+        );
     }
     let outcome = sgio::execute(
         request.fd.as_fd(),

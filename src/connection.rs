@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::command::{self, ExecConfig};
 use crate::fdpass::{self, Received};
+use crate::pool::{Panicked, Pool};
 use crate::protocol::{
     self, Need, Progress, Request, RequestDecoder, Response, Violation, CDB_SIZE, FEATURES_SIZE,
     MAX_TRANSFER,
@@ -115,16 +116,25 @@ pub enum End {
 }
 
 /// Serves one accepted connection until it ends, then says why.
+///
+/// Requests are executed on the blocking pool, and the pool thread writes
+/// the response itself as soon as the command completes; meanwhile this task
+/// already waits for the next request. That keeps the event loop out of the
+/// response path (one thread hand-off per request instead of two), while the
+/// protocol stays strictly one-at-a-time: a request is dispatched only after
+/// the previous response has been written in full.
 pub async fn serve(
     stream: UnixStream,
     peer: Peer,
     config: Arc<ConnectionConfig>,
+    pool: Pool,
     mut shutdown: watch::Receiver<()>,
 ) -> End {
-    let mut conn = Connection {
-        stream,
+    let conn = Connection {
+        stream: Arc::new(stream),
         peer,
         config,
+        pool,
     };
     let end = tokio::select! {
         end = conn.handshake() => end,
@@ -134,43 +144,55 @@ pub async fn serve(
         return end;
     }
     let mut decoder = RequestDecoder::new();
+    let mut in_flight: Option<InFlight> = None;
     loop {
-        // Waiting for (and reading) a request is the only part that shutdown
-        // interrupts: a request that has been read is always executed and
-        // answered.
-        let request = tokio::select! {
-            r = conn.read_request(&mut decoder) => r,
+        // Waiting for (and reading) a request is the only part shutdown
+        // interrupts; `biased` makes shutdown win over a pipelined request.
+        let next = tokio::select! {
+            biased;
             _ = shutdown.changed() => Err(End::Shutdown),
+            r = conn.read_request(&mut decoder) => r,
         };
-        let request = match request {
-            Ok(request) => request,
-            Err(end) => return end,
-        };
-        if let Err(end) = conn.handle(request).await {
-            return end;
+        // Whatever arrived (or did not), the request in flight is answered
+        // first: a request that has been read always gets its response.
+        if let Some(previous) = in_flight.take() {
+            if let Err(end) = conn.finish(previous).await {
+                return end;
+            }
         }
-        if shutdown.has_changed().unwrap_or(true) {
-            return End::Shutdown;
+        match next {
+            Ok(request) => in_flight = Some(conn.dispatch(request)),
+            Err(end) => return end,
         }
     }
 }
 
+/// A request executing on the SG_IO pool; resolves to the part of the
+/// response the pool thread could not write without blocking.
+type InFlight = oneshot::Receiver<Result<io::Result<Vec<u8>>, Panicked>>;
+
 struct Connection {
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     peer: Peer,
     config: Arc<ConnectionConfig>,
+    pool: Pool,
 }
 
 impl Connection {
     /// Spec §2.2: the helper speaks first, then checks the client's word.
-    async fn handshake(&mut self) -> Result<(), End> {
+    async fn handshake(&self) -> Result<(), End> {
         let deadline = Instant::now() + self.config.request_timeout;
-        self.write_all(&protocol::encode_features(protocol::SUPPORTED_FEATURES), deadline)
-            .await?;
+        self.write_all(
+            &protocol::encode_features(protocol::SUPPORTED_FEATURES),
+            deadline,
+        )
+        .await?;
         let mut word = [0u8; FEATURES_SIZE];
         let mut got = 0;
         while got < FEATURES_SIZE {
-            let r = self.recv(&mut word[got..], false, Some(deadline), "handshake").await?;
+            let r = self
+                .recv(&mut word[got..], false, Some(deadline), "handshake")
+                .await?;
             if r.len == 0 {
                 return Err(if got == 0 {
                     End::Closed
@@ -186,7 +208,7 @@ impl Connection {
     /// Reads one whole request. Idle time before its first byte is unbounded;
     /// once it has started, the rest must arrive within the request timeout.
     async fn read_request(
-        &mut self,
+        &self,
         decoder: &mut RequestDecoder<OwnedFd>,
     ) -> Result<Request<OwnedFd>, End> {
         let mut buf = [0u8; CDB_SIZE];
@@ -203,11 +225,15 @@ impl Connection {
                             End::Truncated("a CDB")
                         });
                     }
-                    decoder.feed_cdb(&buf[..r.len], r.fds).map_err(End::Violation)?
+                    decoder
+                        .feed_cdb(&buf[..r.len], r.fds)
+                        .map_err(End::Violation)?
                 }
                 Need::Params(n) => {
                     params.resize(n.min(MAX_TRANSFER), 0);
-                    let r = self.recv(&mut params, false, deadline, "parameter list").await?;
+                    let r = self
+                        .recv(&mut params, false, deadline, "parameter list")
+                        .await?;
                     if r.len == 0 {
                         return Err(End::Truncated("the parameter list"));
                     }
@@ -221,24 +247,46 @@ impl Connection {
         }
     }
 
-    /// Executes a request on the blocking pool and sends the response.
-    async fn handle(&mut self, request: Request<OwnedFd>) -> Result<(), End> {
-        let started = std::time::Instant::now();
+    /// Starts executing a request on the blocking pool. The pool thread
+    /// closes the device fd as soon as the command is done and writes as
+    /// much of the response as the socket takes without blocking.
+    fn dispatch(&self, request: Request<OwnedFd>) -> InFlight {
         let exec = self.config.exec.clone();
-        let (request, response) = tokio::task::spawn_blocking(move || {
+        let stream = self.stream.clone();
+        let peer = self.peer;
+        self.pool.spawn(move || {
+            let started = std::time::Instant::now();
             let response = command::execute(&request, &exec);
-            (request, response)
+            log_request(&peer, &request, &response, started.elapsed());
+            drop(request);
+            let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
+            response.encode(&mut out);
+            let mut written = 0;
+            while written < out.len() {
+                match stream.try_write(&out[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            out.drain(..written);
+            Ok(out)
         })
-        .await
-        .map_err(|e| End::Internal(e.to_string()))?;
-        log_request(&self.peer, &request, &response, started.elapsed());
-        // The device fd is not needed any more: close it before a possibly
-        // slow write, as the reference does.
-        drop(request);
-        let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
-        response.encode(&mut out);
-        let deadline = Instant::now() + self.config.request_timeout;
-        self.write_all(&out, deadline).await
+    }
+
+    /// Waits for a dispatched request and sends what is left of its response.
+    async fn finish(&self, in_flight: InFlight) -> Result<(), End> {
+        let rest = in_flight
+            .await
+            .map_err(|_| End::Internal("the SG_IO pool dropped a request".to_string()))?
+            .map_err(|e| End::Internal(e.to_string()))?
+            .map_err(End::Write)?;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.write_all(&rest, Instant::now() + self.config.request_timeout)
+            .await
     }
 
     /// One read of up to `buf.len()` bytes (with fds if `want_fds`), bounded
@@ -278,8 +326,21 @@ impl Connection {
         }
     }
 
-    async fn write_all(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), End> {
-        match timeout_at(deadline, self.stream.write_all(bytes)).await {
+    /// Writes all of `bytes` before `deadline`.
+    async fn write_all(&self, mut bytes: &[u8], deadline: Instant) -> Result<(), End> {
+        let write = async {
+            while !bytes.is_empty() {
+                self.stream.writable().await?;
+                match self.stream.try_write(bytes) {
+                    Ok(n) => bytes = &bytes[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        match timeout_at(deadline, write).await {
             Ok(result) => result.map_err(End::Write),
             Err(_) => Err(End::Timeout("response write", self.config.request_timeout)),
         }

@@ -87,13 +87,18 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], want_fds: bool) -> io::Result<
 
 /// Size of the control buffer in u64 words: CMSG_SPACE for
 /// [`MAX_FDS_PER_MESSAGE`] ints (16-byte header + 64 bytes of fds).
-const CONTROL_WORDS: usize =
-    (std::mem::size_of::<libc::cmsghdr>() + MAX_FDS_PER_MESSAGE * std::mem::size_of::<libc::c_int>() + 7) / 8;
+const CONTROL_WORDS: usize = (std::mem::size_of::<libc::cmsghdr>()
+    + MAX_FDS_PER_MESSAGE * std::mem::size_of::<libc::c_int>())
+.div_ceil(8);
 
 /// Writes `bufs` to `sock` in one `sendmsg`, attaching `fds` (if any) as one
 /// SCM_RIGHTS message. Returns the bytes written (possibly fewer than asked:
 /// the caller writes the rest without fds).
-pub fn send(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+pub fn send(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let cmsgs = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
@@ -116,7 +121,12 @@ mod tests {
     fn fds_travel_with_bytes_or_are_discarded() {
         let (a, b) = UnixStream::pair().unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
-        let n = send(a.as_fd(), &[IoSlice::new(b"abcd")], &[file.as_fd(), file.as_fd()]).unwrap();
+        let n = send(
+            a.as_fd(),
+            &[IoSlice::new(b"abcd")],
+            &[file.as_fd(), file.as_fd()],
+        )
+        .unwrap();
         assert_eq!(n, 4);
         let mut buf = [0u8; 2];
         let r = recv(b.as_fd(), &mut buf, true).unwrap();

@@ -9,6 +9,7 @@
 //! * [`scsi`]: status and sense rules, and the one SG_IO ioctl;
 //! * [`command`]: executing one request;
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
+//! * [`pool`]: the bounded thread pool that runs SG_IO off the event loop;
 //! * [`listener`], [`signals`]: process plumbing;
 //! * [`client`], [`pr`]: the client side, for tools and tests.
 
@@ -19,6 +20,7 @@ pub mod command;
 pub mod connection;
 pub mod fdpass;
 pub mod listener;
+pub mod pool;
 pub mod pr;
 pub mod protocol;
 pub mod scsi;

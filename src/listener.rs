@@ -77,7 +77,8 @@ pub fn bind(path: &Path) -> Result<BoundSocket, ListenerError> {
         None,
     )
     .map_err(|e| ListenerError::Create(e.into()))?;
-    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| ListenerError::Bind(shown.clone(), e.into()))?;
+    socket::bind(fd.as_raw_fd(), &addr)
+        .map_err(|e| ListenerError::Bind(shown.clone(), e.into()))?;
     let backlog = socket::Backlog::new(BACKLOG).unwrap_or(socket::Backlog::MAXCONN);
     if let Err(e) = socket::listen(&fd, backlog) {
         let _ = std::fs::remove_file(path);
@@ -130,7 +131,8 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pr-helper-listener-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("pr-helper-listener-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -151,16 +153,31 @@ mod tests {
 
         let file = dir.join("file");
         std::fs::write(&file, b"keep me").unwrap();
-        assert!(matches!(bind(&file), Err(ListenerError::NotASocket { kind: "a regular file", .. })));
+        assert!(matches!(
+            bind(&file),
+            Err(ListenerError::NotASocket {
+                kind: "a regular file",
+                ..
+            })
+        ));
         assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
-        assert!(matches!(bind(&dir), Err(ListenerError::NotASocket { kind: "a directory", .. })));
+        assert!(matches!(
+            bind(&dir),
+            Err(ListenerError::NotASocket {
+                kind: "a directory",
+                ..
+            })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn path_length_limit() {
         let long = format!("/tmp/{}", "x".repeat(MAX_SOCKET_PATH));
-        assert!(matches!(bind(Path::new(&long)), Err(ListenerError::PathTooLong(_))));
+        assert!(matches!(
+            bind(Path::new(&long)),
+            Err(ListenerError::PathTooLong(_))
+        ));
         let missing_dir = Path::new("/nonexistent-pr-helper-dir/s.sock");
         assert!(matches!(bind(missing_dir), Err(ListenerError::Bind(..))));
     }

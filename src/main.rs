@@ -12,10 +12,19 @@ use pr_helper::{listener, signals};
 
 /// Command line (the 'Process and configuration' work completes it).
 #[derive(Debug, Parser)]
-#[command(name = "pr-helper", version, about = "Persistent Reservation helper for QEMU")]
+#[command(
+    name = "pr-helper",
+    version,
+    about = "Persistent Reservation helper for QEMU"
+)]
 struct Cli {
     /// Socket path (must be absolute).
-    #[arg(short = 'k', long = "socket", value_name = "PATH", default_value = "/run/qemu-pr-helper.sock")]
+    #[arg(
+        short = 'k',
+        long = "socket",
+        value_name = "PATH",
+        default_value = "/run/qemu-pr-helper.sock"
+    )]
     socket: PathBuf,
     /// Increase verbosity (repeatable).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -77,9 +86,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(cli.sgio_threads.max(1))
         .build()
     {
         Ok(rt) => rt,
@@ -90,6 +98,7 @@ fn main() -> ExitCode {
     };
     let config = ServerConfig {
         max_connections: cli.max_connections.max(1),
+        sgio_threads: cli.sgio_threads,
         connection: ConnectionConfig {
             request_timeout: Duration::from_secs(cli.request_timeout),
             exec: ExecConfig {

@@ -192,7 +192,10 @@ impl<F> RequestDecoder<F> {
     /// Feeds CDB bytes (at most what [`Need::Cdb`] asked for) and the fds that
     /// arrived with them.
     pub fn feed_cdb(&mut self, bytes: &[u8], fds: Vec<F>) -> Result<Progress<F>, Violation> {
-        debug_assert!(self.body.is_none(), "CDB bytes fed while reading parameters");
+        debug_assert!(
+            self.body.is_none(),
+            "CDB bytes fed while reading parameters"
+        );
         let take = bytes.len().min(CDB_SIZE - self.cdb_len);
         self.cdb[self.cdb_len..self.cdb_len + take].copy_from_slice(&bytes[..take]);
         self.cdb_len += take;
@@ -203,7 +206,11 @@ impl<F> RequestDecoder<F> {
         let body = self.cdb_complete()?;
         let complete = body.params_len() == 0;
         self.body = Some(body);
-        Ok(if complete { self.finish() } else { Progress::Incomplete })
+        Ok(if complete {
+            self.finish()
+        } else {
+            Progress::Incomplete
+        })
     }
 
     /// Feeds parameter-list bytes (at most what [`Need::Params`] asked for).
@@ -401,7 +408,10 @@ mod tests {
             let mut done = None;
             for (i, c) in chunks.iter().enumerate() {
                 let fds = if i == fd_chunk { vec![3] } else { vec![] };
-                assert_eq!(d.need(), Need::Cdb(16 - chunks[..i].iter().map(|c| c.len()).sum::<usize>()));
+                assert_eq!(
+                    d.need(),
+                    Need::Cdb(16 - chunks[..i].iter().map(|c| c.len()).sum::<usize>())
+                );
                 if let Progress::Complete(r) = d.feed_cdb(c, fds).unwrap() {
                     done = Some(r);
                 }
@@ -422,7 +432,10 @@ mod tests {
         cdb[5] = 0xff;
         cdb[6] = 0xff;
         let mut d = RequestDecoder::new();
-        assert!(matches!(d.feed_cdb(&cdb, vec![1]).unwrap(), Progress::Incomplete));
+        assert!(matches!(
+            d.feed_cdb(&cdb, vec![1]).unwrap(),
+            Progress::Incomplete
+        ));
         assert_eq!(d.need(), Need::Params(24));
         assert!(matches!(d.feed_params(&[1; 10]), Progress::Incomplete));
         assert_eq!(d.need(), Need::Params(14));
@@ -456,7 +469,10 @@ mod tests {
         // Two fds on two chunks count too.
         let mut d = RequestDecoder::new();
         let cdb = pr_in(8);
-        assert!(matches!(d.feed_cdb(&cdb[..4], vec![1]).unwrap(), Progress::Incomplete));
+        assert!(matches!(
+            d.feed_cdb(&cdb[..4], vec![1]).unwrap(),
+            Progress::Incomplete
+        ));
         assert_eq!(
             d.feed_cdb(&cdb[4..], vec![2]).unwrap_err(),
             Violation::MultipleFds(2)
@@ -475,12 +491,20 @@ mod tests {
         let mut bad = pr_in(9000);
         bad[0] = 0;
         let mut d = RequestDecoder::new();
-        assert_eq!(d.feed_cdb(&bad, vec![1]).unwrap_err(), Violation::InvalidOpcode(0));
+        assert_eq!(
+            d.feed_cdb(&bad, vec![1]).unwrap_err(),
+            Violation::InvalidOpcode(0)
+        );
     }
 
     #[test]
     fn transfer_length_boundaries() {
-        for (len, ok) in [(8191u16, true), (8192, true), (8193, false), (0xffff, false)] {
+        for (len, ok) in [
+            (8191u16, true),
+            (8192, true),
+            (8193, false),
+            (0xffff, false),
+        ] {
             for cdb in [pr_in(len), pr_out(0, len)] {
                 let mut d = RequestDecoder::new();
                 let r = d.feed_cdb(&cdb, vec![1]);

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::connection::{self, ConnectionConfig, Peer};
+use crate::pool::Pool;
 
 /// Settings for [`run`].
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Per-connection settings.
     pub connection: ConnectionConfig,
+    /// Most SG_IO commands executing at once (threads in the SG_IO pool).
+    pub sgio_threads: usize,
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, runs
@@ -45,6 +48,7 @@ pub async fn run(
         limit: Arc::new(Semaphore::new(config.max_connections)),
         max_connections: config.max_connections,
         connection: Arc::new(config.connection),
+        pool: Pool::new("prh-sgio", config.sgio_threads),
         shutdown_rx,
         drain_tx,
         next_id: AtomicU64::new(1),
@@ -58,7 +62,9 @@ pub async fn run(
     }
     // Stop accepting: close the listening socket, then let the caller unlink
     // its path, before waiting for requests in flight (as the reference).
-    let Acceptor { listener, drain_tx, .. } = acceptor;
+    let Acceptor {
+        listener, drain_tx, ..
+    } = acceptor;
     drop(listener);
     on_stop();
     drop(notify_shutdown);
@@ -72,6 +78,7 @@ struct Acceptor {
     limit: Arc<Semaphore>,
     max_connections: usize,
     connection: Arc<ConnectionConfig>,
+    pool: Pool,
     shutdown_rx: watch::Receiver<()>,
     drain_tx: mpsc::Sender<()>,
     next_id: AtomicU64,
@@ -136,11 +143,12 @@ impl Acceptor {
             return;
         };
         let config = self.connection.clone();
+        let pool = self.pool.clone();
         let shutdown = self.shutdown_rx.clone();
         let drain = self.drain_tx.clone();
         tokio::spawn(async move {
             tracing::debug!("{peer}: accepted");
-            let end = connection::serve(stream, peer, config, shutdown).await;
+            let end = connection::serve(stream, peer, config, pool, shutdown).await;
             connection::log_end(&peer, &end);
             drop(permit);
             drop(drain);
@@ -164,7 +172,10 @@ impl Acceptor {
     /// A synchronous, non-blocking accept on the listening socket.
     fn accept_std(&self) -> io::Result<OwnedFd> {
         use nix::sys::socket::{accept4, SockFlag};
-        Ok(accept4(&self.listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?)
+        Ok(accept4(
+            &self.listener,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?)
     }
 }
 

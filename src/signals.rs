@@ -25,7 +25,11 @@ extern "C" fn record(_: libc::c_int) {
 
 /// Installs the early handler for every terminating signal.
 pub fn install_early() -> nix::Result<()> {
-    let action = SigAction::new(SigHandler::Handler(record), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(record),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in TERMINATING {
         // SAFETY: `record` only performs an atomic store, which is
         // async-signal-safe, and it never unwinds.

@@ -27,7 +27,12 @@ fn helper(args: &[&str]) -> (Helper, usize) {
 
 /// After a violation: closed without reply, helper serving, fds back, and
 /// the warning names the peer.
-fn assert_violation(h: &Helper, baseline: usize, stream: &mut std::os::unix::net::UnixStream, log: &str) {
+fn assert_violation(
+    h: &Helper,
+    baseline: usize,
+    stream: &mut std::os::unix::net::UnixStream,
+    log: &str,
+) {
     assert_closed_silently(stream);
     h.assert_serving();
     h.assert_fds_return_to(baseline);
@@ -37,9 +42,15 @@ fn assert_violation(h: &Helper, baseline: usize, stream: &mut std::os::unix::net
             std::thread::sleep(Duration::from_millis(10));
         }
         let stderr = h.stderr();
-        assert!(stderr.contains(log), "expected log {log:?}, stderr:\n{stderr}");
+        assert!(
+            stderr.contains(log),
+            "expected log {log:?}, stderr:\n{stderr}"
+        );
         let line = stderr.lines().find(|l| l.contains(log)).unwrap();
-        assert!(line.contains("WARN") && line.contains("(pid "), "warning names the peer: {line}");
+        assert!(
+            line.contains("WARN") && line.contains("(pid "),
+            "warning names the peer: {line}"
+        );
     }
 }
 
@@ -141,7 +152,11 @@ fn invalid_opcode_closes_and_closes_the_fd() {
 fn transfer_length_limit() {
     let (h, baseline) = helper(&[]);
     let f = fds::rw_file(h.dir.path());
-    for cdb in [pr_in_cdb(0, 8193), pr_in_cdb(0, 0xffff), pr_out_cdb(0, 0, 0, 8193)] {
+    for cdb in [
+        pr_in_cdb(0, 8193),
+        pr_in_cdb(0, 0xffff),
+        pr_out_cdb(0, 0, 0, 8193),
+    ] {
         let mut c = h.client();
         send_with_fds(c.stream(), &cdb, &[f.as_fd()]);
         assert_violation(&h, baseline, c.stream(), "exceeds 8192");
@@ -156,7 +171,9 @@ fn transfer_length_limit() {
     // At the limit: accepted.
     let r = c.execute(&pr_in_cdb(0, 8192), f.as_fd(), &[]).unwrap();
     assert_eq!(r.header.status, 2);
-    let r = c.execute(&pr_out_cdb(0, 0, 0, 8192), f.as_fd(), &[0xab; 8192]).unwrap();
+    let r = c
+        .execute(&pr_out_cdb(0, 0, 0, 8192), f.as_fd(), &[0xab; 8192])
+        .unwrap();
     assert_eq!(r.header.status, 2);
     assert_eq!(r.header.data_len, 0);
 }
@@ -193,7 +210,9 @@ fn fd_kinds_give_exact_replies() {
         let mut expected = vec![0, 0, 0, 2, 0, 0, 0, 0];
         expected.extend_from_slice(&in_sense);
         assert_eq!(r.to_bytes(), expected, "PR IN on {name}");
-        let r = c.execute(&pr_out_cdb(0, 0, 0, 24), fd, &GOOD_PARAMS).unwrap();
+        let r = c
+            .execute(&pr_out_cdb(0, 0, 0, 24), fd, &GOOD_PARAMS)
+            .unwrap();
         let mut expected = vec![0, 0, 0, 2, 0, 0, 0, 0];
         expected.extend_from_slice(&out_sense);
         assert_eq!(r.to_bytes(), expected, "PR OUT on {name}");
@@ -218,7 +237,11 @@ fn pr_out_parameters_split_across_writes_and_short_lists() {
     // Lists shorter than 24 (and empty) go to the device as they are.
     for len in [0u32, 8, 23] {
         let r = c
-            .execute(&pr_out_cdb(0, 0, 0, len), f.as_fd(), &GOOD_PARAMS[..len as usize])
+            .execute(
+                &pr_out_cdb(0, 0, 0, len),
+                f.as_fd(),
+                &GOOD_PARAMS[..len as usize],
+            )
             .unwrap();
         assert_eq!(r.header.sense, sense(0x0b, 0, 6), "length {len}");
     }
@@ -235,13 +258,21 @@ fn fd_on_any_chunk_of_a_split_cdb() {
             let mut c = h.client();
             let mut at = 0;
             for (i, len) in split.iter().enumerate() {
-                let fdv: Vec<BorrowedFd<'_>> = if i == fd_chunk { vec![f.as_fd()] } else { vec![] };
+                let fdv: Vec<BorrowedFd<'_>> = if i == fd_chunk {
+                    vec![f.as_fd()]
+                } else {
+                    vec![]
+                };
                 send_with_fds(c.stream(), &cdb[at..at + len], &fdv);
                 at += len;
                 std::thread::sleep(Duration::from_millis(10));
             }
             let r = c.receive().unwrap();
-            assert_eq!(r.header.sense, sense(0x0b, 0, 6), "split {split:?}, fd on chunk {fd_chunk}");
+            assert_eq!(
+                r.header.sense,
+                sense(0x0b, 0, 6),
+                "split {split:?}, fd on chunk {fd_chunk}"
+            );
         }
     }
     h.assert_fds_return_to(baseline);
@@ -282,7 +313,12 @@ fn eof_mid_cdb_and_mid_parameters() {
     send_with_fds(c.stream(), &pr_out_cdb(0, 0, 0, 24), &[f.as_fd()]);
     c.stream().write_all(&GOOD_PARAMS[..10]).unwrap();
     c.stream().shutdown(std::net::Shutdown::Write).unwrap();
-    assert_violation(&h, baseline, c.stream(), "in the middle of the parameter list");
+    assert_violation(
+        &h,
+        baseline,
+        c.stream(),
+        "in the middle of the parameter list",
+    );
 }
 
 #[test]
@@ -336,7 +372,9 @@ fn sixty_four_concurrent_connections() {
                     } else {
                         (ro.as_fd(), sense(5, 0x20, 0))
                     };
-                    let r = c.execute(&pr_out_cdb(0, 0, 0, 24), fd, &GOOD_PARAMS).unwrap();
+                    let r = c
+                        .execute(&pr_out_cdb(0, 0, 0, 24), fd, &GOOD_PARAMS)
+                        .unwrap();
                     assert_eq!(r.header.sense, expect);
                 }
             });
@@ -358,7 +396,10 @@ fn started_request_times_out_idle_connection_does_not() {
     let (bytes, closed) = read_until_close(c.stream(), Duration::from_secs(5));
     assert!(bytes.is_empty() && closed, "stalled request closed");
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
     assert!(h.stderr().contains("not complete after"), "{}", h.stderr());
     // Missing parameter bytes too.
     let mut c = h.client();
@@ -423,10 +464,17 @@ fn sigterm_exits_zero_and_removes_socket() {
     let (mut h, _) = helper(&[]);
     let idle = h.client();
     let status = h.terminate();
-    assert!(status.success(), "exit status {status:?}; stderr:\n{}", h.stderr());
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        h.stderr()
+    );
     assert!(!h.socket.exists(), "socket removed");
     drop(idle);
-    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGHUP] {
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
         let mut h = Helper::ours(&[]);
         h.signal(sig);
         let status = h.wait(Duration::from_secs(10));

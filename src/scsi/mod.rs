@@ -350,7 +350,11 @@ mod tests {
             libc::ENOSYS,
             libc::EBADF,
         ] {
-            assert_eq!(status_from_errno(errno), cc(0x0b, 0x00, 0x06), "errno {errno}");
+            assert_eq!(
+                status_from_errno(errno),
+                cc(0x0b, 0x00, 0x06),
+                "errno {errno}"
+            );
         }
     }
 
@@ -374,7 +378,11 @@ mod tests {
             (0x0d, (BUSY, None)),
         ];
         for (host_status, expected) in table {
-            assert_eq!(status_from_host_status(host_status), expected, "host {host_status:#x}");
+            assert_eq!(
+                status_from_host_status(host_status),
+                expected,
+                "host {host_status:#x}"
+            );
         }
         // ... and every other unlisted value CHECK CONDITION 0B/00/06.
         for host_status in [0x06, 0x07, 0x09, 0x0a, 0x0f, 0x14, 0x15, 0x20, 0xff, 0xffff] {
@@ -437,7 +445,10 @@ mod tests {
         // sense overwrites the first 18 bytes only (as scsi_build_sense does).
         let c = complete(Ok(reply(GOOD, host::TIME_OUT, 0x06, 0)), 8192);
         assert_eq!(c.status, CHECK_CONDITION);
-        assert_eq!(&c.sense[..18], &SenseCode::COMMAND_TIMEOUT.fixed_buffer()[..18]);
+        assert_eq!(
+            &c.sense[..18],
+            &SenseCode::COMMAND_TIMEOUT.fixed_buffer()[..18]
+        );
         assert_eq!(&c.sense[18..24], &[0xee; 6]);
         assert_eq!(c.transferred, 0);
         let c = complete(Ok(reply(GOOD, host::BUS_BUSY, 0, 0)), 8192);

@@ -172,7 +172,12 @@ mod tests {
     #[test]
     fn short_cdb_is_refused_before_the_kernel() {
         let file = std::fs::File::open("/dev/null").expect("open /dev/null");
-        let r = execute(file.as_fd(), &[0x5e, 0, 0], DataPhase::None, Duration::from_secs(1));
+        let r = execute(
+            file.as_fd(),
+            &[0x5e, 0, 0],
+            DataPhase::None,
+            Duration::from_secs(1),
+        );
         assert_eq!(r.unwrap_err(), libc::EINVAL);
     }
 }

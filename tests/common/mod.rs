@@ -2,6 +2,7 @@
 //! watch its file descriptors, stop it.
 #![allow(dead_code)]
 
+pub mod fakedev;
 pub mod fds;
 
 use std::fs::File;
@@ -64,7 +65,10 @@ impl Helper {
     }
 
     pub fn start(which: Which, args: &[&str]) -> Helper {
-        let dir = tempfile::Builder::new().prefix("prh-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("prh-test")
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("helper.sock");
         let mut cmd = Command::new(match which {
             Which::Ours => our_binary(),
@@ -75,10 +79,17 @@ impl Helper {
     }
 
     /// Runs `cmd` (which must make the helper listen on `socket`).
-    pub fn spawn(which: Which, mut cmd: Command, dir: tempfile::TempDir, socket: PathBuf) -> Helper {
+    pub fn spawn(
+        which: Which,
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+    ) -> Helper {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = File::create(&stderr_path).expect("stderr file");
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         let child = cmd.spawn().expect("spawn helper");
         let helper = Helper {
             which,
@@ -218,7 +229,10 @@ impl Helper {
                 let _ = child.kill();
                 let _ = child.wait();
                 self.child = None;
-                panic!("helper did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "helper did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -235,14 +249,24 @@ impl Drop for Helper {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            // Bounded: a helper thread stuck in a fake device's ioctl keeps
+            // the process from being reaped until that device answers.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
 
 /// Reads until EOF or `timeout`; returns the bytes and whether EOF was seen.
 pub fn read_until_close(stream: &mut UnixStream, timeout: Duration) -> (Vec<u8>, bool) {
-    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 16384];
@@ -265,7 +289,11 @@ pub fn read_until_close(stream: &mut UnixStream, timeout: Duration) -> (Vec<u8>,
 /// Asserts that the helper closes `stream` without sending anything.
 pub fn assert_closed_silently(stream: &mut UnixStream) {
     let (bytes, closed) = read_until_close(stream, Duration::from_secs(5));
-    assert!(bytes.is_empty(), "expected no reply, got {} bytes", bytes.len());
+    assert!(
+        bytes.is_empty(),
+        "expected no reply, got {} bytes",
+        bytes.len()
+    );
     assert!(closed, "expected the helper to close the connection");
 }
 

@@ -1,0 +1,204 @@
+//! Command execution end to end, on fake devices whose SG_IO answers what
+//! the test chooses (see common/fakedev.rs): the errno table through the
+//! real binary, the GOOD data path, the read-only check, isolation between
+//! clients, the bounded SG_IO pool, and shutdown with requests in flight.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use common::fakedev::FakeDev;
+use common::*;
+use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+
+const PARAMS: [u8; 24] = [0; 24];
+
+fn expect(status: u8, sense: [u8; 96], data: usize) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, status];
+    v.extend_from_slice(&(data as u32).to_be_bytes());
+    v.extend_from_slice(&sense);
+    v.extend(std::iter::repeat_n(0u8, data));
+    v
+}
+
+#[test]
+fn errno_mapping_end_to_end() {
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let mut c = h.client();
+    let none = [0u8; 96];
+    let table: Vec<(i32, u8, [u8; 96])> = vec![
+        (libc::EDOM, 0x28, none),
+        (libc::ENODEV, 2, sense(4, 0x44, 0)),
+        (libc::EREMOTEIO, 2, sense(4, 0x44, 0)),
+        (libc::EBADE, 0x18, none),
+        (libc::ENODATA, 2, sense(3, 0x11, 0)),
+        (libc::ENOMEDIUM, 2, sense(2, 0x3a, 0)),
+        (libc::ENOMEM, 2, sense(4, 0x44, 0)),
+        (libc::EINVAL, 2, sense(5, 0x24, 0)),
+        (libc::ENOSPC, 2, sense(7, 0x27, 7)),
+        (libc::EIO, 2, sense(0x0b, 0, 6)),
+        (libc::EPERM, 2, sense(0x0b, 0, 6)),
+        (libc::EBUSY, 2, sense(0x0b, 0, 6)),
+    ];
+    for (errno, status, sense) in table {
+        let f = dev.open(&format!("e{errno}"));
+        let r = c.execute(&pr_in_cdb(0, 512), f.as_fd(), &[]).unwrap();
+        assert_eq!(
+            r.to_bytes(),
+            expect(status, sense, 0),
+            "PR IN, errno {errno}"
+        );
+        let r = c
+            .execute(&pr_out_cdb(1, 0, 5, 24), f.as_fd(), &PARAMS)
+            .unwrap();
+        assert_eq!(
+            r.to_bytes(),
+            expect(status, sense, 0),
+            "PR OUT, errno {errno}"
+        );
+    }
+}
+
+#[test]
+fn good_status_returns_data_up_to_the_allocation_length() {
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let mut c = h.client();
+    let f = dev.open("e0");
+    // The ioctl "succeeds" with resid 0: the whole 8192-byte buffer counts as
+    // transferred, and the reply is cut to the allocation length.
+    for alloc in [0u16, 8, 100, 8192] {
+        let r = c.execute(&pr_in_cdb(0, alloc), f.as_fd(), &[]).unwrap();
+        assert_eq!(
+            r.to_bytes(),
+            expect(0, [0; 96], alloc.into()),
+            "alloc {alloc}"
+        );
+    }
+    let r = c
+        .execute(&pr_out_cdb(0, 0, 0, 24), f.as_fd(), &PARAMS)
+        .unwrap();
+    assert_eq!(r.to_bytes(), expect(0, [0; 96], 0));
+}
+
+#[test]
+fn read_only_pr_out_never_reaches_the_device() {
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let mut c = h.client();
+    let ro = dev.open_ro("e0");
+    let before = dev.ioctls();
+    let r = c
+        .execute(&pr_out_cdb(3, 0, 0, 24), ro.as_fd(), &PARAMS)
+        .unwrap();
+    assert_eq!(r.to_bytes(), expect(2, sense(5, 0x20, 0), 0));
+    assert_eq!(dev.ioctls(), before, "no ioctl for a refused PR OUT");
+    // PR IN on the same read-only fd is allowed.
+    let r = c.execute(&pr_in_cdb(0, 8), ro.as_fd(), &[]).unwrap();
+    assert_eq!(r.header.status, 0);
+    assert_eq!(dev.ioctls(), before + 1);
+}
+
+#[test]
+fn a_slow_device_delays_nobody_else() {
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let slow = dev.open("e0-hold");
+    let fast = dev.open("e25");
+    // Four hung commands: more than the threads the SG_IO pool keeps (one
+    // per CPU), so the pool has to grow for the others to be served.
+    let mut stuck: Vec<_> = (0..4).map(|_| h.client()).collect();
+    for c in stuck.iter_mut() {
+        c.send(&pr_in_cdb(0, 8), slow.as_fd(), &[]).unwrap();
+    }
+    dev.wait_held(4);
+    // While the device hangs, 16 other clients get 50 answers each.
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                let mut c = h.client();
+                for _ in 0..50 {
+                    let r = c.execute(&pr_in_cdb(0, 8), fast.as_fd(), &[]).unwrap();
+                    assert_eq!(r.header.sense, sense(0x0b, 0, 6));
+                }
+            });
+        }
+    });
+    assert_eq!(dev.held(), 4, "the slow requests are still executing");
+    eprintln!(
+        "800 requests answered in {:?} while a device hung",
+        start.elapsed()
+    );
+    dev.release();
+    for c in stuck.iter_mut() {
+        assert_eq!(c.receive().unwrap().to_bytes(), expect(0, [0; 96], 8));
+    }
+}
+
+#[test]
+fn sgio_pool_is_bounded() {
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&["--sgio-threads", "2"]);
+    let slow = dev.open("e0-hold");
+    let mut clients: Vec<_> = (0..3).map(|_| h.client()).collect();
+    for c in clients.iter_mut() {
+        c.send(&pr_in_cdb(0, 8), slow.as_fd(), &[]).unwrap();
+    }
+    dev.wait_held(2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dev.held(), 2, "only two SG_IO calls run at once");
+    assert_eq!(dev.ioctls(), 2);
+    dev.release();
+    for c in clients.iter_mut() {
+        assert_eq!(c.receive().unwrap().header.status, 0);
+    }
+    assert_eq!(dev.ioctls(), 3);
+}
+
+#[test]
+fn sigterm_with_requests_in_flight_answers_every_one() {
+    let dev = FakeDev::mount();
+    let mut h = Helper::ours(&[]);
+    let slow = dev.open("e0-hold");
+    let mut busy: Vec<_> = (0..8).map(|_| h.client()).collect();
+    let mut idle = h.client();
+    for c in busy.iter_mut() {
+        c.send(&pr_out_cdb(0, 0, 0, 24), slow.as_fd(), &PARAMS)
+            .unwrap();
+    }
+    dev.wait_held(8);
+    h.signal(nix::sys::signal::Signal::SIGTERM);
+    // Stops accepting at once: the socket path goes away, new clients fail,
+    // idle connections are closed, but the process waits for its requests.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.socket.exists() {
+        assert!(Instant::now() < deadline, "socket not removed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(std::os::unix::net::UnixStream::connect(&h.socket).is_err());
+    let (bytes, closed) = read_until_close(idle.stream(), Duration::from_secs(5));
+    assert!(
+        bytes.is_empty() && closed,
+        "idle connection closed at shutdown"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        h.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "exited with requests in flight"
+    );
+    dev.release();
+    for (i, c) in busy.iter_mut().enumerate() {
+        let r = c
+            .receive()
+            .unwrap_or_else(|e| panic!("response {i} lost: {e}"));
+        assert_eq!(r.to_bytes(), expect(0, [0; 96], 0));
+        // Then the connection is closed.
+        let (bytes, closed) = read_until_close(c.stream(), Duration::from_secs(5));
+        assert!(bytes.is_empty() && closed);
+    }
+    let status = h.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}\n{}", h.stderr());
+}
