@@ -360,9 +360,8 @@ fn log_request(peer: &Peer, request: &Request<OwnedFd>, response: &Response, ela
         .unwrap_or_else(|_| "?".to_string());
     let sense = (response.status == scsi::status::CHECK_CONDITION)
         .then(|| SenseCode::parse(&response.sense))
-        .flatten()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+        .flatten();
+    let hex = |v: Option<u8>| v.map(|b| format!("{b:02x}")).unwrap_or_default();
     debug!(
         conn = peer.id,
         peer_pid = peer.pid.unwrap_or(-1),
@@ -371,7 +370,9 @@ fn log_request(peer: &Peer, request: &Request<OwnedFd>, response: &Response, ela
         opcode = format_args!("{:#04x}", request.cdb[0]),
         service_action = request.service_action(),
         status = format_args!("{:#04x}", response.status),
-        sense = %sense,
+        sense_key = %hex(sense.map(|s| s.key)),
+        asc = %hex(sense.map(|s| s.asc)),
+        ascq = %hex(sense.map(|s| s.ascq)),
         data_len = response.data.len(),
         duration_us = elapsed.as_micros() as u64,
         "request"

@@ -10,19 +10,28 @@
 //! * [`command`]: executing one request;
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
 //! * [`pool`]: the bounded thread pool that runs SG_IO off the event loop;
-//! * [`listener`], [`signals`]: process plumbing;
-//! * [`client`], [`pr`]: the client side, for tools and tests.
+//! * [`config`]: command line and figment layers;
+//! * [`startup`], [`listener`], [`activation`], [`daemon`], [`privileges`],
+//!   [`signals`], [`logging`]: the process around the server;
+//! * [`client`], [`pr`], [`tools`]: the client side, for tools and tests.
 
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod client;
 pub mod command;
+pub mod config;
 pub mod connection;
+pub mod daemon;
 pub mod fdpass;
 pub mod listener;
+pub mod logging;
 pub mod pool;
 pub mod pr;
+pub mod privileges;
 pub mod protocol;
 pub mod scsi;
 pub mod server;
 pub mod signals;
+pub mod startup;
+pub mod tools;

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use thiserror::Error;
 
-/// `sizeof(sun_path)`: the longest socket path Linux accepts. Exactly this
-/// many bytes (no terminating NUL) is allowed, as in the reference.
-pub const MAX_SOCKET_PATH: usize = 108;
+pub use crate::config::MAX_SOCKET_PATH;
 
 /// Listen backlog. The reference uses 1, which makes simultaneous connects
 /// (many QEMUs starting at once) wait in connect(); a larger queue only
@@ -88,6 +86,26 @@ pub fn bind(path: &Path) -> Result<BoundSocket, ListenerError> {
         listener: UnixListener::from(fd),
         path: path.to_path_buf(),
     })
+}
+
+/// Applies the configured socket mode and group to a socket this process
+/// created (the reference leaves both to the umask and the start-up user).
+pub fn set_owner_and_mode(path: &Path, config: &crate::config::Config) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(mode) = config.socket_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
+            .map_err(|e| format!("cannot set mode {mode} on socket {}: {e}", path.display()))?;
+    }
+    if let Some(group) = &config.socket_group {
+        let gid = crate::privileges::resolve_group(group)?;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| {
+            format!(
+                "cannot give socket {} to group {group}: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Removes `path` if it is a socket no process listens on; succeeds if

@@ -48,7 +48,7 @@ fn assert_violation(
         );
         let line = stderr.lines().find(|l| l.contains(log)).unwrap();
         assert!(
-            line.contains("WARN") && line.contains("(pid "),
+            line.contains("pr-helper: warning: ") && line.contains("(pid "),
             "warning names the peer: {line}"
         );
     }

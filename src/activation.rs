@@ -1,0 +1,120 @@
+//! systemd integration: socket activation (spec §8.4) and readiness
+//! notification (sd_notify).
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+
+use thiserror::Error;
+
+/// The first fd systemd passes.
+pub const SD_LISTEN_FDS_START: i32 = 3;
+
+/// Socket-activation errors (all fatal at start-up).
+#[derive(Debug, Error)]
+pub enum ActivationError {
+    /// `-k` (or a configured socket path) together with activation.
+    #[error("Unix socket can't be set when using socket activation")]
+    SocketPathGiven,
+    /// LISTEN_FDS > 1.
+    #[error("pr-helper does not support socket activation with LISTEN_FDS > 1")]
+    TooManyFds,
+    /// fd 3 is unusable.
+    #[error("Socket activation failed: invalid file descriptor fd = {fd}: {err}")]
+    BadFd {
+        /// The fd number.
+        fd: i32,
+        /// What failed.
+        err: nix::Error,
+    },
+    /// fd 3 is not a listening Unix stream socket.
+    #[error("Failed to use socket activation: {0}")]
+    NotUsable(String),
+}
+
+/// How many fds systemd passed us: `Some(n)` if LISTEN_PID is our pid and
+/// LISTEN_FDS parses; the variables are then removed from the environment.
+pub fn listen_fds() -> Option<u32> {
+    let pid = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()?;
+    if pid != std::process::id() {
+        return None;
+    }
+    let n = std::env::var("LISTEN_FDS").ok()?.parse::<u32>().ok()?;
+    // Single-threaded at this point, so changing the environment is safe.
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDNAMES");
+    Some(n)
+}
+
+/// Adopts the activated socket, applying the reference's rules: `-k` and
+/// more than one fd are errors. `socket_path_given`: the socket path was set
+/// explicitly (in any configuration layer).
+pub fn adopt(n: u32, socket_path_given: bool) -> Result<UnixListener, ActivationError> {
+    if socket_path_given {
+        return Err(ActivationError::SocketPathGiven);
+    }
+    if n > 1 {
+        return Err(ActivationError::TooManyFds);
+    }
+    let fd = SD_LISTEN_FDS_START;
+    // SAFETY: F_GETFD only queries the descriptor table; on a closed fd it
+    // fails with EBADF and touches nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(ActivationError::BadFd {
+            fd,
+            err: nix::Error::last(),
+        });
+    }
+    // SAFETY: fd 3 is open (checked above) and systemd passed it to this
+    // process (LISTEN_PID matched) for us to own; nothing else has taken it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|err| ActivationError::BadFd { fd, err })?;
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
+    let addr: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&owned))
+        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    if addr.as_unix_addr().is_none() {
+        return Err(ActivationError::NotUsable(
+            "fd 3 is not a Unix socket".into(),
+        ));
+    }
+    let ty = getsockopt(&owned, sockopt::SockType)
+        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    let listening = getsockopt(&owned, sockopt::AcceptConn)
+        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    if ty != SockType::Stream || !listening {
+        return Err(ActivationError::NotUsable(
+            "fd 3 is not a listening stream socket (use ListenStream= with Accept=no)".into(),
+        ));
+    }
+    let listener = UnixListener::from(owned);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    Ok(listener)
+}
+
+/// Sends a state string to the service manager if NOTIFY_SOCKET is set;
+/// silently does nothing otherwise.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        tracing::warn!(target: "pr_helper::activation", "sd_notify {state:?} failed: {e}");
+    }
+}

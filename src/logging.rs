@@ -1,0 +1,317 @@
+//! Logging with `tracing`: to journald or stderr, at the level `-v`/`-q`
+//! select, with qemu-pr-helper's `-T` mapped onto per-module trace filters.
+//!
+//! Levels: verbosity 0 (`-q`) errors, 1 (default) warnings, 2 (`-v`) info,
+//! 3 (`-vv`) debug, which includes one structured record per request, and
+//! 4 (`-vvv`) trace.
+//!
+//! `-T` (QEMU trace options, `[[enable=]PATTERN][,events=FILE][,file=FILE]`):
+//! QEMU's trace events do not exist here; instead each PATTERN (a glob,
+//! `*` and `?`) selects pr-helper's log targets (modules, listed by `-T help`)
+//! to log at trace level, `events=FILE` reads more patterns from FILE (one per
+//! line, `#` comments), and `file=FILE` writes those trace records to FILE
+//! instead of the normal log destination.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::{Config, LogTarget};
+
+/// Log targets (`target:` of pr-helper's events), as `-T` patterns match them.
+pub const TARGETS: &[&str] = &[
+    "activation",
+    "audit",
+    "command",
+    "connection",
+    "daemon",
+    "listener",
+    "mpath",
+    "pool",
+    "privileges",
+    "server",
+    "startup",
+];
+
+/// Parsed `-T` options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceOptions {
+    /// Glob patterns selecting targets.
+    pub patterns: Vec<String>,
+    /// `events=FILE`.
+    pub events_file: Option<PathBuf>,
+    /// `file=FILE`.
+    pub file: Option<PathBuf>,
+    /// `-T help`.
+    pub help: bool,
+}
+
+impl TraceOptions {
+    /// Parses `[[enable=]PATTERN][,events=FILE][,file=FILE]` (options may
+    /// repeat and come in any order).
+    pub fn parse(text: &str) -> Result<TraceOptions, String> {
+        let mut t = TraceOptions::default();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("enable", p)) => t.patterns.push(p.to_string()),
+                Some(("events", f)) => t.events_file = Some(PathBuf::from(f)),
+                Some(("file", f)) => t.file = Some(PathBuf::from(f)),
+                Some((k, _)) => {
+                    return Err(format!("unknown trace option '{k}' (enable, events, file)"))
+                }
+                None if part == "help" => t.help = true,
+                None => t.patterns.push(part.to_string()),
+            }
+        }
+        Ok(t)
+    }
+
+    /// Every pattern: those given plus those in the events file.
+    pub fn all_patterns(&self) -> Result<Vec<String>, String> {
+        let mut patterns = self.patterns.clone();
+        if let Some(file) = &self.events_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read trace events file {}: {e}", file.display()))?;
+            patterns.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        Ok(patterns)
+    }
+
+    /// The targets the patterns select.
+    pub fn selected(&self) -> Result<Vec<&'static str>, String> {
+        let patterns = self.all_patterns()?;
+        Ok(TARGETS
+            .iter()
+            .copied()
+            .filter(|t| patterns.iter().any(|p| glob(p, t)))
+            .collect())
+    }
+}
+
+/// Shell-style matching of `*` and `?`.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// The level for a verbosity.
+pub fn level(verbosity: u8) -> LevelFilter {
+    match verbosity {
+        0 => LevelFilter::ERROR,
+        1 => LevelFilter::WARN,
+        2 => LevelFilter::INFO,
+        3 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+/// True when stderr is the journal (systemd sets JOURNAL_STREAM to the
+/// device and inode of the stream it connected).
+pub fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}
+
+/// Where logs actually go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// stderr, one line per record.
+    Stderr,
+    /// journald, with structured fields.
+    Journald,
+}
+
+/// Installs the global subscriber. `daemonizing`: stderr is about to become
+/// /dev/null, so `auto` prefers journald.
+pub fn init(config: &Config, daemonizing: bool) -> Result<Destination, String> {
+    let trace = match &config.trace {
+        Some(t) => TraceOptions::parse(t)?,
+        None => TraceOptions::default(),
+    };
+    let traced = trace.selected()?;
+    let base = level(config.verbosity);
+    let filter = |extra: bool| {
+        let mut f = EnvFilter::default().add_directive(base.into());
+        if extra {
+            for t in &traced {
+                if let Ok(d) = format!("pr_helper::{t}=trace").parse() {
+                    f = f.add_directive(d);
+                }
+            }
+        }
+        f
+    };
+    let journald = match config.log_target {
+        LogTarget::Stderr => None,
+        LogTarget::Journald => {
+            Some(journald_layer().map_err(|e| format!("cannot log to journald: {e}"))?)
+        }
+        LogTarget::Auto if stderr_is_journal() || daemonizing => journald_layer().ok(),
+        LogTarget::Auto => None,
+    };
+    let destination = if journald.is_some() {
+        Destination::Journald
+    } else {
+        Destination::Stderr
+    };
+    // With file=FILE, trace records of the selected targets go to FILE and
+    // the main destination keeps the base level.
+    let trace_file = match &trace.file {
+        Some(path) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open trace file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let mut layers: Vec<Boxed> = Vec::new();
+    let main_filter = filter(trace_file.is_none());
+    layers.push(match journald {
+        Some(j) => j.with_filter(main_filter).boxed(),
+        None => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(LineFormat)
+            .with_filter(main_filter)
+            .boxed(),
+    });
+    if let Some(file) = trace_file {
+        let mut f = EnvFilter::default().add_directive(LevelFilter::OFF.into());
+        for t in &traced {
+            if let Ok(d) = format!("pr_helper::{t}=trace").parse() {
+                f = f.add_directive(d);
+            }
+        }
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .with_writer(Arc::new(file))
+                .with_ansi(false)
+                .with_filter(f)
+                .boxed(),
+        );
+    }
+    let result = tracing_subscriber::registry().with(layers).try_init();
+    result.map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(destination)
+}
+
+fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
+    Ok(tracing_journald::layer()?
+        .with_field_prefix(Some("PRH".to_string()))
+        .with_syslog_identifier("pr-helper".to_string()))
+}
+
+/// `pr-helper: warning: message key=value ...`, the shape of qemu-pr-helper's
+/// `<program>: <message>` lines with the level added.
+struct LineFormat;
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warning",
+            Level::INFO => "info",
+            Level::DEBUG => "debug",
+            Level::TRACE => "trace",
+        };
+        write!(writer, "pr-helper: {level}: ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_option_syntax() {
+        let t = TraceOptions::parse("conn*,events=/tmp/e,file=/tmp/f").unwrap();
+        assert_eq!(t.patterns, vec!["conn*"]);
+        assert_eq!(t.events_file, Some(PathBuf::from("/tmp/e")));
+        assert_eq!(t.file, Some(PathBuf::from("/tmp/f")));
+        let t = TraceOptions::parse("enable=pool,enable=server").unwrap();
+        assert_eq!(t.patterns, vec!["pool", "server"]);
+        assert!(TraceOptions::parse("help").unwrap().help);
+        assert!(TraceOptions::parse("colour=red").is_err());
+    }
+
+    #[test]
+    fn patterns_select_targets() {
+        let t = TraceOptions::parse("conn*,p?ol").unwrap();
+        assert_eq!(t.selected().unwrap(), vec!["connection", "pool"]);
+        assert_eq!(
+            TraceOptions::parse("*").unwrap().selected().unwrap().len(),
+            TARGETS.len()
+        );
+        assert!(TraceOptions::parse("nothing")
+            .unwrap()
+            .selected()
+            .unwrap()
+            .is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events");
+        std::fs::write(&events, "# comment\nserver\n\naudit\n").unwrap();
+        let t = TraceOptions::parse(&format!("events={}", events.display())).unwrap();
+        assert_eq!(t.selected().unwrap(), vec!["audit", "server"]);
+        let t = TraceOptions::parse("events=/nonexistent/events").unwrap();
+        assert!(t.selected().is_err());
+    }
+
+    #[test]
+    fn glob_rules() {
+        assert!(glob("*", ""));
+        assert!(glob("c*n", "connection"));
+        assert!(!glob("c*x", "connection"));
+        assert!(glob("?ool", "pool"));
+    }
+
+    #[test]
+    fn verbosity_levels() {
+        assert_eq!(level(0), LevelFilter::ERROR);
+        assert_eq!(level(1), LevelFilter::WARN);
+        assert_eq!(level(3), LevelFilter::DEBUG);
+        assert_eq!(level(9), LevelFilter::TRACE);
+    }
+}

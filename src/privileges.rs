@@ -1,0 +1,211 @@
+//! Dropping privileges (spec §8.8): keep only CAP_SYS_RAWIO (plus
+//! CAP_SYS_ADMIN when multipath is in use), clear the bounding set, drop
+//! supplementary groups, switch to `-u`/`-g`.
+//!
+//! Capabilities are per thread, so this must run before any thread exists
+//! (the async runtime and the SG_IO pool are started afterwards).
+
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability};
+use nix::unistd::{Gid, Group, Uid, User};
+use thiserror::Error;
+
+/// Why privileges could not be dropped.
+#[derive(Debug, Error)]
+pub enum PrivilegeError {
+    /// The process lacks a capability it must keep.
+    #[error(
+        "missing capability {0}: pr-helper needs it to send SCSI commands; \
+         run it as root, or grant it (e.g. systemd AmbientCapabilities={0})"
+    )]
+    Missing(&'static str),
+    /// A capability operation failed.
+    #[error("Failed to drop privileges: {0}")]
+    Caps(String),
+    /// Changing user or group failed.
+    #[error("Failed to drop privileges: {0}")]
+    Identity(String),
+}
+
+/// The identity and capabilities to run with.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `-u`: user id, and the user's primary group if known by name.
+    pub user: Option<(Uid, Option<Gid>)>,
+    /// `-g`: group id.
+    pub group: Option<Gid>,
+    /// Keep CAP_SYS_ADMIN too (multipath: device-mapper ioctls).
+    pub keep_sys_admin: bool,
+}
+
+/// Looks up a user by name, else as a number (qemu-pr-helper's rule).
+/// Returns the uid and, for a name, the user's primary group.
+pub fn resolve_user(name: &str) -> Result<(Uid, Option<Gid>), String> {
+    if let Ok(Some(user)) = User::from_name(name) {
+        return Ok((user.uid, Some(user.gid)));
+    }
+    name.parse::<u32>()
+        .map(|uid| (Uid::from_raw(uid), None))
+        .map_err(|_| format!("invalid user '{name}'"))
+}
+
+/// Looks up a group by name, else as a number.
+pub fn resolve_group(name: &str) -> Result<Gid, String> {
+    if let Ok(Some(group)) = Group::from_name(name) {
+        return Ok(group.gid);
+    }
+    name.parse::<u32>()
+        .map(Gid::from_raw)
+        .map_err(|_| format!("invalid group '{name}'"))
+}
+
+/// The capabilities pr-helper keeps.
+pub fn kept(keep_sys_admin: bool) -> HashSet<Capability> {
+    let mut set = HashSet::from([Capability::CAP_SYS_RAWIO]);
+    if keep_sys_admin {
+        set.insert(Capability::CAP_SYS_ADMIN);
+    }
+    set
+}
+
+fn caps_err(what: &str, e: impl std::fmt::Display) -> PrivilegeError {
+    PrivilegeError::Caps(format!("{what}: {e}"))
+}
+
+/// Drops everything but what `target` keeps. Must be called while the
+/// process has exactly one thread.
+pub fn drop_privileges(target: &Target) -> Result<(), PrivilegeError> {
+    let keep = kept(target.keep_sys_admin);
+    let permitted =
+        caps::read(None, CapSet::Permitted).map_err(|e| caps_err("reading capabilities", e))?;
+    for cap in &keep {
+        if !permitted.contains(cap) {
+            return Err(PrivilegeError::Missing(cap_name(*cap)));
+        }
+    }
+    let effective =
+        caps::read(None, CapSet::Effective).map_err(|e| caps_err("reading capabilities", e))?;
+    let can = |cap| effective.contains(&cap) || permitted.contains(&cap);
+
+    // Bounding set: drop every capability still in it that we do not keep.
+    // Dropping needs CAP_SETPCAP, but only for capabilities that are there.
+    // Without CAP_SETPCAP (a non-root start with just CAP_SYS_RAWIO) the set
+    // stays as it is; NO_NEW_PRIVS below already makes it irrelevant, since
+    // no exec can then grant anything.
+    let bounding =
+        caps::read(None, CapSet::Bounding).map_err(|e| caps_err("reading the bounding set", e))?;
+    if bounding.iter().any(|c| !keep.contains(c)) {
+        if can(Capability::CAP_SETPCAP) {
+            caps::raise(None, CapSet::Effective, Capability::CAP_SETPCAP)
+                .map_err(|e| caps_err("raising CAP_SETPCAP", e))?;
+            for cap in bounding.iter().filter(|c| !keep.contains(c)) {
+                caps::drop(None, CapSet::Bounding, *cap).map_err(|e| {
+                    caps_err(
+                        &format!("clearing {} from the bounding set", cap_name(*cap)),
+                        e,
+                    )
+                })?;
+            }
+        } else {
+            tracing::info!(
+                "no CAP_SETPCAP: capability bounding set left as it is (NO_NEW_PRIVS is set)"
+            );
+        }
+    }
+
+    // Identity: supplementary groups, then gid, then uid, keeping the
+    // permitted capabilities across the uid change.
+    let gid = target
+        .group
+        .or_else(|| target.user.and_then(|(_, primary)| primary))
+        .unwrap_or_else(Gid::current);
+    let uid = target.user.map(|(uid, _)| uid).unwrap_or_else(Uid::current);
+    let groups = nix::unistd::getgroups()
+        .map_err(|e| PrivilegeError::Identity(format!("getgroups: {e}")))?;
+    if !groups.is_empty() {
+        if can(Capability::CAP_SETGID) {
+            caps::raise(None, CapSet::Effective, Capability::CAP_SETGID)
+                .map_err(|e| caps_err("raising CAP_SETGID", e))?;
+            nix::unistd::setgroups(&[])
+                .map_err(|e| PrivilegeError::Identity(format!("setgroups: {e}")))?;
+        } else {
+            tracing::warn!(
+                "cannot drop supplementary groups {groups:?} without CAP_SETGID; start pr-helper \
+                 without them (systemd: SupplementaryGroups= empty)"
+            );
+        }
+    }
+    if gid != Gid::current() || Gid::effective() != gid {
+        if can(Capability::CAP_SETGID) {
+            caps::raise(None, CapSet::Effective, Capability::CAP_SETGID)
+                .map_err(|e| caps_err("raising CAP_SETGID", e))?;
+        }
+        nix::unistd::setresgid(gid, gid, gid)
+            .map_err(|e| PrivilegeError::Identity(format!("cannot switch to group {gid}: {e}")))?;
+    }
+    if uid != Uid::current() || Uid::effective() != uid {
+        if can(Capability::CAP_SETUID) {
+            caps::raise(None, CapSet::Effective, Capability::CAP_SETUID)
+                .map_err(|e| caps_err("raising CAP_SETUID", e))?;
+        }
+        // Keep the permitted set across the switch away from uid 0.
+        nix::sys::prctl::set_keepcaps(true).map_err(|e| caps_err("PR_SET_KEEPCAPS", e))?;
+        nix::unistd::setresuid(uid, uid, uid)
+            .map_err(|e| PrivilegeError::Identity(format!("cannot switch to user {uid}: {e}")))?;
+        nix::sys::prctl::set_keepcaps(false).map_err(|e| caps_err("PR_SET_KEEPCAPS", e))?;
+    }
+
+    // Finally the capability sets themselves.
+    caps::clear(None, CapSet::Ambient).map_err(|e| caps_err("clearing ambient capabilities", e))?;
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| caps_err("clearing inheritable capabilities", e))?;
+    // Effective first: it must stay a subset of the permitted set.
+    caps::set(None, CapSet::Effective, &keep)
+        .map_err(|e| caps_err("setting effective capabilities", e))?;
+    caps::set(None, CapSet::Permitted, &keep)
+        .map_err(|e| caps_err("setting permitted capabilities", e))?;
+    // Nothing pr-helper could ever execute may gain privileges.
+    nix::sys::prctl::set_no_new_privs().map_err(|e| caps_err("PR_SET_NO_NEW_PRIVS", e))?;
+    Ok(())
+}
+
+fn cap_name(cap: Capability) -> &'static str {
+    match cap {
+        Capability::CAP_SYS_RAWIO => "CAP_SYS_RAWIO",
+        Capability::CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        Capability::CAP_SETPCAP => "CAP_SETPCAP",
+        Capability::CAP_SETUID => "CAP_SETUID",
+        Capability::CAP_SETGID => "CAP_SETGID",
+        _ => "a capability",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_group_lookup() {
+        assert_eq!(
+            resolve_user("root").unwrap(),
+            (Uid::from_raw(0), Some(Gid::from_raw(0)))
+        );
+        assert_eq!(resolve_user("4242").unwrap(), (Uid::from_raw(4242), None));
+        assert_eq!(
+            resolve_user("no-such-user-xyz").unwrap_err(),
+            "invalid user 'no-such-user-xyz'"
+        );
+        assert_eq!(resolve_user("-1").unwrap_err(), "invalid user '-1'");
+        assert_eq!(
+            resolve_user("4294967296").unwrap_err(),
+            "invalid user '4294967296'"
+        );
+        assert_eq!(resolve_group("root").unwrap(), Gid::from_raw(0));
+        assert_eq!(resolve_group("77").unwrap(), Gid::from_raw(77));
+        assert_eq!(
+            resolve_group("no-such-group-xyz").unwrap_err(),
+            "invalid group 'no-such-group-xyz'"
+        );
+    }
+}

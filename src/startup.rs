@@ -1,0 +1,199 @@
+//! Start-up and shutdown of the helper process, in the reference's order
+//! (spec §8.5): configuration, logging, socket (created or adopted),
+//! daemonizing, pidfile, privilege drop; then the runtime and the server;
+//! at the end the socket and pidfile are removed.
+//!
+//! Everything up to the privilege drop runs single-threaded: fork and
+//! capability changes need that. Fatal errors are printed to stderr as
+//! `pr-helper: <message>` and exit 1 (for `-d`, through the parent).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tracing::{error, info, warn};
+
+use crate::command::ExecConfig;
+use crate::config::{self, Config, ServerArgs};
+use crate::connection::ConnectionConfig;
+use crate::daemon::{self, Daemon, Pidfile};
+use crate::server::{self, ServerConfig};
+use crate::{activation, listener, logging, privileges, signals};
+
+/// Runs the helper with these command-line options; returns the exit code.
+pub fn run(args: &ServerArgs) -> ExitCode {
+    if let Err(e) = signals::install_early() {
+        return fatal(&format!("cannot install signal handlers: {e}"));
+    }
+    let loaded = match config::load(args) {
+        Ok(l) => l,
+        Err(e) => return fatal(&e.to_string()),
+    };
+    if args.print_config {
+        print!("{}", loaded.render());
+        return ExitCode::SUCCESS;
+    }
+    let config = loaded.config.clone();
+    if let Some(trace) = &config.trace {
+        if logging::TraceOptions::parse(trace).is_ok_and(|t| t.help) {
+            println!("Log targets that -T patterns select:");
+            for t in logging::TARGETS {
+                println!("  {t}");
+            }
+            return ExitCode::SUCCESS;
+        }
+    }
+    if let Err(e) = logging::init(&config, config.daemon) {
+        return fatal(&e);
+    }
+    let socket_path_given = loaded.origin_of("socket") != "built-in default";
+
+    // The socket comes first: it is libvirt's readiness signal, and QEMUs
+    // that connect before the event loop runs wait in the backlog.
+    let (listener, created) = match activation::listen_fds().filter(|&n| n > 0) {
+        Some(n) => match activation::adopt(n, socket_path_given) {
+            Ok(l) => {
+                info!("using the socket passed by systemd");
+                (l, None)
+            }
+            Err(e) => return fatal(&e.to_string()),
+        },
+        None => match listener::bind(&config.socket) {
+            Ok(bound) => (bound.listener, Some(bound.path)),
+            Err(e) => return fatal(&e.to_string()),
+        },
+    };
+    let created = SocketPath(created);
+    if let Some(path) = &created.0 {
+        if let Err(e) = listener::set_owner_and_mode(path, &config) {
+            return fatal(&e);
+        }
+    }
+
+    let daemon = if config.daemon {
+        match daemon::daemonize() {
+            Ok(d) => Some(d),
+            Err(e) => return fatal(&e.to_string()),
+        }
+    } else {
+        None
+    };
+    let pidfile = match finish_setup(&config) {
+        Ok(p) => p,
+        Err(message) => {
+            match daemon {
+                Some(d) => d.fail(&message),
+                None => eprintln!("pr-helper: {message}"),
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(d) = daemon {
+        Daemon::ready(d);
+    }
+
+    let code = serve(listener, &config, created);
+    if let Some(p) = pidfile {
+        p.remove();
+    }
+    code
+}
+
+/// The socket path this process created, removed when dropped (at exit and
+/// on start-up failure; an activated socket belongs to systemd).
+struct SocketPath(Option<PathBuf>);
+
+impl SocketPath {
+    fn remove(&mut self) {
+        if let Some(path) = self.0.take() {
+            // Failing to remove it must not stop the exit (a known KubeVirt
+            // problem of the C helper): D11 replaces a stale socket next time.
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!("cannot remove socket {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Pidfile and privilege drop (still single-threaded).
+fn finish_setup(config: &Config) -> Result<Option<Pidfile>, String> {
+    let pidfile = match config.effective_pidfile() {
+        Some(path) => Some(Pidfile::create(&path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let target = privileges::Target {
+        user: config
+            .user
+            .as_deref()
+            .map(privileges::resolve_user)
+            .transpose()?,
+        group: config
+            .group
+            .as_deref()
+            .map(privileges::resolve_group)
+            .transpose()?,
+        keep_sys_admin: false,
+    };
+    privileges::drop_privileges(&target).map_err(|e| e.to_string())?;
+    Ok(pidfile)
+}
+
+/// Builds the runtime and serves until a terminating signal.
+fn serve(
+    listener: std::os::unix::net::UnixListener,
+    config: &Config,
+    mut created: SocketPath,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the event loop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server_config = ServerConfig {
+        max_connections: config.max_connections,
+        sgio_threads: config.sgio_threads,
+        connection: ConnectionConfig {
+            request_timeout: config.request_timeout(),
+            exec: ExecConfig {
+                sgio_timeout: config.sgio_timeout(),
+            },
+        },
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot register the listening socket: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(
+            pid = std::process::id(),
+            "serving on {}",
+            config.socket.display()
+        );
+        activation::notify("READY=1");
+        server::run(listener, server_config, signals::terminated(), move || {
+            activation::notify("STOPPING=1");
+            created.remove();
+        })
+        .await;
+        info!("exiting");
+        ExitCode::SUCCESS
+    })
+}
+
+fn fatal(message: &str) -> ExitCode {
+    eprintln!("pr-helper: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,753 @@
+//! The process around the server, as each user runs it: command line and
+//! exit codes, configuration layers, socket activation and sd_notify, `-d`
+//! and the pidfile, privilege drop, journald, libvirt's managed mode.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pr_helper::pr::pr_in_cdb;
+
+/// Runs pr-helper to completion with a clean PR_HELPER_* environment.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(our_binary());
+    cmd.args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pr-helper {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_fails(args: &[&str], env: &[(&str, &str)], message: &str) {
+    let out = run(args, env);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?}: {}",
+        text(&out.stderr)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(message),
+        "{args:?}: expected {message:?} in:\n{stderr}"
+    );
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    for flag in ["-h", "--help"] {
+        let out = run(&[flag], &[]);
+        assert_eq!(out.status.code(), Some(0));
+        let help = text(&out.stdout);
+        for opt in [
+            "--daemon",
+            "--pidfile",
+            "--socket",
+            "--trace",
+            "--user",
+            "--group",
+            "--verbose",
+            "--quiet",
+            "--config",
+            "--print-config",
+        ] {
+            assert!(help.contains(opt), "help lists {opt}:\n{help}");
+        }
+    }
+    for flag in ["-V", "--version"] {
+        let out = run(&[flag], &[]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            text(&out.stdout).starts_with("pr-helper "),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn usage_and_validation_errors_exit_one() {
+    assert_fails(&["--no-such-option"], &[], "--no-such-option");
+    assert_fails(&["-k"], &[], "a value is required for '--socket <PATH>'");
+    assert_fails(
+        &["-k", "relative.sock"],
+        &[],
+        "socket path must be absolute",
+    );
+    let long = format!("/tmp/{}", "x".repeat(110));
+    assert_fails(&["-k", &long], &[], "too long");
+    assert_fails(
+        &["-u", "no-such-user-pr-helper"],
+        &[],
+        "invalid user 'no-such-user-pr-helper'",
+    );
+    assert_fails(
+        &["-g", "no-such-group-pr-helper"],
+        &[],
+        "invalid group 'no-such-group-pr-helper'",
+    );
+    assert_fails(&["-u", "-5"], &[], "invalid user");
+    assert_fails(&["--sgio-timeout", "x"], &[], "--sgio-timeout");
+    assert_fails(&["-T", "colour=blue"], &[], "unknown trace option");
+    assert_fails(
+        &["--config", "/nonexistent/pr-helper.toml"],
+        &[],
+        "/nonexistent/pr-helper.toml",
+    );
+    assert_fails(&["--socket-mode", "999"], &[], "octal");
+    // Socket directory missing: bind fails.
+    assert_fails(
+        &["-k", "/nonexistent-dir-prh/s.sock"],
+        &[],
+        "Failed to bind socket to /nonexistent-dir-prh/s.sock",
+    );
+}
+
+#[test]
+fn config_file_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let bad = write("bad.toml", "socket = [\n");
+    assert_fails(&["--config", &bad], &[], &bad);
+    let unknown = write("unknown.toml", "colour = \"blue\"\n");
+    let out = run(&["--config", &unknown], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("unknown setting `colour`") && e.contains(&unknown),
+        "{e}"
+    );
+    let wrong = write("wrong.toml", "max_connections = \"many\"\n");
+    let out = run(&["--config", &wrong], &[]);
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("max_connections") && e.contains("many") && e.contains(&wrong),
+        "{e}"
+    );
+    assert_fails(
+        &[],
+        &[("PR_HELPER_SGIO_THREADS", "lots")],
+        "PR_HELPER_SGIO_THREADS",
+    );
+    assert_fails(
+        &[],
+        &[("PR_HELPER_NO_SUCH_KEY", "1")],
+        "PR_HELPER_NO_SUCH_KEY",
+    );
+}
+
+/// The value and origin --print-config reports for `key`.
+fn effective(args: &[&str], env: &[(&str, &str)], key: &str) -> String {
+    let mut full = vec!["--print-config"];
+    full.extend_from_slice(args);
+    let out = run(&full, env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("{key} missing from:\n{}", text(&out.stdout)))
+        .to_string()
+}
+
+#[test]
+fn each_layer_wins_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "request_timeout = 11\nsocket = \"/tmp/from-file.sock\"\n",
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let env = [
+        ("PR_HELPER_REQUEST_TIMEOUT", "22"),
+        ("PR_HELPER_SOCKET", "/tmp/from-env.sock"),
+    ];
+    // Default only.
+    assert_eq!(
+        effective(&[], &[], "request_timeout"),
+        "request_timeout = 30  # built-in default"
+    );
+    // File over default.
+    assert_eq!(
+        effective(&["--config", &f], &[], "request_timeout"),
+        format!("request_timeout = 11  # file {f}")
+    );
+    // Environment over file.
+    assert_eq!(
+        effective(&["--config", &f], &env, "request_timeout"),
+        "request_timeout = 22  # environment variable PR_HELPER_REQUEST_TIMEOUT"
+    );
+    // Command line over environment.
+    assert_eq!(
+        effective(
+            &["--config", &f, "--request-timeout", "33"],
+            &env,
+            "request_timeout"
+        ),
+        "request_timeout = 33  # command line (--request-timeout)"
+    );
+    // The same for a qemu-pr-helper option (-k).
+    assert_eq!(
+        effective(
+            &["--config", &f, "-k", "/tmp/from-cli.sock"],
+            &env,
+            "socket"
+        ),
+        "socket = \"/tmp/from-cli.sock\"  # command line (--socket)"
+    );
+    assert_eq!(
+        effective(&["--config", &f], &env, "socket"),
+        "socket = \"/tmp/from-env.sock\"  # environment variable PR_HELPER_SOCKET"
+    );
+    // -q wins over -v; -v counts.
+    assert_eq!(
+        effective(&["-v", "-v"], &[], "verbosity"),
+        "verbosity = 3  # command line (--verbosity)"
+    );
+    assert_eq!(
+        effective(&["-vv", "-q"], &[], "verbosity"),
+        "verbosity = 0  # command line (--verbosity)"
+    );
+}
+
+#[test]
+fn trace_help_lists_targets() {
+    let out = run(&["-T", "help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("connection"));
+}
+
+#[test]
+fn trace_patterns_turn_on_trace_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace_file = dir.path().join("trace.log");
+    let opts = format!("enable=conn*,file={}", trace_file.display());
+    let h = Helper::ours(&["-T", &opts]);
+    let f = common::fds::rw_file(h.dir.path());
+    let mut c = h.client();
+    c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&trace_file).unwrap_or_default();
+        // The per-request debug record of the connection target went to the
+        // trace file although verbosity is the default (warnings).
+        if log.contains("request") && log.contains("pr_helper::connection") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trace file:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !h.stderr().contains("request"),
+        "stderr keeps the default level"
+    );
+}
+
+#[test]
+fn socket_activation_serves_and_leaves_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l").arg(&socket).arg(our_binary());
+    let mut h = Helper::spawn(Which::Ours, cmd, dir, socket.clone());
+    h.assert_serving();
+    let status = h.terminate();
+    assert!(status.success(), "{}", h.stderr());
+    // The socket belongs to systemd: pr-helper does not remove it.
+    assert!(socket.exists());
+}
+
+#[test]
+fn socket_activation_refuses_k_and_two_fds() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("a.sock");
+    let out = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(our_binary())
+        .arg("-k")
+        .arg(dir.path().join("b.sock"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // systemd-socket-activate execs the helper only when a client connects.
+    let _c = connect_retry(&socket);
+    let out = out.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("Unix socket can't be set when using socket activation"));
+
+    let socket2 = dir.path().join("c.sock");
+    let out = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg("-l")
+        .arg(&socket2)
+        .arg(our_binary())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _c = connect_retry(&socket);
+    let out = out.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not support socket activation with LISTEN_FDS > 1"));
+}
+
+fn connect_retry(path: &Path) -> std::os::unix::net::UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(path) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot connect to {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sd_notify_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path);
+    let mut h = Helper::spawn(Which::Ours, cmd, dir, socket);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    h.assert_serving();
+    h.signal(nix::sys::signal::Signal::SIGTERM);
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(h.wait(Duration::from_secs(10)).success());
+}
+
+fn read_pid(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .contains("State:\tZ")
+}
+
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn daemon_parent_returns_when_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("d.sock");
+    let pidfile = dir.path().join("d.pid");
+    let out = run(
+        &[
+            "-d",
+            "-k",
+            socket.to_str().unwrap(),
+            "-f",
+            pidfile.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Ready when the parent returns: socket and pidfile exist, child lives.
+    assert!(socket.exists());
+    let pid = read_pid(&pidfile);
+    assert!(alive(pid));
+    let mut c = pr_helper::client::Client::connect(&socket).unwrap();
+    let f = common::fds::rw_file(dir.path());
+    assert_eq!(
+        c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[])
+            .unwrap()
+            .header
+            .status,
+        2
+    );
+    drop(c);
+
+    // A second instance with the same pidfile is refused, naming the holder.
+    let other = dir.path().join("other.sock");
+    let out = run(
+        &[
+            "-k",
+            other.to_str().unwrap(),
+            "-f",
+            pidfile.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("Cannot lock pid file") && e.contains(&format!("held by pid {pid}")),
+        "{e}"
+    );
+    assert!(!other.exists(), "the refused instance removed its socket");
+
+    // Clean exit removes socket and pidfile.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_gone(pid);
+    assert!(!socket.exists());
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn daemon_failure_is_reported_by_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before the fork: the socket directory is missing.
+    let out = run(
+        &[
+            "-d",
+            "-k",
+            "/nonexistent-prh-dir/s.sock",
+            "-f",
+            "/tmp/unused.pid",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Failed to bind socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    // After the fork, in the child: the pidfile directory is missing; the
+    // parent prints the child's error and exits 1; nothing is left behind.
+    let socket = dir.path().join("s.sock");
+    let out = run(
+        &[
+            "-d",
+            "-k",
+            socket.to_str().unwrap(),
+            "-f",
+            "/nonexistent-prh-dir/p.pid",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("Could not create pid file /nonexistent-prh-dir/p.pid"),
+        "{e}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() {
+        assert!(Instant::now() < deadline, "socket left behind");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} missing"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn privileges_drop_to_nobody_and_keep_only_sys_rawio() {
+    // The directory must let "nobody" remove the socket at exit.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = dir.path().join("n.sock");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket).args(["-u", "nobody"]);
+    let mut h = Helper::spawn(Which::Ours, cmd, dir, socket.clone());
+    h.assert_serving();
+    let pid = h.pid();
+    let uid = status_field(pid, "Uid");
+    assert!(uid.split_whitespace().all(|u| u == "65534"), "Uid: {uid}");
+    let gid = status_field(pid, "Gid");
+    assert!(
+        gid.split_whitespace().all(|g| g == "65534"),
+        "Gid (nobody's primary group): {gid}"
+    );
+    assert_eq!(status_field(pid, "Groups"), "");
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(pid, set), "0000000000020000", "{set}");
+    }
+    assert_eq!(status_field(pid, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // Every thread has the same credentials (they were dropped before any
+    // thread started).
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        assert!(t.contains("CapEff:\t0000000000020000"), "{t}");
+    }
+    assert!(h.terminate().success());
+    assert!(!socket.exists());
+}
+
+#[test]
+fn without_root_the_helper_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let socket = dir.path().join("u.sock");
+    let out = Command::new(our_binary())
+        .arg("-k")
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("missing capability CAP_SYS_RAWIO"), "{e}");
+    assert!(!socket.exists(), "socket removed on start-up failure");
+}
+
+#[test]
+fn shutdown_exits_even_when_the_socket_cannot_be_removed() {
+    // As nobody, in a root-owned 0755 directory: unlink fails with EACCES.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket).args(["-u", "nobody"]);
+    let mut h = Helper::spawn(Which::Ours, cmd, dir, socket.clone());
+    h.assert_serving();
+    let status = h.terminate();
+    assert!(status.success());
+    assert!(
+        h.stderr().contains("cannot remove socket"),
+        "{}",
+        h.stderr()
+    );
+    assert!(socket.exists());
+    // The stale socket does not stop the next start (D11).
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket);
+    let h2 = Helper::spawn(
+        Which::Ours,
+        cmd,
+        tempfile::tempdir().unwrap(),
+        socket.clone(),
+    );
+    h2.assert_serving();
+}
+
+#[test]
+fn socket_mode_and_group() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Helper::ours(&["--socket-mode", "0660", "--socket-group", "nogroup"]);
+    let meta = std::fs::metadata(&h.socket).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o660);
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    assert_eq!(meta.gid(), nogroup.gid.as_raw());
+}
+
+#[test]
+fn libvirt_managed_mode() {
+    // libvirt: `<helper> -k <path>`, stdout/stderr captured, readiness = the
+    // socket exists, SIGTERM to stop.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("pr-helper0.sock");
+    let child = Command::new(our_binary())
+        .arg("-k")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut c = pr_helper::client::Client::connect(&socket).unwrap();
+    let f = common::fds::rw_file(dir.path());
+    assert_eq!(
+        c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[])
+            .unwrap()
+            .header
+            .status,
+        2
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!socket.exists());
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+/// systemd-journald, standalone in a private mount namespace with /run and
+/// /var/log/journal on scratch directories; pr-helper runs in the same
+/// namespace and logs there.
+#[test]
+fn journald_receives_structured_request_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path();
+    for d in ["run", "journal"] {
+        std::fs::create_dir(scratch.join(d)).unwrap();
+    }
+    let socket = scratch.join("j.sock");
+    let pidfile = scratch.join("j.pid");
+    let script = format!(
+        r#"set -e
+mount --bind {scratch}/run /run
+mkdir -p /var/log/journal
+mount --bind {scratch}/journal /var/log/journal
+mkdir -p /run/systemd/journal
+/lib/systemd/systemd-journald &
+JPID=$!
+for i in $(seq 200); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+{bin} -k {socket} -f {pidfile} -vv --log-target journald
+kill $JPID
+wait $JPID || true
+"#,
+        scratch = scratch.display(),
+        bin = our_binary().display(),
+        socket = socket.display(),
+        pidfile = pidfile.display()
+    );
+    let mut ns = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(socket.exists() && pidfile.exists()) {
+        if let Some(status) = ns.try_wait().unwrap() {
+            panic!(
+                "namespace script ended: {status:?}: {}",
+                text(&ns.wait_with_output().unwrap().stderr)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "helper did not start under journald"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let f = common::fds::rw_file(scratch);
+    let mut c = pr_helper::client::Client::connect(&socket).unwrap();
+    let r = c.execute(&pr_in_cdb(1, 64), f.as_fd(), &[]).unwrap();
+    assert_eq!(r.header.status, 2);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = read_pid(&pidfile);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = ns.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Standalone journald keeps the journal in /run/log/journal (volatile
+    // storage: nothing asks it to flush to /var).
+    let journal_dir = std::fs::read_dir(scratch.join("run/log/journal"))
+        .expect("journal directory")
+        .next()
+        .expect("machine directory")
+        .unwrap()
+        .path();
+    let journal = Command::new("journalctl")
+        .arg("-D")
+        .arg(&journal_dir)
+        .args(["-o", "json", "--no-pager"])
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = text(&journal.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let request = records
+        .iter()
+        .find(|r| r["MESSAGE"] == "request")
+        .unwrap_or_else(|| {
+            panic!(
+                "no request record in {} records:\n{}",
+                records.len(),
+                text(&journal.stdout)
+            )
+        });
+    assert_eq!(request["SYSLOG_IDENTIFIER"], "pr-helper");
+    assert_eq!(request["PRH_OPCODE"], "0x5e");
+    assert_eq!(request["PRH_SERVICE_ACTION"], "1");
+    assert_eq!(request["PRH_STATUS"], "0x02");
+    assert_eq!(request["PRH_SENSE_KEY"], "0b");
+    assert_eq!(request["PRH_ASC"], "00");
+    assert_eq!(request["PRH_ASCQ"], "06");
+    assert_eq!(request["PRH_PEER_UID"], "0");
+    assert_eq!(request["PRH_PEER_PID"], std::process::id().to_string());
+    assert!(request["PRH_DEVICE"].is_string());
+    assert!(request["PRH_DURATION_US"].is_string());
+    assert!(records.iter().any(|r| r["MESSAGE"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("serving on"))));
+}
