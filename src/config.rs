@@ -58,6 +58,10 @@ pub struct Cli {
 pub enum ClientCommand {
     /// Connect to a running helper, do the handshake, report success (exit 0) or failure (exit 1).
     Ping(crate::tools::PingArgs),
+    /// Send one PERSISTENT RESERVE IN/OUT through a running helper, as QEMU would, and decode the answer.
+    Persist(Box<crate::tools::PersistArgs>),
+    /// Ask a device directly (SG_IO) whether it supports persistent reservations.
+    Probe(crate::tools::ProbeArgs),
 }
 
 /// The helper's options.

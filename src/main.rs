@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     };
     match &cli.command {
         Some(ClientCommand::Ping(args)) => tools::ping(args),
+        Some(ClientCommand::Persist(args)) => tools::persist(args),
+        Some(ClientCommand::Probe(args)) => tools::probe(args),
         None => startup::run(&cli.server),
     }
 }

@@ -188,6 +188,193 @@ pub fn fc_transport_id(port_name: u64) -> Vec<u8> {
     tid
 }
 
+/// Decoded PERSISTENT RESERVE IN replies (SPC-4 §6.15).
+pub mod decode {
+    use std::fmt;
+
+    /// Why a reply could not be decoded.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Truncated(pub &'static str);
+
+    impl fmt::Display for Truncated {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "reply too short for {}", self.0)
+        }
+    }
+
+    fn be32(b: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    fn be64(b: &[u8], at: usize) -> u64 {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&b[at..at + 8]);
+        u64::from_be_bytes(k)
+    }
+
+    /// READ KEYS.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Keys {
+        /// PRGENERATION.
+        pub generation: u32,
+        /// Registered keys (only those fully inside the reply).
+        pub keys: Vec<u64>,
+        /// ADDITIONAL LENGTH: more keys exist if this exceeds what was returned.
+        pub additional_length: u32,
+    }
+
+    /// Decodes READ KEYS data.
+    pub fn keys(data: &[u8]) -> Result<Keys, Truncated> {
+        if data.len() < 8 {
+            return Err(Truncated("READ KEYS header"));
+        }
+        let additional_length = be32(data, 4);
+        let end = data.len().min(8 + additional_length as usize);
+        let keys = data[8..end].chunks_exact(8).map(|k| be64(k, 0)).collect();
+        Ok(Keys {
+            generation: be32(data, 0),
+            keys,
+            additional_length,
+        })
+    }
+
+    /// READ RESERVATION.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Reservation {
+        /// PRGENERATION.
+        pub generation: u32,
+        /// The reservation, if any: key, scope, type.
+        pub holder: Option<(u64, u8, u8)>,
+    }
+
+    /// Decodes READ RESERVATION data.
+    pub fn reservation(data: &[u8]) -> Result<Reservation, Truncated> {
+        if data.len() < 8 {
+            return Err(Truncated("READ RESERVATION header"));
+        }
+        let holder = if be32(data, 4) >= 16 {
+            if data.len() < 24 {
+                return Err(Truncated("the reservation descriptor"));
+            }
+            Some((be64(data, 8), data[21] >> 4, data[21] & 0x0f))
+        } else {
+            None
+        };
+        Ok(Reservation {
+            generation: be32(data, 0),
+            holder,
+        })
+    }
+
+    /// REPORT CAPABILITIES.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Capabilities {
+        /// Byte 2: RLR_C, CRH, SIP_C, ATP_C, PTPL_C.
+        pub flags: u8,
+        /// Byte 3: TMV, ALLOW COMMANDS, PTPL_A.
+        pub flags2: u8,
+        /// PERSISTENT RESERVATION TYPE MASK (bytes 4–5).
+        pub type_mask: u16,
+    }
+
+    impl Capabilities {
+        /// Reservation types the type mask declares supported (when TMV is set).
+        pub fn types(&self) -> Vec<u8> {
+            let bits = [
+                (0x8000u16, 7u8),
+                (0x4000, 6),
+                (0x2000, 5),
+                (0x0800, 3),
+                (0x0200, 1),
+                (0x0001, 8),
+            ];
+            let mut t: Vec<u8> = bits
+                .iter()
+                .filter(|(bit, _)| self.type_mask & bit != 0)
+                .map(|(_, t)| *t)
+                .collect();
+            t.sort_unstable();
+            t
+        }
+
+        /// Type Mask Valid.
+        pub fn type_mask_valid(&self) -> bool {
+            self.flags2 & 0x80 != 0
+        }
+    }
+
+    /// Decodes REPORT CAPABILITIES data.
+    pub fn capabilities(data: &[u8]) -> Result<Capabilities, Truncated> {
+        if data.len() < 6 {
+            return Err(Truncated("REPORT CAPABILITIES"));
+        }
+        Ok(Capabilities {
+            flags: data[2],
+            flags2: data[3],
+            type_mask: u16::from_be_bytes([data[4], data[5]]),
+        })
+    }
+
+    /// One READ FULL STATUS descriptor.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Registration {
+        /// RESERVATION KEY.
+        pub key: u64,
+        /// ALL_TG_PT.
+        pub all_tg_pt: bool,
+        /// R_HOLDER.
+        pub holder: bool,
+        /// SCOPE and TYPE (meaningful when `holder`).
+        pub scope: u8,
+        /// Reservation type.
+        pub pr_type: u8,
+        /// RELATIVE TARGET PORT IDENTIFIER.
+        pub relative_target_port: u16,
+        /// The initiator's TransportID.
+        pub transport_id: Vec<u8>,
+    }
+
+    /// READ FULL STATUS.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FullStatus {
+        /// PRGENERATION.
+        pub generation: u32,
+        /// Registrations.
+        pub registrations: Vec<Registration>,
+    }
+
+    /// Decodes READ FULL STATUS data (descriptors fully inside the reply).
+    pub fn full_status(data: &[u8]) -> Result<FullStatus, Truncated> {
+        if data.len() < 8 {
+            return Err(Truncated("READ FULL STATUS header"));
+        }
+        let end = data.len().min(8 + be32(data, 4) as usize);
+        let mut at = 8;
+        let mut registrations = Vec::new();
+        while at + 24 <= end {
+            let tid_len = be32(data, at + 20) as usize;
+            if at + 24 + tid_len > end {
+                break;
+            }
+            let d = &data[at..];
+            registrations.push(Registration {
+                key: be64(d, 0),
+                all_tg_pt: d[12] & 0x02 != 0,
+                holder: d[12] & 0x01 != 0,
+                scope: d[13] >> 4,
+                pr_type: d[13] & 0x0f,
+                relative_target_port: u16::from_be_bytes([d[18], d[19]]),
+                transport_id: d[24..24 + tid_len].to_vec(),
+            });
+            at += 24 + tid_len;
+        }
+        Ok(FullStatus {
+            generation: be32(data, 0),
+            registrations,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +426,51 @@ mod tests {
         assert_eq!(b.len(), 48);
         assert_eq!(b[17], 2);
         assert_eq!(&b[18..24], &[0, 1, 0, 0, 0, 24]);
+    }
+
+    #[test]
+    fn decoders() {
+        let mut k = vec![0, 0, 0, 5, 0, 0, 0, 16];
+        k.extend_from_slice(&1u64.to_be_bytes());
+        k.extend_from_slice(&2u64.to_be_bytes());
+        let d = decode::keys(&k).unwrap();
+        assert_eq!(
+            (d.generation, d.keys.clone(), d.additional_length),
+            (5, vec![1, 2], 16)
+        );
+        // Truncated to the allocation length: only whole keys.
+        assert_eq!(decode::keys(&k[..20]).unwrap().keys, vec![1]);
+        assert!(decode::keys(&k[..7]).is_err());
+
+        let mut r = vec![0, 0, 0, 9, 0, 0, 0, 16];
+        r.extend_from_slice(&0xabu64.to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0, 0, 0x05, 0, 0]);
+        assert_eq!(decode::reservation(&r).unwrap().holder, Some((0xab, 0, 5)));
+        assert_eq!(
+            decode::reservation(&[0, 0, 0, 1, 0, 0, 0, 0])
+                .unwrap()
+                .holder,
+            None
+        );
+
+        let c = decode::capabilities(&[0, 8, 0x11, 0x81, 0xea, 0x01, 0, 0]).unwrap();
+        assert!(c.type_mask_valid());
+        assert_eq!(c.types(), vec![1, 3, 5, 6, 7, 8]);
+
+        let mut f = vec![0, 0, 0, 2, 0, 0, 0, 48];
+        let mut desc = vec![0u8; 24];
+        desc[0..8].copy_from_slice(&7u64.to_be_bytes());
+        desc[12] = 0x01;
+        desc[13] = 0x05;
+        desc[18..20].copy_from_slice(&2u16.to_be_bytes());
+        desc[20..24].copy_from_slice(&24u32.to_be_bytes());
+        f.extend_from_slice(&desc);
+        f.extend_from_slice(&sas_transport_id(0x5001405bbbbbbbb1));
+        let s = decode::full_status(&f).unwrap();
+        assert_eq!(s.registrations.len(), 1);
+        let reg = &s.registrations[0];
+        assert!(reg.holder && !reg.all_tg_pt);
+        assert_eq!((reg.key, reg.pr_type, reg.relative_target_port), (7, 5, 2));
+        assert_eq!(reg.transport_id, sas_transport_id(0x5001405bbbbbbbb1));
     }
 }

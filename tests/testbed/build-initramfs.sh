@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the test-bed initramfs.
+#
+#   build-initramfs.sh OUT.cpio.gz PR_HELPER_STATIC GUEST_RUNNER_STATIC [HOST_BINARY...]
+#
+# Contents: busybox, the kernel modules for LIO (tcm_loop + fileio), sd and
+# sg, sg3-utils from the cache, pr-helper and the guest scenario runner
+# (static musl binaries built from this tree), each HOST_BINARY (for example
+# /usr/bin/qemu-pr-helper) with the shared libraries ldd finds for it, and
+# tests/testbed/init as /init.
+set -euo pipefail
+[ $# -ge 3 ] || { echo "usage: $0 OUT PR_HELPER GUEST_RUNNER [HOST_BINARY...]" >&2; exit 2; }
+OUT=$1; PRH=$2; RUNNER=$3; shift 3
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed
+ROOT=$CACHE/root
+[ -f "$CACHE/root.done" ] || { echo "test bed cache missing: run tests/run setup (tests/testbed/fetch.sh)" >&2; exit 1; }
+KVER=$(cat "$CACHE/kernel-version")
+MODDIR=$ROOT/lib/modules/$KVER
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+I=$WORK/initramfs
+mkdir -p "$I"/{bin,sbin,etc,proc,sys,dev,tmp,run,lib/modules,usr/bin,usr/lib/x86_64-linux-gnu,lib64,var/tmp}
+
+cp "$ROOT/bin/busybox" "$I/bin/busybox"
+cp "$HERE/init" "$I/init"
+chmod 755 "$I/init"
+install -m 755 "$PRH" "$I/bin/pr-helper"
+install -m 755 "$RUNNER" "$I/bin/testbed-guest"
+
+# Kernel modules, dependencies first (resolved through modules.dep).
+WANTED="configfs scsi_mod sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop scsi_debug ${TESTBED_EXTRA_MODULES:-}"
+declare -A seen=()
+order=()
+resolve() {
+    local name=$1 path deps d
+    path=$(awk -F: -v m="/$name.ko" 'index($1, m) == length($1) - length(m) + 1 {print $1; exit}' "$MODDIR/modules.dep")
+    if [ -z "$path" ]; then
+        path=$(awk -F: -v m="/${name//_/-}.ko" 'index($1, m) == length($1) - length(m) + 1 {print $1; exit}' "$MODDIR/modules.dep")
+    fi
+    if [ -z "$path" ]; then
+        # Built into the kernel: nothing to load.
+        grep -qE "/$name.ko" "$MODDIR/modules.builtin" 2>/dev/null && return 0
+        echo "module $name not found" >&2; exit 1
+    fi
+    [ -n "${seen[$path]:-}" ] && return 0
+    seen[$path]=1
+    deps=$(awk -F: -v p="$path" '$1 == p {print $2; exit}' "$MODDIR/modules.dep")
+    for d in $deps; do
+        local base
+        base=$(basename "$d" .ko)
+        resolve "$base"
+    done
+    order+=("$path")
+}
+for m in $WANTED; do resolve "$m"; done
+: > "$I/etc/modules-order"
+for p in "${order[@]}"; do
+    mkdir -p "$I/lib/modules/$(dirname "$p")"
+    cp "$MODDIR/$p" "$I/lib/modules/$p"
+    echo "/lib/modules/$p" >> "$I/etc/modules-order"
+done
+
+# glibc programs with their libraries.
+copy_with_libs() {
+    local bin=$1 dest=$2 lib
+    install -D -m 755 "$bin" "$I$dest"
+    LD_LIBRARY_PATH=$ROOT/usr/lib/x86_64-linux-gnu ldd "$bin" | awk '/=>/ {print $3} /^\t\/lib64/ {print $1}' |
+        while read -r lib; do
+            [ -n "$lib" ] || continue
+            cp -L "$lib" "$I/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
+        done
+}
+for tool in sg_persist sg_raw sg_turs sg_inq sg_readcap; do
+    copy_with_libs "$ROOT/usr/bin/$tool" "/usr/bin/$tool"
+done
+for bin in "$@"; do
+    copy_with_libs "$bin" "$bin"
+done
+cp -L /lib64/ld-linux-x86-64.so.2 "$I/lib64/"
+ln -s ../usr/lib/x86_64-linux-gnu "$I/lib/x86_64-linux-gnu"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$I/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$I/etc/group"
+
+(cd "$I" && find . | "$ROOT/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$OUT"
+echo "initramfs $OUT: $(du -h "$OUT" | cut -f1), kernel $KVER, ${#order[@]} modules"
