@@ -21,7 +21,7 @@ MODDIR=$ROOT/lib/modules/$KVER
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 I=$WORK/initramfs
-mkdir -p "$I"/{bin,sbin,etc,proc,sys,dev,tmp,run,lib/modules,usr/bin,usr/lib/x86_64-linux-gnu,lib64,var/tmp}
+mkdir -p "$I"/{bin,sbin,etc,proc,sys,dev,tmp,run,lib/modules,usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,lib64,var/tmp}
 
 cp "$ROOT/bin/busybox" "$I/bin/busybox"
 cp "$HERE/init" "$I/init"
@@ -30,27 +30,28 @@ install -m 755 "$PRH" "$I/bin/pr-helper"
 install -m 755 "$RUNNER" "$I/bin/testbed-guest"
 
 # Kernel modules, dependencies first (resolved through modules.dep).
-WANTED="configfs scsi_mod sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop scsi_debug ${TESTBED_EXTRA_MODULES:-}"
-declare -A seen=()
+WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop scsi_debug ${TESTBED_EXTRA_MODULES:-}"
+# Module name (dashes as underscores) -> path, and path -> dependencies.
+declare -A path_of=() deps_of=() seen=()
+while IFS= read -r line; do
+    p=${line%%:*}
+    n=$(basename "$p" .ko)
+    path_of[${n//-/_}]=$p
+    deps_of[$p]=${line#*:}
+done < "$MODDIR/modules.dep"
 order=()
 resolve() {
-    local name=$1 path deps d
-    path=$(awk -F: -v m="/$name.ko" 'index($1, m) == length($1) - length(m) + 1 {print $1; exit}' "$MODDIR/modules.dep")
+    local name=${1//-/_} path d
+    path=${path_of[$name]:-}
     if [ -z "$path" ]; then
-        path=$(awk -F: -v m="/${name//_/-}.ko" 'index($1, m) == length($1) - length(m) + 1 {print $1; exit}' "$MODDIR/modules.dep")
-    fi
-    if [ -z "$path" ]; then
-        # Built into the kernel: nothing to load.
-        grep -qE "/$name.ko" "$MODDIR/modules.builtin" 2>/dev/null && return 0
-        echo "module $name not found" >&2; exit 1
+        grep -q "/$1.ko" "$MODDIR/modules.builtin" 2>/dev/null && return 0
+        echo "module $1 not found in modules.dep" >&2
+        exit 1
     fi
     [ -n "${seen[$path]:-}" ] && return 0
     seen[$path]=1
-    deps=$(awk -F: -v p="$path" '$1 == p {print $2; exit}' "$MODDIR/modules.dep")
-    for d in $deps; do
-        local base
-        base=$(basename "$d" .ko)
-        resolve "$base"
+    for d in ${deps_of[$path]}; do
+        resolve "$(basename "$d" .ko)"
     done
     order+=("$path")
 }

@@ -1,0 +1,231 @@
+//! The VM test bed: Debian's 6.1 kernel under `qemu-system-x86_64 -accel
+//! tcg`, LIO (the kernel's SCSI target) exporting file-backed LUNs through
+//! two tcm_loop initiators each, pr-helper (static musl, from this tree) and
+//! Debian's qemu-pr-helper side by side, and a scenario runner
+//! (tests/testbed/guest) that prints one line per result.
+//!
+//! Needs the cache filled by `tests/run setup` (tests/testbed/fetch.sh); the
+//! tests fail with a clear message otherwise. VMs run one at a time.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One VM at a time: two TCG guests on two cores only slow each other down.
+static VM: Mutex<()> = Mutex::new(());
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache() -> PathBuf {
+    let base = std::env::var("PRH_TEST_CACHE").unwrap_or_else(|_| "/var/cache/pr-helper".into());
+    PathBuf::from(base).join("testbed")
+}
+
+struct Artifacts {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+}
+
+/// Builds the static binaries and the initramfs once per test process.
+fn artifacts() -> &'static Artifacts {
+    static A: OnceLock<Artifacts> = OnceLock::new();
+    A.get_or_init(|| {
+        let cache = cache();
+        assert!(
+            cache.join("root.done").exists(),
+            "test-bed cache {} is missing: run `tests/run setup` (tests/testbed/fetch.sh) first",
+            cache.display()
+        );
+        let kver = std::fs::read_to_string(cache.join("kernel-version")).unwrap();
+        let kernel = cache.join(format!("root/boot/vmlinuz-{}", kver.trim()));
+        assert!(kernel.exists(), "{} missing", kernel.display());
+        for bin in ["/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-pr-helper"] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} missing: run `tests/run setup`"
+            );
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root())
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "--bin",
+                "pr-helper",
+                "--example",
+                "testbed-guest",
+            ])
+            .status()
+            .expect("cargo build (musl)");
+        assert!(status.success(), "static musl build failed");
+        let out = root().join("target/x86_64-unknown-linux-musl/release");
+        let initramfs = root().join("target/testbed-initramfs.cpio.gz");
+        let status = Command::new(root().join("tests/testbed/build-initramfs.sh"))
+            .arg(&initramfs)
+            .arg(out.join("pr-helper"))
+            .arg(out.join("examples/testbed-guest"))
+            .arg("/usr/bin/qemu-pr-helper")
+            .status()
+            .expect("build-initramfs.sh");
+        assert!(status.success(), "initramfs build failed");
+        Artifacts { kernel, initramfs }
+    })
+}
+
+/// What a guest run printed.
+struct Run {
+    console: String,
+    results: Vec<(String, bool, String)>,
+    figures: Vec<(String, String)>,
+    seconds: f64,
+}
+
+impl Run {
+    /// Fails the test (showing every failure and the console tail) unless
+    /// every result passed and there are at least `min_results`.
+    fn assert_all_passed(&self, min_results: usize) {
+        let failed: Vec<_> = self.results.iter().filter(|(_, ok, _)| !ok).collect();
+        let tail: String = {
+            let lines: Vec<&str> = self.console.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        assert!(
+            self.console.contains("TESTBED-DONE"),
+            "the guest did not finish ({:.0} s); console tail:\n{tail}",
+            self.seconds
+        );
+        assert!(
+            failed.is_empty(),
+            "{} of {} test-bed results failed:\n{}\n",
+            failed.len(),
+            self.results.len(),
+            failed
+                .iter()
+                .map(|(n, _, why)| format!("FAIL {n}: {why}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            self.results.len() >= min_results,
+            "only {} results (expected at least {min_results}); console tail:\n{tail}",
+            self.results.len()
+        );
+    }
+
+    fn figure(&self, name: &str) -> Option<&str> {
+        self.figures
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Boots the test bed with `suites` and collects its report; a guest that
+/// runs past `limit` is killed and its console kept for the failure message.
+fn boot(suites: &str, memory: &str, limit: Duration) -> Run {
+    let a = artifacts();
+    let _one_at_a_time = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut child = Command::new("/usr/bin/qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            memory,
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(&a.kernel)
+        .arg("-initrd")
+        .arg(&a.initramfs)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet prh.args={suites}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let mut killed = false;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let console = reader.join().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    if killed {
+        panic!(
+            "test-bed guest hung: killed after {seconds:.0} s; console:\n{}",
+            console
+                .lines()
+                .rev()
+                .take(120)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let mut results = Vec::new();
+    let mut figures = Vec::new();
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("RESULT ") {
+            let (verdict, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
+            results.push((name.to_string(), verdict == "PASS", why.to_string()));
+        } else if let Some(rest) = line.strip_prefix("FIGURE ") {
+            let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            figures.push((name.to_string(), value.to_string()));
+        }
+    }
+    eprintln!(
+        "test bed [{suites}]: {} results ({} passed) in {seconds:.1} s",
+        results.len(),
+        results.iter().filter(|r| r.1).count()
+    );
+    for (n, v) in &figures {
+        eprintln!("  {n} = {v}");
+    }
+    Run {
+        console,
+        results,
+        figures,
+        seconds,
+    }
+}
+
+/// The persistent-reservation matrix on LIO: every scenario through
+/// pr-helper, through qemu-pr-helper and directly, on sd and sg nodes.
+#[test]
+fn lio_reservation_matrix() {
+    let run = boot("matrix", "1G", Duration::from_secs(900));
+    run.assert_all_passed(150);
+    assert!(run.figure("suite-matrix-seconds").is_some());
+}

@@ -1,0 +1,111 @@
+//! LIO (the kernel's SCSI target) through configfs: fresh file-backed LUNs,
+//! each exported through two tcm_loop targets, i.e. two initiators (I_T
+//! nexuses) on one logical unit: `/dev/sdX` + `/dev/sgN` per initiator.
+//!
+//! Every scenario gets a fresh backstore and fresh targets (Debian 6.1 LIO
+//! leaks a LUN reference after some PR sequences, so nothing is torn
+//! down); the initiator names stay the same, so PR data (transport IDs,
+//! relative port numbers, generation) is comparable byte for byte between
+//! runs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const TARGET: &str = "/sys/kernel/config/target";
+
+/// Initiator port names of the two nexuses (SAS addresses, naa. form).
+pub const INITIATORS: [&str; 2] = ["naa.5001405bbbbbbbb1", "naa.5001405bbbbbbbb2"];
+
+/// The SAS addresses of [`INITIATORS`] (for TransportIDs).
+pub const INITIATOR_SAS: [u64; 2] = [0x5001405bbbbbbbb1, 0x5001405bbbbbbbb2];
+
+/// One initiator's view of the shared LUN.
+#[derive(Debug, Clone)]
+pub struct Path2 {
+    /// Block device, e.g. /dev/sdc.
+    pub block: PathBuf,
+    /// SCSI generic device, e.g. /dev/sg2.
+    pub sg: PathBuf,
+}
+
+/// A LUN seen through two initiators.
+#[derive(Debug, Clone)]
+pub struct Lun {
+    /// The two initiators' devices.
+    pub paths: [Path2; 2],
+}
+
+fn write(path: impl AsRef<Path>, value: &str) -> Result<(), String> {
+    fs::write(path.as_ref(), value)
+        .map_err(|e| format!("write {value:?} to {}: {e}", path.as_ref().display()))
+}
+
+fn mkdir(path: impl AsRef<Path>) -> Result<(), String> {
+    fs::create_dir_all(path.as_ref()).map_err(|e| format!("mkdir {}: {e}", path.as_ref().display()))
+}
+
+/// Creates LUN number `index` (16 MiB file in tmpfs) with two initiators.
+pub fn create(index: usize) -> Result<Lun, String> {
+    let file = PathBuf::from(format!("/tmp/lun{index}.img"));
+    let f = fs::File::create(&file).map_err(|e| format!("create {}: {e}", file.display()))?;
+    f.set_len(16 << 20).map_err(|e| e.to_string())?;
+    let backstore = format!("{TARGET}/core/fileio_{index}/disk{index}");
+    mkdir(&backstore)?;
+    write(
+        format!("{backstore}/control"),
+        &format!("fd_dev_name={},fd_dev_size={}", file.display(), 16 << 20),
+    )?;
+    // The serial must be set before any LUN links to the backstore.
+    write(
+        format!("{backstore}/wwn/vpd_unit_serial"),
+        &format!("prhtestbed{index:04}"),
+    )?;
+    write(format!("{backstore}/enable"), "1")?;
+    let mut paths = Vec::new();
+    for (i, initiator) in INITIATORS.iter().enumerate() {
+        // Target names are unique per LUN and nexus.
+        let wwn = format!("naa.50014050{:06x}{:02x}", index, i + 1);
+        let tpg = format!("{TARGET}/loopback/{wwn}/tpgt_1");
+        mkdir(format!("{tpg}/lun/lun_0"))?;
+        write(format!("{tpg}/nexus"), initiator)?;
+        std::os::unix::fs::symlink(&backstore, format!("{tpg}/lun/lun_0/port0"))
+            .map_err(|e| format!("link LUN {index} to {wwn}: {e}"))?;
+        let address = fs::read_to_string(format!("{tpg}/address"))
+            .map_err(|e| format!("{tpg}/address: {e}"))?;
+        paths.push(wait_for_devices(address.trim())?);
+    }
+    let [a, b]: [Path2; 2] = paths.try_into().map_err(|_| "two paths".to_string())?;
+    Ok(Lun { paths: [a, b] })
+}
+
+/// Finds the sd and sg nodes of the SCSI device at `address` ("H:C:T",
+/// LUN 0), waiting for the kernel to create them.
+fn wait_for_devices(address: &str) -> Result<Path2, String> {
+    let hctl = format!("{address}:0");
+    let dir = PathBuf::from(format!("/sys/class/scsi_device/{hctl}/device"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let block = first_entry(&dir.join("block"));
+        let sg = first_entry(&dir.join("scsi_generic"));
+        if let (Some(block), Some(sg)) = (block, sg) {
+            let block = PathBuf::from(format!("/dev/{block}"));
+            let sg = PathBuf::from(format!("/dev/{sg}"));
+            if block.exists() && sg.exists() {
+                return Ok(Path2 { block, sg });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no sd/sg device appeared for {hctl}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn first_entry(dir: &Path) -> Option<String> {
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+}

@@ -1,0 +1,103 @@
+//! The scenario runner inside the test-bed VM (built as a static musl
+//! example, `testbed-guest`, and started by the VM's /init). It prints one
+//! line per result, which the host-side test (tests/testbed.rs) collects:
+//!
+//!   RESULT PASS <name>
+//!   RESULT FAIL <name> <why>
+//!   FIGURE <name> <value>
+//!
+//! Arguments name the suites to run.
+
+mod exec;
+mod lio;
+mod scripts;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let suites: Vec<String> = std::env::args().skip(1).collect();
+    let mut next_lun = 0;
+    let helpers = match start_helpers() {
+        Ok(h) => h,
+        Err(e) => {
+            result("helpers-start", Err(e));
+            println!("TESTBED-DONE");
+            return;
+        }
+    };
+    for suite in &suites {
+        let started = Instant::now();
+        match suite.as_str() {
+            "matrix" => matrix(&mut next_lun),
+            other => result(&format!("suite-{other}"), Err("unknown suite".into())),
+        }
+        println!(
+            "FIGURE suite-{suite}-seconds {:.1}",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    stop_helpers(helpers);
+    println!("TESTBED-DONE");
+}
+
+/// Prints one result line.
+pub fn result(name: &str, r: Result<(), String>) {
+    match r {
+        Ok(()) => println!("RESULT PASS {name}"),
+        Err(why) => println!("RESULT FAIL {name} {}", why.replace('\n', " | ")),
+    }
+}
+
+fn start_helpers() -> Result<[Child; 2], String> {
+    let ours = Command::new("/bin/pr-helper")
+        .args(["-k", exec::OURS_SOCKET])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start pr-helper: {e}"))?;
+    let reference = Command::new("/usr/bin/qemu-pr-helper")
+        .args(["-k", exec::REFERENCE_SOCKET])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start qemu-pr-helper: {e}"))?;
+    for socket in [exec::OURS_SOCKET, exec::REFERENCE_SOCKET] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Path::new(socket).exists() {
+            if Instant::now() > deadline {
+                return Err(format!("{socket} did not appear"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok([ours, reference])
+}
+
+fn stop_helpers(helpers: [Child; 2]) {
+    for (name, mut child) in ["pr-helper", "qemu-pr-helper"].into_iter().zip(helpers) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = child.wait();
+        if name == "pr-helper" {
+            result(
+                "pr-helper-clean-exit",
+                match status {
+                    Ok(s) if s.success() => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            );
+        }
+    }
+}
+
+fn matrix(next_lun: &mut usize) {
+    for script in scripts::all() {
+        for kind in [scripts::Kind::Block, scripts::Kind::Sg] {
+            for (name, r) in scripts::run(&script, kind, next_lun) {
+                result(&name, r);
+            }
+        }
+    }
+}
