@@ -436,6 +436,11 @@ pub fn describe_data(cdb: &[u8; CDB_SIZE], data: &[u8]) -> String {
                     let _ = writeln!(out, "    Key=0x{:x}", r.key);
                     let all = if r.all_tg_pt { "set" } else { "clear" };
                     let _ = writeln!(out, "      All target ports bit {all}");
+                    let _ = writeln!(
+                        out,
+                        "      Relative port address: 0x{:x}",
+                        r.relative_target_port
+                    );
                     if r.holder {
                         let _ = writeln!(out, "      << Reservation holder >>");
                         let _ = writeln!(
@@ -447,11 +452,6 @@ pub fn describe_data(cdb: &[u8; CDB_SIZE], data: &[u8]) -> String {
                     } else {
                         let _ = writeln!(out, "      not reservation holder");
                     }
-                    let _ = writeln!(
-                        out,
-                        "      Relative port address: 0x{:x}",
-                        r.relative_target_port
-                    );
                     let _ = writeln!(out, "      Transport Id: {}", hex(&r.transport_id));
                 }
             }

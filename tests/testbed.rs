@@ -28,6 +28,8 @@ fn cache() -> PathBuf {
 struct Artifacts {
     kernel: PathBuf,
     initramfs: PathBuf,
+    /// The same plus QEMU, the kernel and an inner initramfs.
+    nested_initramfs: PathBuf,
 }
 
 /// Builds the static binaries and the initramfs once per test process.
@@ -43,7 +45,11 @@ fn artifacts() -> &'static Artifacts {
         let kver = std::fs::read_to_string(cache.join("kernel-version")).unwrap();
         let kernel = cache.join(format!("root/boot/vmlinuz-{}", kver.trim()));
         assert!(kernel.exists(), "{} missing", kernel.display());
-        for bin in ["/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-pr-helper"] {
+        for bin in [
+            "/usr/bin/qemu-system-x86_64",
+            "/usr/bin/qemu-pr-helper",
+            "/usr/sbin/dmsetup",
+        ] {
             assert!(
                 Path::new(bin).exists(),
                 "{bin} missing: run `tests/run setup`"
@@ -67,16 +73,25 @@ fn artifacts() -> &'static Artifacts {
             .expect("cargo build (musl)");
         assert!(status.success(), "static musl build failed");
         let out = root().join("target/x86_64-unknown-linux-musl/release");
-        let initramfs = root().join("target/testbed-initramfs.cpio.gz");
-        let status = Command::new(root().join("tests/testbed/build-initramfs.sh"))
-            .arg(&initramfs)
-            .arg(out.join("pr-helper"))
-            .arg(out.join("examples/testbed-guest"))
-            .arg("/usr/bin/qemu-pr-helper")
-            .status()
-            .expect("build-initramfs.sh");
-        assert!(status.success(), "initramfs build failed");
-        Artifacts { kernel, initramfs }
+        let build = |file: &str, nested: bool| {
+            let path = root().join("target").join(file);
+            let status = Command::new(root().join("tests/testbed/build-initramfs.sh"))
+                .env("TESTBED_NESTED", if nested { "1" } else { "0" })
+                .arg(&path)
+                .arg(out.join("pr-helper"))
+                .arg(out.join("examples/testbed-guest"))
+                .arg("/usr/bin/qemu-pr-helper")
+                .arg("/usr/sbin/dmsetup")
+                .status()
+                .expect("build-initramfs.sh");
+            assert!(status.success(), "initramfs build failed");
+            path
+        };
+        Artifacts {
+            kernel,
+            initramfs: build("testbed-initramfs.cpio.gz", false),
+            nested_initramfs: build("testbed-nested-initramfs.cpio.gz", true),
+        }
     })
 }
 
@@ -130,8 +145,13 @@ impl Run {
 
 /// Boots the test bed with `suites` and collects its report; a guest that
 /// runs past `limit` is killed and its console kept for the failure message.
-fn boot(suites: &str, memory: &str, limit: Duration) -> Run {
+fn boot(suites: &str, nested: bool, memory: &str, limit: Duration) -> Run {
     let a = artifacts();
+    let initramfs = if nested {
+        &a.nested_initramfs
+    } else {
+        &a.initramfs
+    };
     let _one_at_a_time = VM.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut child = Command::new("/usr/bin/qemu-system-x86_64")
@@ -149,7 +169,7 @@ fn boot(suites: &str, memory: &str, limit: Duration) -> Run {
         .args(["-serial", "stdio", "-kernel"])
         .arg(&a.kernel)
         .arg("-initrd")
-        .arg(&a.initramfs)
+        .arg(initramfs)
         .arg("-append")
         .arg(format!("console=ttyS0 panic=-1 quiet prh.args={suites}"))
         .stdin(Stdio::null())
@@ -221,11 +241,35 @@ fn boot(suites: &str, memory: &str, limit: Duration) -> Run {
     }
 }
 
-/// The persistent-reservation matrix on LIO: every scenario through
-/// pr-helper, through qemu-pr-helper and directly, on sd and sg nodes.
+/// One boot: the persistent-reservation matrix on LIO (every scenario
+/// through pr-helper, through qemu-pr-helper and directly, on sd and sg
+/// nodes), the operator tools against sg_persist, and isolation from a hung
+/// device.
 #[test]
-fn lio_reservation_matrix() {
-    let run = boot("matrix", "1G", Duration::from_secs(900));
-    run.assert_all_passed(150);
-    assert!(run.figure("suite-matrix-seconds").is_some());
+fn lio_test_bed() {
+    let run = boot(
+        "matrix,tools,isolation",
+        false,
+        "1G",
+        Duration::from_secs(900),
+    );
+    run.assert_all_passed(150 + 24 + 6);
+    for figure in [
+        "isolation-pr-helper-idle-p99-us",
+        "isolation-pr-helper-busy-p99-us",
+        "isolation-qemu-pr-helper-idle-p99-us",
+        "isolation-qemu-pr-helper-busy-p99-us",
+    ] {
+        assert!(run.figure(figure).is_some(), "figure {figure} missing");
+    }
+}
+
+/// The whole stack: a QEMU guest inside the test-bed guest with its disk
+/// `scsi-block` on LIO through pr-helper; the inner guest's sg_persist
+/// results are checked from the outer guest.
+#[test]
+fn nested_guest_through_pr_helper() {
+    let run = boot("nested", true, "1536M", Duration::from_secs(1200));
+    run.assert_all_passed(5);
+    assert!(run.figure("nested-guest-seconds").is_some());
 }

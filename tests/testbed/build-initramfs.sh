@@ -8,6 +8,11 @@
 # (static musl binaries built from this tree), each HOST_BINARY (for example
 # /usr/bin/qemu-pr-helper) with the shared libraries ldd finds for it, and
 # tests/testbed/init as /init.
+#
+# With TESTBED_NESTED=1 it also bundles what a nested guest needs: QEMU
+# (the host's qemu-system-x86_64 with its libraries and firmware), the kernel,
+# and an inner initramfs (virtio-scsi, sd, sg, sg3-utils, busybox and
+# tests/testbed/inner-init) as /boot/inner.cpio.gz.
 set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: $0 OUT PR_HELPER GUEST_RUNNER [HOST_BINARY...]" >&2; exit 2; }
 OUT=$1; PRH=$2; RUNNER=$3; shift 3
@@ -30,59 +35,93 @@ install -m 755 "$PRH" "$I/bin/pr-helper"
 install -m 755 "$RUNNER" "$I/bin/testbed-guest"
 
 # Kernel modules, dependencies first (resolved through modules.dep).
-WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop scsi_debug ${TESTBED_EXTRA_MODULES:-}"
+WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop dm_mod dm_multipath dm_round_robin ${TESTBED_EXTRA_MODULES:-}"
 # Module name (dashes as underscores) -> path, and path -> dependencies.
-declare -A path_of=() deps_of=() seen=()
+declare -A path_of=() deps_of=()
 while IFS= read -r line; do
     p=${line%%:*}
     n=$(basename "$p" .ko)
     path_of[${n//-/_}]=$p
     deps_of[$p]=${line#*:}
 done < "$MODDIR/modules.dep"
-order=()
-resolve() {
-    local name=${1//-/_} path d
-    path=${path_of[$name]:-}
-    if [ -z "$path" ]; then
-        grep -q "/$1.ko" "$MODDIR/modules.builtin" 2>/dev/null && return 0
-        echo "module $1 not found in modules.dep" >&2
-        exit 1
-    fi
-    [ -n "${seen[$path]:-}" ] && return 0
-    seen[$path]=1
-    for d in ${deps_of[$path]}; do
-        resolve "$(basename "$d" .ko)"
-    done
-    order+=("$path")
-}
-for m in $WANTED; do resolve "$m"; done
-: > "$I/etc/modules-order"
-for p in "${order[@]}"; do
-    mkdir -p "$I/lib/modules/$(dirname "$p")"
-    cp "$MODDIR/$p" "$I/lib/modules/$p"
-    echo "/lib/modules/$p" >> "$I/etc/modules-order"
-done
 
-# glibc programs with their libraries.
+# add_modules DEST_ROOT MODULE... : copies the modules and their
+# dependencies into DEST_ROOT/lib/modules and lists them, in load order, in
+# DEST_ROOT/etc/modules-order.
+add_modules() {
+    local dest=$1 m p
+    shift
+    declare -A seen=()
+    local order=()
+    resolve() {
+        local name=${1//-/_} path d
+        path=${path_of[$name]:-}
+        if [ -z "$path" ]; then
+            grep -q "/$1.ko" "$MODDIR/modules.builtin" 2>/dev/null && return 0
+            echo "module $1 not found in modules.dep" >&2
+            exit 1
+        fi
+        [ -n "${seen[$path]:-}" ] && return 0
+        seen[$path]=1
+        for d in ${deps_of[$path]}; do
+            resolve "$(basename "$d" .ko)"
+        done
+        order+=("$path")
+    }
+    for m in "$@"; do resolve "$m"; done
+    mkdir -p "$dest/etc"
+    : > "$dest/etc/modules-order"
+    for p in "${order[@]}"; do
+        mkdir -p "$dest/lib/modules/$(dirname "$p")"
+        cp "$MODDIR/$p" "$dest/lib/modules/$p"
+        echo "/lib/modules/$p" >> "$dest/etc/modules-order"
+    done
+    MODULE_COUNT=${#order[@]}
+}
+add_modules "$I" $WANTED
+
+# glibc programs with their libraries: copy_with_libs ROOTDIR BINARY DEST
 copy_with_libs() {
-    local bin=$1 dest=$2 lib
-    install -D -m 755 "$bin" "$I$dest"
+    local root=$1 bin=$2 dest=$3 lib
+    install -D -m 755 "$bin" "$root$dest"
+    mkdir -p "$root/usr/lib/x86_64-linux-gnu" "$root/lib64"
     LD_LIBRARY_PATH=$ROOT/usr/lib/x86_64-linux-gnu ldd "$bin" | awk '/=>/ {print $3} /^\t\/lib64/ {print $1}' |
         while read -r lib; do
             [ -n "$lib" ] || continue
-            cp -L "$lib" "$I/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
+            cp -L "$lib" "$root/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
         done
+    cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+    [ -e "$root/lib/x86_64-linux-gnu" ] || { mkdir -p "$root/lib"; ln -s ../usr/lib/x86_64-linux-gnu "$root/lib/x86_64-linux-gnu"; }
 }
-for tool in sg_persist sg_raw sg_turs sg_inq sg_readcap; do
-    copy_with_libs "$ROOT/usr/bin/$tool" "/usr/bin/$tool"
+SG_TOOLS="sg_persist sg_raw sg_turs sg_inq sg_readcap"
+for tool in $SG_TOOLS; do
+    copy_with_libs "$I" "$ROOT/usr/bin/$tool" "/usr/bin/$tool"
 done
 for bin in "$@"; do
-    copy_with_libs "$bin" "$bin"
+    copy_with_libs "$I" "$bin" "$bin"
 done
-cp -L /lib64/ld-linux-x86-64.so.2 "$I/lib64/"
-ln -s ../usr/lib/x86_64-linux-gnu "$I/lib/x86_64-linux-gnu"
+
+if [ "${TESTBED_NESTED:-0}" = 1 ]; then
+    # The inner guest: busybox, sg3-utils, virtio-scsi.
+    J=$WORK/inner
+    mkdir -p "$J"/{bin,sbin,etc,proc,sys,dev,tmp,usr/bin,usr/sbin}
+    cp "$ROOT/bin/busybox" "$J/bin/busybox"
+    install -m 755 "$HERE/inner-init" "$J/init"
+    add_modules "$J" scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg virtio_pci virtio_scsi
+    for tool in $SG_TOOLS; do
+        copy_with_libs "$J" "$ROOT/usr/bin/$tool" "/usr/bin/$tool"
+    done
+    mkdir -p "$I/boot"
+    (cd "$J" && find . | "$ROOT/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$I/boot/inner.cpio.gz"
+    cp "$ROOT/boot/vmlinuz-$KVER" "$I/boot/vmlinuz"
+    # QEMU for the nested guest, with the firmware a -kernel boot loads.
+    copy_with_libs "$I" /usr/bin/qemu-system-x86_64 /usr/bin/qemu-system-x86_64
+    mkdir -p "$I/usr/share/qemu" "$I/usr/share/seabios"
+    cp -L /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin "$I/usr/share/qemu/"
+    cp -L /usr/share/seabios/bios-256k.bin "$I/usr/share/seabios/"
+fi
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$I/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$I/etc/group"
 
 (cd "$I" && find . | "$ROOT/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$OUT"
-echo "initramfs $OUT: $(du -h "$OUT" | cut -f1), kernel $KVER, ${#order[@]} modules"
+echo "initramfs $OUT: $(du -h "$OUT" | cut -f1), kernel $KVER"

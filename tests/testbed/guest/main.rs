@@ -9,8 +9,11 @@
 //! Arguments name the suites to run.
 
 mod exec;
+mod isolation;
 mod lio;
+mod nested;
 mod scripts;
+mod tools;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -31,6 +34,9 @@ fn main() {
         let started = Instant::now();
         match suite.as_str() {
             "matrix" => matrix(&mut next_lun),
+            "isolation" => isolation::run(&mut next_lun),
+            "tools" => tools::run_suite(&mut next_lun),
+            "nested" => nested::run(&mut next_lun),
             other => result(&format!("suite-{other}"), Err("unknown suite".into())),
         }
         println!(

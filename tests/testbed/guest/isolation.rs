@@ -1,0 +1,158 @@
+//! Isolation: a device whose commands hang keeps several clients of a
+//! helper busy; requests from another client to the LIO disk must not slow
+//! down. Measured for pr-helper and for qemu-pr-helper, each with and
+//! without the hung device busy.
+//!
+//! The hung device is real-world: a dm-multipath map with
+//! `queue_if_no_path` whose only path has failed. The kernel retries an
+//! ioctl on it until a path comes back, so SG_IO blocks; reinstating the
+//! path releases it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pr_helper::pr::{pr_in_cdb, sa_in};
+
+use crate::exec::{self, Via};
+use crate::{lio, result};
+
+/// Clients kept blocked on the hung device (more than the pool keeps).
+const HUNG_CLIENTS: usize = 4;
+/// Requests measured per run.
+const SAMPLES: usize = 200;
+
+fn dmsetup(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("dmsetup")
+        .arg("--noudevsync")
+        .args(args)
+        .output()
+        .map_err(|e| format!("dmsetup: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "dmsetup {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A multipath map over `path` (a /dev/sdX), with the path failed: its
+/// /dev/dm-N node and the path's major:minor.
+fn hung_map(name: &str, path: &Path) -> Result<(PathBuf, String), String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).map_err(|e| e.to_string())?.rdev();
+    let majmin = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let table = format!("0 2048 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 {majmin} 1");
+    dmsetup(&["create", name, "--table", &table])?;
+    dmsetup(&["message", name, "0", &format!("fail_path {majmin}")])?;
+    let minor = dmsetup(&["info", "-c", "--noheadings", "-o", "minor", name])?;
+    Ok((PathBuf::from(format!("/dev/dm-{}", minor.trim())), majmin))
+}
+
+fn measure(via: Via, disk: &Path) -> Result<(Duration, Duration), String> {
+    let mut lat = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        let o = exec::run(via, disk, &pr_in_cdb(sa_in::READ_KEYS, 8192), &[], false)?;
+        if o.status != 0 {
+            return Err(format!("READ KEYS failed: {}", o.show()));
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort_unstable();
+    Ok((lat[SAMPLES / 2], lat[SAMPLES * 99 / 100]))
+}
+
+/// Runs the suite.
+pub fn run(next_lun: &mut usize) {
+    let (fast, slow) = match (lio::create(*next_lun), lio::create(*next_lun + 1)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return result("isolation/luns", Err(e)),
+    };
+    *next_lun += 2;
+    let disk = fast.paths[0].block.clone();
+    for via in [Via::Ours, Via::Reference] {
+        let name = via.name();
+        let idle = match measure(via, &disk) {
+            Ok(m) => m,
+            Err(e) => return result(&format!("isolation/{name}/idle"), Err(e)),
+        };
+        let map = format!("prh-hang-{name}");
+        let (hung, majmin) = match hung_map(&map, &slow.paths[0].block) {
+            Ok(h) => h,
+            Err(e) => return result(&format!("isolation/{name}/hung-map"), Err(e)),
+        };
+        let finished = Arc::new(AtomicUsize::new(0));
+        let hung_threads: Vec<_> = (0..HUNG_CLIENTS)
+            .map(|_| {
+                let hung = hung.clone();
+                let finished = finished.clone();
+                std::thread::spawn(move || {
+                    let r = exec::run(via, &hung, &pr_in_cdb(sa_in::READ_KEYS, 8192), &[], false);
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    r
+                })
+            })
+            .collect();
+        // Let every hung client's command reach the device.
+        std::thread::sleep(Duration::from_millis(1000));
+        let still_hung_before = HUNG_CLIENTS - finished.load(Ordering::SeqCst);
+        let busy = measure(via, &disk);
+        let still_hung_after = HUNG_CLIENTS - finished.load(Ordering::SeqCst);
+        let released = dmsetup(&["message", &map, "0", &format!("reinstate_path {majmin}")]);
+        let replies: Vec<_> = hung_threads.into_iter().map(|t| t.join()).collect();
+        let _ = dmsetup(&["remove", "--force", &map]);
+        let busy = match busy {
+            Ok(m) => m,
+            Err(e) => return result(&format!("isolation/{name}/busy"), Err(e)),
+        };
+        println!("FIGURE isolation-{name}-idle-p50-us {}", idle.0.as_micros());
+        println!("FIGURE isolation-{name}-idle-p99-us {}", idle.1.as_micros());
+        println!("FIGURE isolation-{name}-busy-p50-us {}", busy.0.as_micros());
+        println!("FIGURE isolation-{name}-busy-p99-us {}", busy.1.as_micros());
+        result(
+            &format!("isolation/{name}/device-really-hung"),
+            if still_hung_before == HUNG_CLIENTS
+                && still_hung_after == HUNG_CLIENTS
+                && released.is_ok()
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{still_hung_before}/{still_hung_after} of {HUNG_CLIENTS} still blocked; reinstate: {released:?}"
+                ))
+            },
+        );
+        let answered = replies.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        result(
+            &format!("isolation/{name}/hung-requests-answered-after-release"),
+            if answered == HUNG_CLIENTS {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{answered} of {HUNG_CLIENTS} answered: {replies:?}"
+                ))
+            },
+        );
+        if via == Via::Ours {
+            // The p99 of other clients' requests while four commands hang:
+            // no worse than a few times the idle p99 (TCG timing noise),
+            // and nowhere near "waiting for the device".
+            let bound = (idle.1 * 5).max(Duration::from_millis(100));
+            result(
+                "isolation/pr-helper/not-slowed-by-a-hung-device",
+                if busy.1 <= bound {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "busy p99 {:?} > {bound:?} (idle p99 {:?})",
+                        busy.1, idle.1
+                    ))
+                },
+            );
+        }
+    }
+}
