@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
+use crate::connection::Responder;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
@@ -28,7 +29,57 @@ impl Default for ExecConfig {
     }
 }
 
-/// Runs `request` and builds the response (which the caller sends).
+/// Executes requests: SG_IO on the calling (pool) thread, or, for
+/// dm-multipath devices in an `mpath` build, on the multipath worker.
+#[derive(Debug, Clone, Default)]
+pub struct Executor {
+    /// SG_IO settings.
+    pub config: ExecConfig,
+    /// Multipath support, when compiled in and enabled.
+    #[cfg(feature = "mpath")]
+    pub multipath: Option<crate::mpath::Multipath>,
+}
+
+impl Executor {
+    /// An executor for SG_IO only (multipath is added by start-up when
+    /// compiled in and enabled).
+    pub fn new(config: ExecConfig) -> Self {
+        Executor {
+            config,
+            #[cfg(feature = "mpath")]
+            multipath: None,
+        }
+    }
+
+    /// Runs `request` and sends its response through `responder`. Blocks
+    /// (call it on the SG_IO pool), except for multipath devices, whose
+    /// requests are queued to the multipath worker.
+    pub fn run(&self, request: Request<OwnedFd>, responder: Responder) {
+        #[cfg(feature = "mpath")]
+        if let Some(multipath) = &self.multipath {
+            // The read-only check comes before multipath detection.
+            if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
+                match multipath.detect(&request.fd) {
+                    Ok(false) => {}
+                    Ok(true) => return multipath.submit(request, responder),
+                    Err(e) => {
+                        // D6: the reference exits; only this request fails.
+                        tracing::warn!("multipath detection failed: {e}");
+                        let response = response(
+                            Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
+                            Vec::new(),
+                        );
+                        return responder.send(request, response);
+                    }
+                }
+            }
+        }
+        let response = execute(&request, &self.config);
+        responder.send(request, response);
+    }
+}
+
+/// Runs `request` with SG_IO and builds the response (which the caller sends).
 pub fn execute(request: &Request<OwnedFd>, config: &ExecConfig) -> Response {
     match request.direction {
         Direction::In => persistent_reserve_in(request, config),
@@ -79,7 +130,7 @@ fn persistent_reserve_out(request: &Request<OwnedFd>, config: &ExecConfig) -> Re
 }
 
 /// The reply for a completion: PR IN data travels only with GOOD.
-fn response(completion: Completion, mut data: Vec<u8>) -> Response {
+pub fn response(completion: Completion, mut data: Vec<u8>) -> Response {
     if completion.status != scsi::status::GOOD {
         data.clear();
     }

@@ -143,6 +143,9 @@ pub struct ServerArgs {
     /// Group owning the created socket (name or number)
     #[arg(long = "socket-group", value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Send PR commands on dm-multipath devices through libmpathpersist [default: on in builds with multipath support]
+    #[arg(long = "multipath", value_name = "BOOL", action = ArgAction::Set)]
+    pub multipath: Option<bool>,
 }
 
 /// Where log messages go.
@@ -256,6 +259,8 @@ pub struct Config {
     /// Socket group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
+    /// Multipath devices through libmpathpersist (builds with `mpath`).
+    pub multipath: bool,
 }
 
 impl Default for Config {
@@ -275,6 +280,7 @@ impl Default for Config {
             sgio_threads: 64,
             socket_mode: None,
             socket_group: None,
+            multipath: cfg!(feature = "mpath"),
         }
     }
 }
@@ -295,6 +301,7 @@ pub const KEYS: &[&str] = &[
     "sgio_threads",
     "socket_mode",
     "socket_group",
+    "multipath",
 ];
 
 impl Config {
@@ -347,6 +354,8 @@ struct CommandLine {
     socket_mode: Option<SocketMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     socket_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    multipath: Option<bool>,
 }
 
 impl CommandLine {
@@ -375,6 +384,7 @@ impl CommandLine {
             sgio_threads: args.sgio_threads,
             socket_mode: args.socket_mode,
             socket_group: args.socket_group.clone(),
+            multipath: args.multipath,
         }
     }
 }
@@ -611,6 +621,12 @@ impl Loaded {
         }
         if let Some(group) = &c.socket_group {
             crate::privileges::resolve_group(group).map_err(|e| self.invalid("socket_group", e))?;
+        }
+        if c.multipath && !cfg!(feature = "mpath") {
+            return Err(self.invalid(
+                "multipath",
+                "this pr-helper was built without multipath support",
+            ));
         }
         if let Some(trace) = &c.trace {
             crate::logging::TraceOptions::parse(trace).map_err(|e| self.invalid("trace", e))?;

@@ -20,9 +20,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
-use crate::command::{self, ExecConfig};
+use crate::command::Executor;
 use crate::fdpass::{self, Received};
-use crate::pool::{Panicked, Pool};
+use crate::pool::Pool;
 use crate::protocol::{
     self, Need, Progress, Request, RequestDecoder, Response, Violation, CDB_SIZE, FEATURES_SIZE,
     MAX_TRANSFER,
@@ -35,8 +35,8 @@ pub struct ConnectionConfig {
     /// How long a started request (or the handshake reply, or a response
     /// write) may take before the connection is closed (D9).
     pub request_timeout: Duration,
-    /// How commands are executed.
-    pub exec: ExecConfig,
+    /// How commands are executed (SG_IO settings, multipath).
+    pub executor: Executor,
 }
 
 /// Who is on the other end, from SO_PEERCRED at accept time.
@@ -167,9 +167,46 @@ pub async fn serve(
     }
 }
 
-/// A request executing on the SG_IO pool; resolves to the part of the
-/// response the pool thread could not write without blocking.
-type InFlight = oneshot::Receiver<Result<io::Result<Vec<u8>>, Panicked>>;
+/// A request executing on the SG_IO pool (or the multipath worker);
+/// resolves to the part of the response that could not be written without
+/// blocking.
+type InFlight = oneshot::Receiver<io::Result<Vec<u8>>>;
+
+/// Sends the response for one request, from whichever thread executed it:
+/// logs it, writes as much as the socket takes without blocking, and hands
+/// the rest (and any write error) back to the connection task. Dropping it
+/// unsent (a panic) tells the connection task something went wrong.
+pub struct Responder {
+    stream: Arc<UnixStream>,
+    peer: Peer,
+    started: std::time::Instant,
+    reply: oneshot::Sender<io::Result<Vec<u8>>>,
+}
+
+impl Responder {
+    /// Sends `response` for `request`, then closes the request's fd.
+    pub fn send(self, request: Request<OwnedFd>, response: Response) {
+        log_request(&self.peer, &request, &response, self.started.elapsed());
+        drop(request);
+        let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
+        response.encode(&mut out);
+        let mut written = 0;
+        let result = loop {
+            if written == out.len() {
+                break Ok(());
+            }
+            match self.stream.try_write(&out[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        out.drain(..written);
+        // The receiver is gone only if the connection task ended.
+        let _ = self.reply.send(result.map(|()| out));
+    }
+}
 
 struct Connection {
     stream: Arc<UnixStream>,
@@ -247,40 +284,30 @@ impl Connection {
         }
     }
 
-    /// Starts executing a request on the blocking pool. The pool thread
-    /// closes the device fd as soon as the command is done and writes as
-    /// much of the response as the socket takes without blocking.
+    /// Starts executing a request on the SG_IO pool; the executing thread
+    /// closes the device fd as soon as the command is done and writes as much
+    /// of the response as the socket takes without blocking.
     fn dispatch(&self, request: Request<OwnedFd>) -> InFlight {
-        let exec = self.config.exec.clone();
-        let stream = self.stream.clone();
-        let peer = self.peer;
-        self.pool.spawn(move || {
-            let started = std::time::Instant::now();
-            let response = command::execute(&request, &exec);
-            log_request(&peer, &request, &response, started.elapsed());
-            drop(request);
-            let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
-            response.encode(&mut out);
-            let mut written = 0;
-            while written < out.len() {
-                match stream.try_write(&out[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            out.drain(..written);
-            Ok(out)
-        })
+        let (reply, in_flight) = oneshot::channel();
+        let responder = Responder {
+            stream: self.stream.clone(),
+            peer: self.peer,
+            started: std::time::Instant::now(),
+            reply,
+        };
+        let config = self.config.clone();
+        self.pool
+            .run(move || config.executor.run(request, responder));
+        in_flight
     }
 
     /// Waits for a dispatched request and sends what is left of its response.
     async fn finish(&self, in_flight: InFlight) -> Result<(), End> {
         let rest = in_flight
             .await
-            .map_err(|_| End::Internal("the SG_IO pool dropped a request".to_string()))?
-            .map_err(|e| End::Internal(e.to_string()))?
+            .map_err(|_| {
+                End::Internal("a request was dropped unanswered (see the error above)".to_string())
+            })?
             .map_err(End::Write)?;
         if rest.is_empty() {
             return Ok(());

@@ -10,6 +10,7 @@
 //! * [`command`]: executing one request;
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
 //! * [`pool`]: the bounded thread pool that runs SG_IO off the event loop;
+//! * [`mpath`]: dm-multipath devices through libmpathpersist (feature `mpath`);
 //! * [`config`]: command line and figment layers;
 //! * [`startup`], [`listener`], [`activation`], [`daemon`], [`privileges`],
 //!   [`signals`], [`logging`]: the process around the server;
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod fdpass;
 pub mod listener;
 pub mod logging;
+pub mod mpath;
 pub mod pool;
 pub mod pr;
 pub mod privileges;

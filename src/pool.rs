@@ -21,8 +21,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
 /// How long the oldest queued job may wait, with every thread busy, before
 /// the watchdog adds a thread.
 pub const STALL: Duration = Duration::from_millis(5);
@@ -58,11 +56,6 @@ struct State {
     peak_threads: usize,
 }
 
-/// The job panicked (the pool thread survives).
-#[derive(Debug, thiserror::Error)]
-#[error("job panicked: {0}")]
-pub struct Panicked(pub String);
-
 impl Pool {
     /// A pool of at most `max_threads` (at least 1) threads named `name`.
     pub fn new(name: &str, max_threads: usize) -> Pool {
@@ -80,26 +73,23 @@ impl Pool {
         }
     }
 
-    /// Runs `f` on a pool thread; the receiver yields its result.
-    pub fn spawn<F, R>(&self, f: F) -> oneshot::Receiver<Result<R, Panicked>>
+    /// Runs `f` on a pool thread. A panic in `f` is caught and logged; the
+    /// thread survives, and whatever `f` owned (for a request: its reply
+    /// channel) is dropped, which the waiting side sees.
+    pub fn run<F>(&self, f: F)
     where
-        F: FnOnce() -> R + Send + 'static,
-        R: Send + 'static,
+        F: FnOnce() + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
         self.submit(Box::new(move || {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-                Panicked(
-                    p.downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string()),
-                )
-            });
-            // The receiver may be gone (connection closed): nothing to do.
-            let _ = tx.send(result);
+            if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(f)) {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                tracing::error!("a request panicked on the SG_IO pool: {what}");
+            }
         }));
-        rx
     }
 
     /// Most threads that ever existed at once.
@@ -225,23 +215,27 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
+    use std::sync::mpsc;
+
+    fn spawn<R: Send + 'static>(
+        pool: &Pool,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> mpsc::Receiver<R> {
+        let (tx, rx) = mpsc::channel();
+        pool.run(move || {
+            let _ = tx.send(f());
+        });
+        rx
     }
 
     #[test]
-    fn runs_jobs_and_reports_panics() {
+    fn runs_jobs_and_survives_panics() {
         let pool = Pool::new("t", 4);
-        let r = block_on(pool.spawn(|| 40 + 2)).unwrap().unwrap();
-        assert_eq!(r, 42);
-        let r = block_on(pool.spawn(|| -> u32 { panic!("boom") })).unwrap();
-        assert_eq!(r.unwrap_err().0, "boom");
-        // The pool still works after a panic.
-        assert_eq!(block_on(pool.spawn(|| 7)).unwrap().unwrap(), 7);
+        assert_eq!(spawn(&pool, || 40 + 2).recv().unwrap(), 42);
+        // A panicking job drops its channel; the pool keeps working.
+        let rx = spawn(&pool, || -> u32 { panic!("boom") });
+        assert!(rx.recv().is_err());
+        assert_eq!(spawn(&pool, || 7).recv().unwrap(), 7);
     }
 
     #[test]
@@ -253,7 +247,7 @@ mod tests {
         for _ in 0..5 {
             let gate = gate.clone();
             let started = started.clone();
-            blocked.push(pool.spawn(move || {
+            blocked.push(spawn(&pool, move || {
                 started.fetch_add(1, Ordering::SeqCst);
                 let (lock, cond) = &*gate;
                 let mut open = lock.lock().unwrap();
@@ -278,7 +272,7 @@ mod tests {
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         for rx in blocked {
-            block_on(rx).unwrap().unwrap();
+            rx.recv().unwrap();
         }
         assert_eq!(started.load(Ordering::SeqCst), 5);
     }

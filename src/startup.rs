@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use tracing::{error, info, warn};
 
-use crate::command::ExecConfig;
+use crate::command::{ExecConfig, Executor};
 use crate::config::{self, Config, ServerArgs};
 use crate::connection::ConnectionConfig;
 use crate::daemon::{self, Daemon, Pidfile};
@@ -46,6 +46,18 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         return fatal(&e);
     }
     let socket_path_given = loaded.origin_of("socket") != "built-in default";
+
+    // Multipath first, as in the reference: a failure stops the start
+    // before the socket appears (D7: with a message saying why).
+    #[cfg(feature = "mpath")]
+    let multipath = if config.multipath {
+        match crate::mpath::Prepared::init() {
+            Ok(p) => Some(p),
+            Err(e) => return fatal(&e.to_string()),
+        }
+    } else {
+        None
+    };
 
     // The socket comes first: it is libvirt's readiness signal, and QEMUs
     // that connect before the event loop runs wait in the backlog.
@@ -91,7 +103,21 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         Daemon::ready(d);
     }
 
-    let code = serve(listener, &config, created);
+    #[cfg_attr(not(feature = "mpath"), allow(unused_mut))]
+    let mut executor = Executor::new(ExecConfig {
+        sgio_timeout: config.sgio_timeout(),
+    });
+    #[cfg(feature = "mpath")]
+    if let Some(prepared) = multipath {
+        match prepared.start(config.verbosity, config.sgio_timeout()) {
+            Ok(m) => executor.multipath = Some(m),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let code = serve(listener, &config, executor, created);
     if let Some(p) = pidfile {
         p.remove();
     }
@@ -137,7 +163,8 @@ fn finish_setup(config: &Config) -> Result<Option<Pidfile>, String> {
             .as_deref()
             .map(privileges::resolve_group)
             .transpose()?,
-        keep_sys_admin: false,
+        // Device-mapper ioctls for multipath detection need CAP_SYS_ADMIN.
+        keep_sys_admin: config.multipath,
     };
     privileges::drop_privileges(&target).map_err(|e| e.to_string())?;
     Ok(pidfile)
@@ -147,6 +174,7 @@ fn finish_setup(config: &Config) -> Result<Option<Pidfile>, String> {
 fn serve(
     listener: std::os::unix::net::UnixListener,
     config: &Config,
+    executor: Executor,
     mut created: SocketPath,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -164,9 +192,7 @@ fn serve(
         sgio_threads: config.sgio_threads,
         connection: ConnectionConfig {
             request_timeout: config.request_timeout(),
-            exec: ExecConfig {
-                sgio_timeout: config.sgio_timeout(),
-            },
+            executor,
         },
     };
     runtime.block_on(async move {

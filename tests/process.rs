@@ -123,6 +123,13 @@ fn usage_and_validation_errors_exit_one() {
         "/nonexistent/pr-helper.toml",
     );
     assert_fails(&["--socket-mode", "999"], &[], "octal");
+    if !cfg!(feature = "mpath") {
+        assert_fails(
+            &["--multipath", "true"],
+            &[],
+            "built without multipath support",
+        );
+    }
     // Socket directory missing: bind fails.
     assert_fails(
         &["-k", "/nonexistent-dir-prh/s.sock"],

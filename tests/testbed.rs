@@ -30,6 +30,9 @@ struct Artifacts {
     initramfs: PathBuf,
     /// The same plus QEMU, the kernel and an inner initramfs.
     nested_initramfs: PathBuf,
+    /// The same plus pr-helper built with `--features mpath` and
+    /// multipath-tools.
+    mpath_initramfs: PathBuf,
 }
 
 /// Builds the static binaries and the initramfs once per test process.
@@ -72,10 +75,36 @@ fn artifacts() -> &'static Artifacts {
             .status()
             .expect("cargo build (musl)");
         assert!(status.success(), "static musl build failed");
+        // The multipath build links glibc's libmpathpersist; a debug build is
+        // enough for the guest and much quicker to make.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root())
+            .args([
+                "build",
+                "--locked",
+                "--features",
+                "mpath",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--bin",
+                "pr-helper",
+            ])
+            .status()
+            .expect("cargo build (mpath)");
+        assert!(
+            status.success(),
+            "multipath build failed (is multipath-tools installed? run `tests/run setup`)"
+        );
+        let mpath_helper = root().join("target/x86_64-unknown-linux-gnu/debug/pr-helper");
         let out = root().join("target/x86_64-unknown-linux-musl/release");
-        let build = |file: &str, nested: bool| {
+        let build = |file: &str, nested: bool, mpath: bool| {
             let path = root().join("target").join(file);
-            let status = Command::new(root().join("tests/testbed/build-initramfs.sh"))
+            let mut cmd = Command::new(root().join("tests/testbed/build-initramfs.sh"));
+            if mpath {
+                cmd.env("TESTBED_MPATH_HELPER", &mpath_helper);
+            }
+            let status = cmd
                 .env("TESTBED_NESTED", if nested { "1" } else { "0" })
                 .arg(&path)
                 .arg(out.join("pr-helper"))
@@ -89,8 +118,9 @@ fn artifacts() -> &'static Artifacts {
         };
         Artifacts {
             kernel,
-            initramfs: build("testbed-initramfs.cpio.gz", false),
-            nested_initramfs: build("testbed-nested-initramfs.cpio.gz", true),
+            initramfs: build("testbed-initramfs.cpio.gz", false, false),
+            nested_initramfs: build("testbed-nested-initramfs.cpio.gz", true, false),
+            mpath_initramfs: build("testbed-mpath-initramfs.cpio.gz", false, true),
         }
     })
 }
@@ -145,12 +175,20 @@ impl Run {
 
 /// Boots the test bed with `suites` and collects its report; a guest that
 /// runs past `limit` is killed and its console kept for the failure message.
-fn boot(suites: &str, nested: bool, memory: &str, limit: Duration) -> Run {
+/// Which initramfs to boot.
+#[derive(Clone, Copy)]
+enum Image {
+    Plain,
+    Nested,
+    Mpath,
+}
+
+fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
     let a = artifacts();
-    let initramfs = if nested {
-        &a.nested_initramfs
-    } else {
-        &a.initramfs
+    let initramfs = match image {
+        Image::Plain => &a.initramfs,
+        Image::Nested => &a.nested_initramfs,
+        Image::Mpath => &a.mpath_initramfs,
     };
     let _one_at_a_time = VM.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
@@ -249,7 +287,7 @@ fn boot(suites: &str, nested: bool, memory: &str, limit: Duration) -> Run {
 fn lio_test_bed() {
     let run = boot(
         "matrix,tools,isolation",
-        false,
+        Image::Plain,
         "1G",
         Duration::from_secs(900),
     );
@@ -269,7 +307,16 @@ fn lio_test_bed() {
 /// results are checked from the outer guest.
 #[test]
 fn nested_guest_through_pr_helper() {
-    let run = boot("nested", true, "1536M", Duration::from_secs(1200));
+    let run = boot("nested", Image::Nested, "1536M", Duration::from_secs(1200));
     run.assert_all_passed(5);
     assert!(run.figure("nested-guest-seconds").is_some());
+}
+
+/// Multipath: a dm-multipath map over two LIO paths with multipathd, and
+/// pr-helper built with `--features mpath` going through libmpathpersist.
+#[test]
+fn multipath_map_through_libmpathpersist() {
+    let run = boot("mpath", Image::Mpath, "1G", Duration::from_secs(600));
+    run.assert_all_passed(20);
+    assert!(run.figure("mpath-slow-library-call-ms").is_some());
 }

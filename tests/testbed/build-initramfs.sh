@@ -35,7 +35,7 @@ install -m 755 "$PRH" "$I/bin/pr-helper"
 install -m 755 "$RUNNER" "$I/bin/testbed-guest"
 
 # Kernel modules, dependencies first (resolved through modules.dep).
-WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop dm_mod dm_multipath dm_round_robin ${TESTBED_EXTRA_MODULES:-}"
+WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop dm_mod dm_multipath dm_round_robin dm_service_time dm_queue_length scsi_dh_alua ${TESTBED_EXTRA_MODULES:-}"
 # Module name (dashes as underscores) -> path, and path -> dependencies.
 declare -A path_of=() deps_of=()
 while IFS= read -r line; do
@@ -100,6 +100,22 @@ done
 for bin in "$@"; do
     copy_with_libs "$I" "$bin" "$bin"
 done
+
+if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
+    # Multipath: pr-helper built with --features mpath (glibc, links
+    # libmpathpersist), multipath-tools with its plugins, libgcc_s (thread
+    # cancellation in multipathd).
+    copy_with_libs "$I" "$TESTBED_MPATH_HELPER" /bin/pr-helper-mpath
+    for bin in /sbin/multipathd /sbin/multipath /sbin/mpathpersist; do
+        [ -x "$bin" ] || { echo "$bin missing: install multipath-tools (tests/run setup)" >&2; exit 1; }
+        copy_with_libs "$I" "$bin" "$bin"
+    done
+    mkdir -p "$I/lib/multipath"
+    for plugin in /lib/multipath/*.so; do
+        copy_with_libs "$I" "$plugin" "/lib/multipath/$(basename "$plugin")"
+    done
+    cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$I/usr/lib/x86_64-linux-gnu/"
+fi
 
 if [ "${TESTBED_NESTED:-0}" = 1 ]; then
     # The inner guest: busybox, sg3-utils, virtio-scsi.

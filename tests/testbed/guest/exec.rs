@@ -96,6 +96,17 @@ pub fn run(
     }
 }
 
+/// A command through the helper listening on `socket`.
+pub fn run_socket(
+    socket: &str,
+    device: &Path,
+    cdb: &[u8; 16],
+    params: &[u8],
+    read_only: bool,
+) -> Result<Outcome, String> {
+    through_helper(socket, device, cdb, params, read_only)
+}
+
 fn through_helper(
     socket: &str,
     device: &Path,

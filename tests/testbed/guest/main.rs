@@ -11,6 +11,7 @@
 mod exec;
 mod isolation;
 mod lio;
+mod mpath;
 mod nested;
 mod scripts;
 mod tools;
@@ -37,6 +38,7 @@ fn main() {
             "isolation" => isolation::run(&mut next_lun),
             "tools" => tools::run_suite(&mut next_lun),
             "nested" => nested::run(&mut next_lun),
+            "mpath" => mpath::run_suite(&mut next_lun),
             other => result(&format!("suite-{other}"), Err("unknown suite".into())),
         }
         println!(

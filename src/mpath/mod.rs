@@ -1,0 +1,23 @@
+//! Multipath: persistent reservations on dm-multipath devices go through
+//! libmpathpersist, which registers keys on every path and works with
+//! multipathd so that paths coming back get them too (spec §7).
+//!
+//! * [`translate`]: the pure request/reply translation (every build);
+//! * `ffi`, `detect`, `worker` (feature `mpath`): the library binding,
+//!   device-mapper detection, and the one thread that makes library calls.
+
+pub mod translate;
+
+#[cfg(feature = "mpath")]
+mod detect;
+#[cfg(feature = "mpath")]
+mod ffi;
+#[cfg(feature = "mpath")]
+mod worker;
+
+#[cfg(feature = "mpath")]
+pub use detect::DetectError;
+#[cfg(feature = "mpath")]
+pub use ffi::layout;
+#[cfg(feature = "mpath")]
+pub use worker::{InitError, Multipath, Prepared};
