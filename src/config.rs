@@ -146,6 +146,21 @@ pub struct ServerArgs {
     /// Send PR commands on dm-multipath devices through libmpathpersist [default: on in builds with multipath support]
     #[arg(long = "multipath", value_name = "BOOL", action = ArgAction::Set)]
     pub multipath: Option<bool>,
+    /// Install the seccomp system call allow-list [default: true]
+    #[arg(long = "seccomp", value_name = "BOOL", action = ArgAction::Set)]
+    pub seccomp: Option<bool>,
+    /// Restrict filesystem access with Landlock where the kernel has it [default: true]
+    #[arg(long = "landlock", value_name = "BOOL", action = ArgAction::Set)]
+    pub landlock: Option<bool>,
+    /// Only these peer uids may connect (comma-separated) [default: anyone the socket permissions let in]
+    #[arg(long = "allowed-uids", value_name = "UIDS", value_delimiter = ',')]
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Only peers with these primary gids may connect (comma-separated)
+    #[arg(long = "allowed-gids", value_name = "GIDS", value_delimiter = ',')]
+    pub allowed_gids: Option<Vec<u32>>,
+    /// Log every PR OUT as an audit record at info level [default: true]
+    #[arg(long = "audit", value_name = "BOOL", action = ArgAction::Set)]
+    pub audit: Option<bool>,
 }
 
 /// Where log messages go.
@@ -261,6 +276,50 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Multipath devices through libmpathpersist (builds with `mpath`).
     pub multipath: bool,
+    /// Seccomp allow-list.
+    pub seccomp: bool,
+    /// Landlock filesystem restrictions.
+    pub landlock: bool,
+    /// Peer uids allowed to connect (empty: all).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "id_list"
+    )]
+    pub allowed_uids: Vec<u32>,
+    /// Peer gids allowed to connect (empty: all).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "id_list"
+    )]
+    pub allowed_gids: Vec<u32>,
+    /// Audit records for PR OUT.
+    pub audit: bool,
+}
+
+/// A list of ids: a TOML array, or a comma-separated string (environment).
+fn id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<u32>),
+        One(u32),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::List(v) => Ok(v),
+        Raw::One(n) => Ok(vec![n]),
+        Raw::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                x.parse::<u32>()
+                    .map_err(|_| serde::de::Error::custom(format!("'{x}' is not a numeric id")))
+            })
+            .collect(),
+    }
 }
 
 impl Default for Config {
@@ -281,6 +340,11 @@ impl Default for Config {
             socket_mode: None,
             socket_group: None,
             multipath: cfg!(feature = "mpath"),
+            seccomp: true,
+            landlock: true,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            audit: true,
         }
     }
 }
@@ -302,6 +366,11 @@ pub const KEYS: &[&str] = &[
     "socket_mode",
     "socket_group",
     "multipath",
+    "seccomp",
+    "landlock",
+    "allowed_uids",
+    "allowed_gids",
+    "audit",
 ];
 
 impl Config {
@@ -356,6 +425,16 @@ struct CommandLine {
     socket_group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     multipath: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seccomp: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    landlock: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_uids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_gids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<bool>,
 }
 
 impl CommandLine {
@@ -385,6 +464,11 @@ impl CommandLine {
             socket_mode: args.socket_mode,
             socket_group: args.socket_group.clone(),
             multipath: args.multipath,
+            seccomp: args.seccomp,
+            landlock: args.landlock,
+            allowed_uids: args.allowed_uids.clone(),
+            allowed_gids: args.allowed_gids.clone(),
+            audit: args.audit,
         }
     }
 }
@@ -690,6 +774,8 @@ mod tests {
             trace: Some("t".into()),
             socket_mode: Some(SocketMode(0o600)),
             socket_group: Some("g".into()),
+            allowed_uids: vec![1],
+            allowed_gids: vec![2],
             ..Config::default()
         };
         let Value::Dict(_, d) = Value::serialize(&full).unwrap() else {
@@ -842,6 +928,56 @@ mod tests {
         });
         let l = load_env(&[], &[("PR_HELPER_SOCKET_MODE", "0660")]).unwrap();
         assert_eq!(l.config.socket_mode, Some(SocketMode(0o660)));
+    }
+
+    #[test]
+    fn id_lists_in_every_layer() {
+        assert_eq!(
+            load_env(&["--allowed-uids", "0,107"], &[])
+                .unwrap()
+                .config
+                .allowed_uids,
+            vec![0, 107]
+        );
+        assert_eq!(
+            load_env(&[], &[("PR_HELPER_ALLOWED_UIDS", "0,107")])
+                .unwrap()
+                .config
+                .allowed_uids,
+            vec![0, 107]
+        );
+        assert_eq!(
+            load_env(&[], &[("PR_HELPER_ALLOWED_GIDS", "[5, 6]")])
+                .unwrap()
+                .config
+                .allowed_gids,
+            vec![5, 6]
+        );
+        assert_eq!(
+            load_env(&[], &[("PR_HELPER_ALLOWED_UIDS", "107")])
+                .unwrap()
+                .config
+                .allowed_uids,
+            vec![107]
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("u.toml", "allowed_uids = [0, 65534]\n")?;
+            assert_eq!(
+                load(&args(&["--config", "u.toml"]))
+                    .unwrap()
+                    .config
+                    .allowed_uids,
+                vec![0, 65534]
+            );
+            Ok(())
+        });
+        let e = load_env(&[], &[("PR_HELPER_ALLOWED_UIDS", "root")])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("allowed_uids") && e.contains("PR_HELPER_ALLOWED_UIDS"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct ConnectionConfig {
     pub request_timeout: Duration,
     /// How commands are executed (SG_IO settings, multipath).
     pub executor: Executor,
+    /// Log an audit record for every PR OUT.
+    pub audit: bool,
 }
 
 /// Who is on the other end, from SO_PEERCRED at accept time.
@@ -50,26 +52,40 @@ pub struct Peer {
     pub uid: u32,
     /// Peer group id.
     pub gid: u32,
+    /// The peer's command name (/proc/PID/comm, at most 15 bytes).
+    comm: [u8; 16],
+    comm_len: u8,
 }
 
 impl Peer {
     /// Credentials of the process at the other end of `stream`.
     pub fn of(id: u64, stream: &UnixStream) -> Self {
-        match stream.peer_cred() {
-            Ok(cred) => Peer {
-                id,
-                pid: cred.pid(),
-                uid: cred.uid(),
-                gid: cred.gid(),
-            },
+        let (pid, uid, gid) = match stream.peer_cred() {
+            Ok(cred) => (cred.pid(), cred.uid(), cred.gid()),
             // Only possible if the socket is already dead; log what we know.
-            Err(_) => Peer {
-                id,
-                pid: None,
-                uid: u32::MAX,
-                gid: u32::MAX,
-            },
+            Err(_) => (None, u32::MAX, u32::MAX),
+        };
+        let mut comm = [0u8; 16];
+        let mut comm_len = 0;
+        if let Some(name) = pid.and_then(|p| std::fs::read(format!("/proc/{p}/comm")).ok()) {
+            let name = name.strip_suffix(b"\n").unwrap_or(&name);
+            let n = name.len().min(comm.len());
+            comm[..n].copy_from_slice(&name[..n]);
+            comm_len = n as u8;
         }
+        Peer {
+            id,
+            pid,
+            uid,
+            gid,
+            comm,
+            comm_len,
+        }
+    }
+
+    /// The peer's command name ("" when unknown).
+    pub fn comm(&self) -> &str {
+        std::str::from_utf8(&self.comm[..usize::from(self.comm_len)]).unwrap_or("?")
     }
 }
 
@@ -80,7 +96,11 @@ impl fmt::Display for Peer {
             Some(pid) => write!(f, "{pid}")?,
             None => f.write_str("?")?,
         }
-        write!(f, ", uid {}, gid {})", self.uid, self.gid)
+        write!(f, ", uid {}, gid {}", self.uid, self.gid)?;
+        if self.comm_len > 0 {
+            write!(f, ", {}", self.comm())?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -180,6 +200,7 @@ pub struct Responder {
     stream: Arc<UnixStream>,
     peer: Peer,
     started: std::time::Instant,
+    audit: bool,
     reply: oneshot::Sender<io::Result<Vec<u8>>>,
 }
 
@@ -187,6 +208,9 @@ impl Responder {
     /// Sends `response` for `request`, then closes the request's fd.
     pub fn send(self, request: Request<OwnedFd>, response: Response) {
         log_request(&self.peer, &request, &response, self.started.elapsed());
+        if self.audit && request.direction == protocol::Direction::Out {
+            crate::audit::record(&self.peer, &request, &response);
+        }
         drop(request);
         let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
         response.encode(&mut out);
@@ -293,6 +317,7 @@ impl Connection {
             stream: self.stream.clone(),
             peer: self.peer,
             started: std::time::Instant::now(),
+            audit: self.config.audit,
             reply,
         };
         let config = self.config.clone();

@@ -14,11 +14,14 @@
 //! * [`config`]: command line and figment layers;
 //! * [`startup`], [`listener`], [`activation`], [`daemon`], [`privileges`],
 //!   [`signals`], [`logging`]: the process around the server;
+//! * [`sandbox`]: Landlock and seccomp after start-up;
+//! * [`audit`]: one record per PR OUT;
 //! * [`client`], [`pr`], [`tools`]: the client side, for tools and tests.
 
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod audit;
 pub mod client;
 pub mod command;
 pub mod config;
@@ -32,6 +35,7 @@ pub mod pool;
 pub mod pr;
 pub mod privileges;
 pub mod protocol;
+pub mod sandbox;
 pub mod scsi;
 pub mod server;
 pub mod signals;

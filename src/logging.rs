@@ -160,8 +160,16 @@ pub fn init(config: &Config, daemonizing: bool) -> Result<Destination, String> {
     };
     let traced = trace.selected()?;
     let base = level(config.verbosity);
+    // Audit records are info-level but on by default (verbosity 1 shows
+    // warnings): they get their own directive unless -q or audit = false.
+    let audit = config.audit && config.verbosity >= 1;
     let filter = |extra: bool| {
         let mut f = EnvFilter::default().add_directive(base.into());
+        if audit && config.verbosity < 2 {
+            if let Ok(d) = "pr_helper::audit=info".parse() {
+                f = f.add_directive(d);
+            }
+        }
         if extra {
             for t in &traced {
                 if let Ok(d) = format!("pr_helper::{t}=trace").parse() {

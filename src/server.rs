@@ -30,6 +30,27 @@ pub struct ServerConfig {
     pub connection: ConnectionConfig,
     /// Most SG_IO commands executing at once (threads in the SG_IO pool).
     pub sgio_threads: usize,
+    /// Who may connect.
+    pub policy: AccessPolicy,
+}
+
+/// Peers allowed to connect, by SO_PEERCRED. Empty lists allow everyone
+/// the socket's permissions let in (as qemu-pr-helper); otherwise a peer
+/// must match both non-empty lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// Allowed uids.
+    pub uids: Vec<u32>,
+    /// Allowed (primary) gids.
+    pub gids: Vec<u32>,
+}
+
+impl AccessPolicy {
+    /// True if `peer` may use the helper.
+    pub fn allows(&self, peer: &Peer) -> bool {
+        (self.uids.is_empty() || self.uids.contains(&peer.uid))
+            && (self.gids.is_empty() || self.gids.contains(&peer.gid))
+    }
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, runs
@@ -49,13 +70,16 @@ pub async fn run(
         max_connections: config.max_connections,
         connection: Arc::new(config.connection),
         pool: Pool::new("prh-sgio", config.sgio_threads),
+        policy: config.policy,
+        refused_log: RateLimited::new(Duration::from_secs(1)),
         shutdown_rx,
         drain_tx,
         next_id: AtomicU64::new(1),
-        reserve_fd: open_reserve_fd(),
+        reserve_fd: None,
         over_limit_log: RateLimited::new(Duration::from_secs(10)),
         accept_error_log: RateLimited::new(Duration::from_secs(10)),
     };
+    acceptor.reserve_fd = reserve_fd(&acceptor.listener);
     tokio::select! {
         _ = acceptor.run() => {}
         _ = shutdown => info!("shutting down: no new connections; finishing requests in flight"),
@@ -79,6 +103,8 @@ struct Acceptor {
     max_connections: usize,
     connection: Arc<ConnectionConfig>,
     pool: Pool,
+    policy: AccessPolicy,
+    refused_log: RateLimited,
     shutdown_rx: watch::Receiver<()>,
     drain_tx: mpsc::Sender<()>,
     next_id: AtomicU64,
@@ -132,6 +158,16 @@ impl Acceptor {
     fn admit(&mut self, stream: tokio::net::UnixStream) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let peer = Peer::of(id, &stream);
+        if !self.policy.allows(&peer) {
+            // Closed before the handshake: the peer reads EOF.
+            if let Some(suppressed) = self.refused_log.allow() {
+                warn!(
+                    suppressed,
+                    "{peer}: refused by the access policy (allowed_uids/allowed_gids)"
+                );
+            }
+            return;
+        }
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             if let Some(suppressed) = self.over_limit_log.allow() {
                 warn!(
@@ -166,7 +202,7 @@ impl Acceptor {
         if let Ok(refused) = self.accept_std() {
             drop(refused);
         }
-        self.reserve_fd = open_reserve_fd();
+        self.reserve_fd = reserve_fd(&self.listener);
     }
 
     /// A synchronous, non-blocking accept on the listening socket.
@@ -179,8 +215,11 @@ impl Acceptor {
     }
 }
 
-fn open_reserve_fd() -> Option<OwnedFd> {
-    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+/// A spare fd: a duplicate of the listener, which needs no filesystem
+/// access (the sandbox allows none).
+fn reserve_fd(listener: &UnixListener) -> Option<OwnedFd> {
+    use std::os::fd::AsFd;
+    listener.as_fd().try_clone_to_owned().ok()
 }
 
 /// Errors after which accepting again at once is right.

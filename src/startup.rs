@@ -103,6 +103,25 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         Daemon::ready(d);
     }
 
+    // The sandbox, while still single-threaded: every thread started from
+    // here on (multipath worker, SG_IO pool) inherits it.
+    let mut removable: Vec<PathBuf> = created.0.iter().cloned().collect();
+    removable.extend(pidfile.as_ref().map(|p| p.path().to_path_buf()));
+    let sandbox = crate::sandbox::Settings {
+        seccomp: config.seccomp,
+        landlock: config.landlock,
+        profile: if config.multipath {
+            crate::sandbox::Profile::Multipath
+        } else {
+            crate::sandbox::Profile::Plain
+        },
+        removable,
+    };
+    if let Err(e) = crate::sandbox::apply(&sandbox) {
+        error!("{e}");
+        return ExitCode::FAILURE;
+    }
+
     #[cfg_attr(not(feature = "mpath"), allow(unused_mut))]
     let mut executor = Executor::new(ExecConfig {
         sgio_timeout: config.sgio_timeout(),
@@ -190,9 +209,14 @@ fn serve(
     let server_config = ServerConfig {
         max_connections: config.max_connections,
         sgio_threads: config.sgio_threads,
+        policy: crate::server::AccessPolicy {
+            uids: config.allowed_uids.clone(),
+            gids: config.allowed_gids.clone(),
+        },
         connection: ConnectionConfig {
             request_timeout: config.request_timeout(),
             executor,
+            audit: config.audit,
         },
     };
     runtime.block_on(async move {

@@ -705,6 +705,17 @@ wait $JPID || true
     let mut c = pr_helper::client::Client::connect(&socket).unwrap();
     let r = c.execute(&pr_in_cdb(1, 64), f.as_fd(), &[]).unwrap();
     assert_eq!(r.header.status, 2);
+    // A PR OUT: its audit record is checked below.
+    let params = pr_helper::pr::ParamList {
+        key: 0xa1a1,
+        sa_key: 0xb2b2,
+        ..Default::default()
+    }
+    .encode();
+    let r = c
+        .execute(&pr_helper::pr::pr_out_cdb(4, 0, 5, 24), f.as_fd(), &params)
+        .unwrap();
+    assert_eq!(r.header.status, 2);
     drop(c);
     std::thread::sleep(Duration::from_millis(300));
     let pid = read_pid(&pidfile);

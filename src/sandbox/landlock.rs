@@ -1,0 +1,79 @@
+//! Landlock: the plain helper needs almost no filesystem access once it is
+//! serving (device fds arrive over the socket). What remains, and why:
+//!
+//! * read `/proc`: the peer's command name (`/proc/PID/comm`) for the audit
+//!   record;
+//! * read `/sys`: the device's WWID for the audit record;
+//! * remove files in the directories of the socket and pidfile pr-helper
+//!   created, to remove them at exit.
+//!
+//! Everything else (opening, creating, writing, executing files anywhere)
+//! is denied, and so is TCP (the helper has no use for the network). The
+//! multipath profile adds what libmpathpersist needs: read-write /dev (it
+//! opens the path devices), read /etc (multipath.conf), /run (udev's
+//! database), and read-execute of the libraries it loads plugins from.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetError, RulesetStatus, ABI,
+};
+
+use super::Profile;
+
+/// The newest ABI the rules are written for; older kernels get what they
+/// support (best effort).
+const TARGET_ABI: ABI = ABI::V5;
+
+/// How much the kernel enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything.
+    Enforced,
+    /// Part (an older Landlock ABI).
+    Partial,
+    /// Nothing: the kernel has no Landlock.
+    Unsupported,
+}
+
+/// Restricts the calling thread (and every thread it starts later).
+pub fn restrict(profile: Profile, removable: &[PathBuf]) -> Result<Outcome, RulesetError> {
+    let abi = TARGET_ABI;
+    let read = AccessFs::from_read(abi);
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(existing(&["/proc", "/sys"]), read))?;
+    let dirs: Vec<PathBuf> = removable
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    ruleset = ruleset.add_rules(path_beneath_rules(existing(&dirs), AccessFs::RemoveFile))?;
+    if profile == Profile::Multipath {
+        let rw = read | AccessFs::WriteFile;
+        ruleset = ruleset
+            .add_rules(path_beneath_rules(existing(&["/dev"]), rw))?
+            .add_rules(path_beneath_rules(existing(&["/etc", "/run"]), read))?
+            .add_rules(path_beneath_rules(
+                existing(&["/lib", "/lib64", "/usr/lib", "/usr/lib64"]),
+                read | AccessFs::Execute,
+            ))?;
+    }
+    let status = ruleset.restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => Outcome::Enforced,
+        RulesetStatus::PartiallyEnforced => Outcome::Partial,
+        RulesetStatus::NotEnforced => Outcome::Unsupported,
+    })
+}
+
+/// The paths that exist (a rule on a missing path is an error).
+fn existing<P: AsRef<Path>>(paths: &[P]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .map(|p| p.as_ref().to_path_buf())
+        .filter(|p| p.exists())
+        .collect()
+}

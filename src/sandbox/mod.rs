@@ -1,0 +1,63 @@
+//! Self-sandboxing after start-up: Landlock takes away filesystem access,
+//! then a seccomp filter allows only the system calls serving needs. Both
+//! are installed before any thread starts (Landlock applies to the calling
+//! thread and its future children only; seccomp filters are inherited), so
+//! every thread of the helper runs under them.
+//!
+//! The two layers cover different things: Landlock stops the helper from
+//! opening files even with a syscall that must stay allowed (openat is
+//! needed to read a peer's /proc/PID/comm for the audit record); seccomp
+//! stops every syscall the helper has no use for (exec, ptrace, mount,
+//! module loading, ...), whatever an attacker who took over the process
+//! would try.
+
+pub mod landlock;
+pub mod seccomp;
+
+use std::path::PathBuf;
+
+/// Which build the filters are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// SG_IO only: fds arrive over the socket.
+    Plain,
+    /// With libmpathpersist, which opens path devices, reads sysfs and
+    /// multipath.conf, and talks to multipathd.
+    Multipath,
+}
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Install the seccomp filter.
+    pub seccomp: bool,
+    /// Apply Landlock (best effort: kernels without it are logged).
+    pub landlock: bool,
+    /// Plain or multipath.
+    pub profile: Profile,
+    /// Files the helper removes at exit (its socket, its pidfile): their
+    /// directories keep the right to remove files.
+    pub removable: Vec<PathBuf>,
+}
+
+/// Applies the sandbox; errors are start-up errors.
+pub fn apply(settings: &Settings) -> Result<(), String> {
+    if settings.landlock {
+        match landlock::restrict(settings.profile, &settings.removable) {
+            Ok(landlock::Outcome::Enforced) => tracing::info!("landlock: filesystem access restricted"),
+            Ok(landlock::Outcome::Partial) => {
+                tracing::info!("landlock: filesystem access partly restricted (older kernel ABI)")
+            }
+            Ok(landlock::Outcome::Unsupported) => tracing::warn!(
+                "landlock: not supported by this kernel; filesystem access is not restricted (seccomp still applies)"
+            ),
+            Err(e) => return Err(format!("cannot apply Landlock: {e}")),
+        }
+    }
+    if settings.seccomp {
+        seccomp::install(settings.profile)
+            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+        tracing::info!("seccomp: system call allow-list installed");
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The sandbox: a running helper is under seccomp (mode 2) with
+//! NO_NEW_PRIVS; in a child process, the same filter kills a forbidden
+//! system call with a clear message, and the same Landlock ruleset denies
+//! an open(); the access policy refuses peers by uid and gid.
+//!
+//! The child cases re-run this test binary with an environment variable
+//! (the sandbox is applied to that child only, never to the test runner).
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pr_helper::sandbox::{self, Profile};
+
+const CHILD: &str = "PRH_SANDBOX_CHILD";
+
+/// Runs the test `name` of this binary in a child process with CHILD=mode.
+fn child(name: &str, mode: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, mode)
+        .output()
+        .unwrap()
+}
+
+/// In the child: install the filter, do allowed work, then a forbidden call.
+#[test]
+fn seccomp_child() {
+    if std::env::var(CHILD).as_deref() != Ok("seccomp") {
+        return;
+    }
+    sandbox::seccomp::install(Profile::Plain).unwrap();
+    // Allowed: reading from a pipe, allocating.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    nix::unistd::write(&w, b"ok").unwrap();
+    let mut buf = [0u8; 2];
+    nix::unistd::read(&r, &mut buf).unwrap();
+    eprintln!(
+        "before the forbidden call: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Forbidden: mkdir (syscall 83).
+    let _ = std::fs::create_dir("/tmp/pr-helper-seccomp-must-not-exist");
+    eprintln!("STILL ALIVE");
+}
+
+#[test]
+fn seccomp_blocks_a_forbidden_syscall_with_a_clear_message() {
+    let out = child("seccomp_child", "seccomp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(159), "stderr:\n{stderr}");
+    assert!(stderr.contains("before the forbidden call: ok"), "{stderr}");
+    assert!(
+        stderr.contains("the seccomp filter blocked system call 83"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("STILL ALIVE"));
+    assert!(!std::path::Path::new("/tmp/pr-helper-seccomp-must-not-exist").exists());
+    eprintln!(
+        "seccomp allow-list: {} system calls (plain), {} (multipath)",
+        sandbox::seccomp::allowed_count(Profile::Plain),
+        sandbox::seccomp::allowed_count(Profile::Multipath)
+    );
+}
+
+#[test]
+fn landlock_child() {
+    if std::env::var(CHILD).as_deref() != Ok("landlock") {
+        return;
+    }
+    let outcome = sandbox::landlock::restrict(Profile::Plain, &[]).unwrap();
+    println!("OUTCOME {outcome:?}");
+    match std::fs::File::open("/etc/hostname") {
+        Ok(_) => println!("OPEN allowed"),
+        Err(e) => println!("OPEN denied {}", e.raw_os_error().unwrap_or(0)),
+    }
+    match std::fs::read_to_string("/proc/self/comm") {
+        Ok(_) => println!("PROC allowed"),
+        Err(e) => println!("PROC denied {e}"),
+    }
+}
+
+#[test]
+fn landlock_denies_open_but_allows_proc() {
+    let out = child("landlock_child", "landlock");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if stdout.contains("OUTCOME Unsupported") {
+        panic!("this kernel has no Landlock; the test bed kernels and CI hosts do:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("OPEN denied 13"),
+        "open() must fail with EACCES:\n{stdout}"
+    );
+    assert!(stdout.contains("PROC allowed"), "{stdout}");
+}
+
+fn status_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
+}
+
+#[test]
+fn running_helper_is_under_seccomp_and_no_new_privs() {
+    let h = Helper::ours(&[]);
+    h.assert_serving();
+    let s = status_of(h.pid());
+    assert!(s.contains("Seccomp:\t2"), "{s}");
+    assert!(s.contains("NoNewPrivs:\t1"), "{s}");
+    // Every thread, including pool threads started later.
+    for task in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
+        let t = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        assert!(t.contains("Seccomp:\t2"), "{t}");
+    }
+    let h = Helper::ours(&["--seccomp", "false"]);
+    h.assert_serving();
+    assert!(status_of(h.pid()).contains("Seccomp:\t0"));
+}
+
+/// A client process running as `uid`/`gid` does the handshake; true if the
+/// helper served it.
+fn handshake_as(socket: &std::path::Path, uid: u32, gid: u32) -> bool {
+    let out = Command::new(our_binary())
+        .args(["ping", "-k"])
+        .arg(socket)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+fn wait_log(h: &Helper, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = h.stderr();
+        if let Some(line) = s.lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_policy_by_uid_and_gid() {
+    let h = Helper::ours(&["--socket-mode", "0666", "--allowed-uids", "0,107"]);
+    // The socket directory must let nobody reach the socket.
+    std::fs::set_permissions(
+        h.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(handshake_as(&h.socket, 0, 0), "root is allowed");
+    assert!(!handshake_as(&h.socket, 65534, 65534), "nobody is refused");
+    let line = wait_log(&h, "refused by the access policy");
+    assert!(
+        line.contains("uid 65534") && line.contains("gid 65534") && line.contains("warning"),
+        "{line}"
+    );
+    // Refused before the handshake: the peer reads EOF, no feature word.
+    h.assert_serving();
+
+    let h = Helper::ours(&["--socket-mode", "0666", "--allowed-gids", "65534"]);
+    std::fs::set_permissions(
+        h.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(handshake_as(&h.socket, 65534, 65534), "gid 65534 allowed");
+    assert!(!handshake_as(&h.socket, 0, 0), "gid 0 refused");
+    wait_log(&h, "uid 0, gid 0");
+
+    // Default: no policy, socket permissions decide.
+    let h = Helper::ours(&["--socket-mode", "0666"]);
+    std::fs::set_permissions(
+        h.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(handshake_as(&h.socket, 65534, 65534));
+    let f = common::fds::rw_file(h.dir.path());
+    let mut c = h.client();
+    assert_eq!(
+        c.execute(&pr_helper::pr::pr_in_cdb(0, 8), f.as_fd(), &[])
+            .unwrap()
+            .header
+            .status,
+        2
+    );
+}
