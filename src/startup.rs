@@ -219,6 +219,13 @@ fn serve(
             audit: config.audit,
         },
     };
+    // The path actually listened on: an adopted (socket-activated) socket
+    // is wherever its unit put it, not the configured path.
+    let serving_on = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| config.socket.display().to_string());
     runtime.block_on(async move {
         let listener = match tokio::net::UnixListener::from_std(listener) {
             Ok(l) => l,
@@ -227,11 +234,7 @@ fn serve(
                 return ExitCode::FAILURE;
             }
         };
-        info!(
-            pid = std::process::id(),
-            "serving on {}",
-            config.socket.display()
-        );
+        info!(pid = std::process::id(), "serving on {serving_on}");
         activation::notify("READY=1");
         server::run(listener, server_config, signals::terminated(), move || {
             activation::notify("STOPPING=1");

@@ -289,11 +289,14 @@ fn socket_activation_serves_and_leaves_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("activated.sock");
     let mut cmd = Command::new("systemd-socket-activate");
-    cmd.arg("-l").arg(&socket).arg(our_binary());
+    cmd.arg("-l").arg(&socket).arg(our_binary()).arg("-v");
     let mut h = Helper::spawn(Which::Ours, cmd, dir, socket.clone());
     h.assert_serving();
     let status = h.terminate();
     assert!(status.success(), "{}", h.stderr());
+    // It names the socket it was given, not the configured default.
+    let serving = format!("serving on {}", socket.display());
+    assert!(h.stderr().contains(&serving), "{}", h.stderr());
     // The socket belongs to systemd: pr-helper does not remove it.
     assert!(socket.exists());
 }

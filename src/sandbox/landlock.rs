@@ -10,7 +10,8 @@
 //! Everything else (opening, creating, writing, executing files anywhere)
 //! is denied, and so is TCP (the helper has no use for the network). The
 //! multipath profile adds what libmpathpersist needs: read-write /dev (it
-//! opens the path devices), read /etc (multipath.conf), /run (udev's
+//! opens the path devices), read /etc (multipath.conf), read-write
+//! /etc/multipath (its prkeys, wwids and bindings files), read /run (udev's
 //! database), and read-execute of the libraries it loads plugins from.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,9 @@ use landlock::{
 };
 
 use super::Profile;
+
+/// libmultipath's state directory.
+const MULTIPATH_STATE: &str = "/etc/multipath";
 
 /// The newest ABI the rules are written for; older kernels get what they
 /// support (best effort).
@@ -53,8 +57,17 @@ pub fn restrict(profile: Profile, removable: &[PathBuf]) -> Result<Outcome, Rule
     ruleset = ruleset.add_rules(path_beneath_rules(existing(&dirs), AccessFs::RemoveFile))?;
     if profile == Profile::Multipath {
         let rw = read | AccessFs::WriteFile;
+        // libmpathpersist keeps state files in /etc/multipath (prkeys, for
+        // `reservation_key file`; wwids; bindings) and creates the
+        // directory when it is missing, which Landlock would then deny: it
+        // is created here first (best effort: a read-only /etc leaves the
+        // library where it would be without the sandbox).
+        let _ = std::fs::create_dir_all(MULTIPATH_STATE);
+        let state =
+            rw | AccessFs::MakeReg | AccessFs::RemoveFile | AccessFs::Refer | AccessFs::Truncate;
         ruleset = ruleset
             .add_rules(path_beneath_rules(existing(&["/dev"]), rw))?
+            .add_rules(path_beneath_rules(existing(&[MULTIPATH_STATE]), state))?
             .add_rules(path_beneath_rules(existing(&["/etc", "/run"]), read))?
             .add_rules(path_beneath_rules(
                 existing(&["/lib", "/lib64", "/usr/lib", "/usr/lib64"]),

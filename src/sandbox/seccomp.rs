@@ -4,7 +4,8 @@
 //! naming the call to stderr (it is the journal under systemd) and ends the
 //! process with status 159 (128 + SIGSYS), so a missing entry is a clear
 //! crash, never a silent malfunction. `ioctl` is limited to SG_IO and the
-//! two fd-flag requests the runtime uses; `socket` to AF_UNIX.
+//! fd-flag and terminal queries the runtime and libc make; `socket` to
+//! AF_UNIX.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +21,9 @@ const SG_IO: u64 = 0x2285;
 /// FIONBIO, FIOCLEX: set non-blocking / close-on-exec.
 const FIONBIO: u64 = 0x5421;
 const FIOCLEX: u64 = 0x5451;
-/// TCGETS (isatty).
+/// TCGETS (glibc's isatty), TIOCGWINSZ (musl's).
 const TCGETS: u64 = 0x5401;
+const TIOCGWINSZ: u64 = 0x5413;
 
 /// System calls every build needs once serving.
 const SERVING: &[i64] = &[
@@ -46,8 +48,12 @@ const SERVING: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_lseek,
-    // Reading /proc/PID/comm and sysfs (Landlock limits where).
+    // Reading /proc/PID/comm and sysfs (Landlock limits where); musl's
+    // libc uses the older open/stat calls.
     libc::SYS_openat,
+    libc::SYS_open,
+    libc::SYS_stat,
+    libc::SYS_lstat,
     // Removing the socket and pidfile at exit (Landlock limits where).
     libc::SYS_unlink,
     libc::SYS_unlinkat,
@@ -106,9 +112,6 @@ const SERVING: &[i64] = &[
 /// What libmpathpersist adds (it opens path devices, scans sysfs, reads
 /// multipath.conf, talks to multipathd, and loads checker plugins).
 const MULTIPATH: &[i64] = &[
-    libc::SYS_open,
-    libc::SYS_stat,
-    libc::SYS_lstat,
     libc::SYS_access,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
@@ -150,6 +153,41 @@ const MULTIPATH: &[i64] = &[
     libc::SYS_setpriority,
     libc::SYS_ioprio_set,
     libc::SYS_rt_sigtimedwait,
+    libc::SYS_rt_sigsuspend,
+    // libdevmapper's udev synchronisation (System V semaphores).
+    libc::SYS_semget,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_semctl,
+    // libudev and libmultipath's sysfs and filesystem checks.
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_getcwd,
+    // It creates its state directories (denied by Landlock outside /dev;
+    // the library carries on without them).
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_umask,
+    libc::SYS_getpeername,
+    libc::SYS_getgroups,
+    libc::SYS_capget,
+    libc::SYS_getrusage,
+    libc::SYS_times,
+    libc::SYS_gettimeofday,
+    libc::SYS_time,
+    libc::SYS_setitimer,
+    // Lock timeouts on the prkeys file.
+    libc::SYS_alarm,
+    libc::SYS_getitimer,
+    // The directio path checker's asynchronous I/O.
+    libc::SYS_io_setup,
+    libc::SYS_io_destroy,
+    libc::SYS_io_submit,
+    libc::SYS_io_getevents,
+    libc::SYS_io_cancel,
 ];
 
 fn cond(arg: u8, value: u64) -> Result<SeccompCondition, BackendError> {
@@ -167,7 +205,7 @@ pub fn program(profile: Profile) -> Result<BpfProgram, BackendError> {
     } else {
         rules.insert(
             libc::SYS_ioctl,
-            [SG_IO, FIONBIO, FIOCLEX, TCGETS]
+            [SG_IO, FIONBIO, FIOCLEX, TCGETS, TIOCGWINSZ]
                 .into_iter()
                 .map(|req| SeccompRule::new(vec![cond(1, req)?]))
                 .collect::<Result<_, _>>()?,
