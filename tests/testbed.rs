@@ -147,16 +147,29 @@ impl Run {
             "the guest did not finish ({:.0} s); console tail:\n{tail}",
             self.seconds
         );
+        // What the helpers themselves said about trouble (a seccomp kill, a
+        // warning about a client) explains most failures.
+        let helper_lines: Vec<&str> = self
+            .console
+            .lines()
+            .filter(|l| {
+                ["warning:", "error:", "fatal:"]
+                    .iter()
+                    .any(|level| l.contains(&format!("pr-helper: {level}")))
+            })
+            .take(20)
+            .collect();
         assert!(
             failed.is_empty(),
-            "{} of {} test-bed results failed:\n{}\n",
+            "{} of {} test-bed results failed:\n{}\nhelper log lines:\n{}\n",
             failed.len(),
             self.results.len(),
             failed
                 .iter()
-                .map(|(n, _, why)| format!("FAIL {n}: {why}"))
+                .map(|(n, _, why)| format!("FAIL {n}: {}", cap(why, 2000)))
                 .collect::<Vec<_>>()
-                .join("\n")
+                .join("\n"),
+            helper_lines.join("\n")
         );
         assert!(
             self.results.len() >= min_results,
@@ -170,6 +183,14 @@ impl Run {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// At most `max` bytes of `s` (on a char boundary), marked when cut.
+fn cap(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}... ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
     }
 }
 
@@ -236,6 +257,11 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
     }
     let console = reader.join().unwrap();
     let seconds = started.elapsed().as_secs_f64();
+    // Kept for a closer look after a failure.
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testbed-{suites}.console"));
+    if std::fs::write(&log, &console).is_ok() {
+        eprintln!("console: {}", log.display());
+    }
     if killed {
         panic!(
             "test-bed guest hung: killed after {seconds:.0} s; console:\n{}",
@@ -281,17 +307,17 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
 
 /// One boot: the persistent-reservation matrix on LIO (every scenario
 /// through pr-helper, through qemu-pr-helper and directly, on sd and sg
-/// nodes), the operator tools against sg_persist, and isolation from a hung
-/// device.
+/// nodes), the operator tools against sg_persist, isolation from a hung
+/// device, and LUNs that disappear under open fds and outstanding requests.
 #[test]
 fn lio_test_bed() {
     let run = boot(
-        "matrix,tools,isolation",
+        "matrix,tools,isolation,faults",
         Image::Plain,
         "1G",
         Duration::from_secs(900),
     );
-    run.assert_all_passed(150 + 24 + 6);
+    run.assert_all_passed(183);
     for figure in [
         "isolation-pr-helper-idle-p99-us",
         "isolation-pr-helper-busy-p99-us",

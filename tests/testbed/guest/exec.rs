@@ -4,7 +4,7 @@
 //! truth. Plus `sg_persist` for decoded state checks.
 
 use std::fs::OpenOptions;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -119,19 +119,58 @@ fn through_helper(
         .write(!read_only)
         .open(device)
         .map_err(|e| format!("open {}: {e}", device.display()))?;
-    let mut client =
-        Client::connect(Path::new(socket)).map_err(|e| format!("connect {socket}: {e}"))?;
-    client
-        .set_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let reply = client
-        .execute(cdb, dev.as_fd(), params)
-        .map_err(|e| format!("{socket}: {e}"))?;
+    with_fd(socket, dev.as_fd(), cdb, params)
+}
+
+/// A command through the helper listening on `socket`, on a device the
+/// caller opened (and may keep open across events such as its removal).
+pub fn with_fd(
+    socket: &str,
+    dev: BorrowedFd<'_>,
+    cdb: &[u8; 16],
+    params: &[u8],
+) -> Result<Outcome, String> {
+    with_fd_timeout(socket, dev, cdb, params, Duration::from_secs(60))
+        .map_err(|e| format!("{socket}: {e}"))
+}
+
+/// [`with_fd`] with a timeout for each read and write of the exchange
+/// (expired: an error of kind `WouldBlock`).
+pub fn with_fd_timeout(
+    socket: &str,
+    dev: BorrowedFd<'_>,
+    cdb: &[u8; 16],
+    params: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Outcome> {
+    let mut client = connect(socket).map_err(std::io::Error::other)?;
+    client.set_timeout(Some(timeout))?;
+    let reply = client.execute(cdb, dev, params)?;
     Ok(Outcome {
         status: reply.header.status as u8,
         sense: reply.header.sense.to_vec(),
         data: reply.data,
     })
+}
+
+/// Connects, retrying for up to 10 s while the listen queue is full:
+/// qemu-pr-helper listens with a backlog of 1, so a burst of clients (the
+/// isolation suite starts several at once) can find it full, and the guest
+/// kernel has been seen to fail such a connect with EAGAIN.
+fn connect(socket: &str) -> Result<Client, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(Path::new(socket)) {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(format!("connect {socket}: {e}")),
+        }
+    }
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -8,6 +8,7 @@
 //! ioctl on it until a path comes back, so SG_IO blocks; reinstating the
 //! path releases it.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +24,11 @@ use crate::{lio, result};
 const HUNG_CLIENTS: usize = 4;
 /// Requests measured per run.
 const SAMPLES: usize = 200;
+/// How long one measured request may take before the helper counts as
+/// blocked.
+const BLOCKED: Duration = Duration::from_secs(10);
 
-fn dmsetup(args: &[&str]) -> Result<String, String> {
+pub fn dmsetup(args: &[&str]) -> Result<String, String> {
     let out = Command::new("dmsetup")
         .arg("--noudevsync")
         .args(args)
@@ -41,7 +45,7 @@ fn dmsetup(args: &[&str]) -> Result<String, String> {
 
 /// A multipath map over `path` (a /dev/sdX), with the path failed: its
 /// /dev/dm-N node and the path's major:minor.
-fn hung_map(name: &str, path: &Path) -> Result<(PathBuf, String), String> {
+pub fn hung_map(name: &str, path: &Path) -> Result<(PathBuf, String), String> {
     use std::os::unix::fs::MetadataExt;
     let rdev = std::fs::metadata(path).map_err(|e| e.to_string())?.rdev();
     let majmin = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
@@ -52,18 +56,40 @@ fn hung_map(name: &str, path: &Path) -> Result<(PathBuf, String), String> {
     Ok((PathBuf::from(format!("/dev/dm-{}", minor.trim())), majmin))
 }
 
-fn measure(via: Via, disk: &Path) -> Result<(Duration, Duration), String> {
+/// Latencies of READ KEYS on `disk` through `via`: p50, p99, and whether
+/// the helper stopped answering. A request unanswered after [`BLOCKED`]
+/// ends the measurement: qemu-pr-helper (built with multipath support, as
+/// Debian's is) calls libmpathpersist for a dm-multipath device on its
+/// main thread, so a hung multipath map can block every client (D8).
+fn measure(via: Via, disk: &Path) -> Result<(Duration, Duration, bool), String> {
+    let socket = match via {
+        Via::Ours => exec::OURS_SOCKET,
+        _ => exec::REFERENCE_SOCKET,
+    };
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(|e| format!("open {}: {e}", disk.display()))?;
     let mut lat = Vec::with_capacity(SAMPLES);
+    let mut blocked = false;
     for _ in 0..SAMPLES {
         let t = Instant::now();
-        let o = exec::run(via, disk, &pr_in_cdb(sa_in::READ_KEYS, 8192), &[], false)?;
-        if o.status != 0 {
-            return Err(format!("READ KEYS failed: {}", o.show()));
+        let cdb = pr_in_cdb(sa_in::READ_KEYS, 8192);
+        match exec::with_fd_timeout(socket, dev.as_fd(), &cdb, &[], BLOCKED) {
+            Ok(o) if o.status == 0 => lat.push(t.elapsed()),
+            Ok(o) => return Err(format!("READ KEYS failed: {}", o.show())),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                lat.push(t.elapsed());
+                blocked = true;
+                break;
+            }
+            Err(e) => return Err(format!("{socket}: {e}")),
         }
-        lat.push(t.elapsed());
     }
     lat.sort_unstable();
-    Ok((lat[SAMPLES / 2], lat[SAMPLES * 99 / 100]))
+    let n = lat.len();
+    Ok((lat[n / 2], lat[(n * 99 / 100).min(n - 1)], blocked))
 }
 
 /// Runs the suite.
@@ -113,6 +139,7 @@ pub fn run(next_lun: &mut usize) {
         println!("FIGURE isolation-{name}-idle-p99-us {}", idle.1.as_micros());
         println!("FIGURE isolation-{name}-busy-p50-us {}", busy.0.as_micros());
         println!("FIGURE isolation-{name}-busy-p99-us {}", busy.1.as_micros());
+        println!("FIGURE isolation-{name}-busy-blocked {}", u8::from(busy.2));
         result(
             &format!("isolation/{name}/device-really-hung"),
             if still_hung_before == HUNG_CLIENTS
@@ -144,12 +171,12 @@ pub fn run(next_lun: &mut usize) {
             let bound = (idle.1 * 5).max(Duration::from_millis(100));
             result(
                 "isolation/pr-helper/not-slowed-by-a-hung-device",
-                if busy.1 <= bound {
+                if busy.1 <= bound && !busy.2 {
                     Ok(())
                 } else {
                     Err(format!(
-                        "busy p99 {:?} > {bound:?} (idle p99 {:?})",
-                        busy.1, idle.1
+                        "busy p99 {:?} > {bound:?} (idle p99 {:?}), blocked: {}",
+                        busy.1, idle.1, busy.2
                     ))
                 },
             );

@@ -45,6 +45,14 @@ fn mkdir(path: impl AsRef<Path>) -> Result<(), String> {
     fs::create_dir_all(path.as_ref()).map_err(|e| format!("mkdir {}: {e}", path.as_ref().display()))
 }
 
+/// The configfs directory of the tcm_loop target portal group through which
+/// initiator `initiator` sees LUN `index` (target names are unique per LUN
+/// and nexus).
+fn tpg(index: usize, initiator: usize) -> String {
+    let wwn = format!("naa.50014050{:06x}{:02x}", index, initiator + 1);
+    format!("{TARGET}/loopback/{wwn}/tpgt_1")
+}
+
 /// Creates LUN number `index` (16 MiB file in tmpfs) with two initiators.
 pub fn create(index: usize) -> Result<Lun, String> {
     let file = PathBuf::from(format!("/tmp/lun{index}.img"));
@@ -64,13 +72,11 @@ pub fn create(index: usize) -> Result<Lun, String> {
     write(format!("{backstore}/enable"), "1")?;
     let mut paths = Vec::new();
     for (i, initiator) in INITIATORS.iter().enumerate() {
-        // Target names are unique per LUN and nexus.
-        let wwn = format!("naa.50014050{:06x}{:02x}", index, i + 1);
-        let tpg = format!("{TARGET}/loopback/{wwn}/tpgt_1");
+        let tpg = tpg(index, i);
         mkdir(format!("{tpg}/lun/lun_0"))?;
         write(format!("{tpg}/nexus"), initiator)?;
         std::os::unix::fs::symlink(&backstore, format!("{tpg}/lun/lun_0/port0"))
-            .map_err(|e| format!("link LUN {index} to {wwn}: {e}"))?;
+            .map_err(|e| format!("link LUN {index} in {tpg}: {e}"))?;
         let address = fs::read_to_string(format!("{tpg}/address"))
             .map_err(|e| format!("{tpg}/address: {e}"))?;
         paths.push(wait_for_devices(address.trim())?);
@@ -108,4 +114,33 @@ fn first_entry(dir: &Path) -> Option<String> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
+}
+
+/// Deletes LUN number `index` from both of its tcm_loop targets, as an
+/// administrator removing an exported disk would: the initiators' SCSI
+/// devices go away (fds still open on them stay valid but lead nowhere).
+/// Waits until the kernel has removed both devices.
+pub fn remove(index: usize) -> Result<(), String> {
+    let mut gone = Vec::new();
+    for i in 0..INITIATORS.len() {
+        let tpg = tpg(index, i);
+        let address = fs::read_to_string(format!("{tpg}/address"))
+            .map_err(|e| format!("{tpg}/address: {e}"))?;
+        gone.push(PathBuf::from(format!(
+            "/sys/class/scsi_device/{}:0",
+            address.trim()
+        )));
+        let port = format!("{tpg}/lun/lun_0/port0");
+        fs::remove_file(&port).map_err(|e| format!("unlink {port}: {e}"))?;
+        let lun = format!("{tpg}/lun/lun_0");
+        fs::remove_dir(&lun).map_err(|e| format!("rmdir {lun}: {e}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gone.iter().any(|p| p.exists()) {
+        if Instant::now() > deadline {
+            return Err(format!("SCSI devices still present: {gone:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! Arguments name the suites to run.
 
 mod exec;
+mod faults;
 mod isolation;
 mod lio;
 mod mpath;
@@ -36,6 +37,7 @@ fn main() {
         match suite.as_str() {
             "matrix" => matrix(&mut next_lun),
             "isolation" => isolation::run(&mut next_lun),
+            "faults" => faults::run(&mut next_lun),
             "tools" => tools::run_suite(&mut next_lun),
             "nested" => nested::run(&mut next_lun),
             "mpath" => mpath::run_suite(&mut next_lun),
