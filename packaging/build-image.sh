@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds the final stage of Containerfile (or, with --mpath, of
+# Containerfile.mpath) from a binary built on this machine, with buildah and
+# no registry: the same instructions as the multi-stage build, with the
+# builder stage replaced by the local binary. The digest is reproducible
+# (--timestamp 0: image and file times are the epoch) in the default OCI
+# format. That format has no HEALTHCHECK (buildah notes it and drops it;
+# the probe is given at run time, docs/packaging.md). PRH_IMAGE_FORMAT=docker
+# keeps it, but the docker config records the random build container id
+# and hostname, so that digest differs from build to build.
+#
+#   packaging/build-image.sh BINARY [TAG]            (static musl binary)
+#   packaging/build-image.sh --mpath BINARY [TAG]    (glibc build with --features mpath,
+#                                                     base: $PRH_MPATH_BASE from setup.sh)
+# Prints "image TAG id ID digest DIGEST size BYTES".
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+prh_need buildah
+
+mpath=
+if [ "${1:-}" = --mpath ]; then mpath=1; shift; fi
+[ $# -ge 1 ] || prh_die "usage: $0 [--mpath] BINARY [TAG]"
+bin=$1
+[ -x "$bin" ] || prh_die "no executable binary at $bin"
+
+ctx=$(mktemp -d "${TMPDIR:-/tmp}/prh-image.XXXXXX")
+trap 'rm -rf "$ctx"' EXIT
+
+if [ -n "$mpath" ]; then
+    tag=${2:-localhost/pr-helper:mpath}
+    containerfile=$PRH_ROOT/Containerfile.mpath
+    prh_buildah inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1 ||
+        prh_die "base image $PRH_MPATH_BASE missing (run packaging/setup.sh)"
+    install -D -m 0755 "$bin" "$ctx/rootfs/usr/bin/pr-helper"
+    install -D -m 0644 "$PRH_ROOT/LICENSE" "$ctx/rootfs/usr/share/licenses/pr-helper/LICENSE"
+    install -d -m 0755 "$ctx/rootfs/run/pr-helper"
+else
+    tag=${2:-localhost/pr-helper:latest}
+    containerfile=$PRH_ROOT/Containerfile
+    "$PRH_ROOT/packaging/oci-rootfs.sh" "$bin" "$PRH_ROOT/LICENSE" "$ctx/rootfs"
+fi
+
+# The final stage, from its marker to the end: the builder's output comes
+# from the context instead, and the local base already has multipath-tools
+# (its RUN apt-get, which needs the network, is dropped).
+awk -v base="$PRH_MPATH_BASE" '
+    /^# --- final stage/ { on = 1 }
+    !on { next }
+    /^FROM \$\{BASE\}/ { print "FROM " base; next }
+    /^COPY --from=build / { print "COPY rootfs/ /"; next }
+    /^RUN apt-get/ { skip = 1 }
+    skip { if ($0 !~ /\\$/) skip = 0; next }
+    { print }
+' "$containerfile" >"$ctx/Containerfile"
+grep -q '^COPY rootfs/ /$' "$ctx/Containerfile" ||
+    prh_die "$containerfile: final stage marker or COPY --from=build line not found"
+
+prh_buildah bud --quiet --timestamp 0 --format "${PRH_IMAGE_FORMAT:-oci}" --layers=false \
+    --build-arg VERSION="$PRH_VERSION" -f "$ctx/Containerfile" -t "$tag" "$ctx" 2>&1 >/dev/null |
+    { grep -v 'HEALTHCHECK is not supported for OCI image format' >&2 || true; }
+id=$(prh_buildah inspect --type image --format '{{.FromImageID}}' "$tag")
+digest=$(prh_buildah inspect --type image --format '{{.FromImageDigest}}' "$tag")
+size=$(prh_podman image inspect --format '{{.Size}}' "$tag")
+echo "image $tag id $id digest $digest size $size"

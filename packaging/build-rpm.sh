@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Makes the source tarball with vendored crates and builds the RPMs offline,
+# as a distribution would: rpmbuild -ba inside a network namespace without
+# network (unshare -n), so a missing crate fails the build.
+#
+#   packaging/build-rpm.sh [OUTDIR]     (default: target/rpm)
+#
+# The tarball, pr-helper-VERSION.tar.gz, holds the tree (HEAD plus working
+# changes), vendor/ and .cargo/config.toml pointing cargo at vendor/; its
+# bytes depend only on the sources (sorted, owner 0, mtime SOURCE_DATE_EPOCH).
+# On Debian the rpm database knows no BuildRequires: they are skipped
+# (--nodeps) when `rpm -q cargo` finds nothing.
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+prh_need rpmbuild cargo tar gzip unshare
+
+out=${1:-$PRH_ROOT/target/rpm}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
+top=$out/rpmbuild
+rm -rf "$top"
+mkdir -p "$top"/{SOURCES,SPECS,BUILD,RPMS,SRPMS}
+
+name=pr-helper-$PRH_VERSION
+stage=$(mktemp -d "${TMPDIR:-/tmp}/prh-rpm.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+prh_copy_tree "$stage/$name"
+mkdir -p "$stage/$name/.cargo"
+# Crates from the local registry cache (packaging/setup.sh fetched them).
+(cd "$stage/$name" && cargo vendor --locked --offline --quiet vendor) \
+    >"$stage/$name/.cargo/config.toml" ||
+    prh_die "cargo vendor failed (crates not cached? run packaging/setup.sh)"
+tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+    --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+    -C "$stage" -cf - "$name" | gzip -n -9 >"$top/SOURCES/$name.tar.gz"
+cp "$PRH_ROOT/rpm/pr-helper.spec" "$top/SPECS/"
+echo "tarball $(sha256sum "$top/SOURCES/$name.tar.gz" | cut -d' ' -f1) $top/SOURCES/$name.tar.gz ($(du -h "$top/SOURCES/$name.tar.gz" | cut -f1))"
+
+nodeps=()
+rpm -q cargo >/dev/null 2>&1 || nodeps=(--nodeps)
+unshare -n rpmbuild -ba "${nodeps[@]}" --quiet \
+    --define "_topdir $top" \
+    --define "use_source_date_epoch_as_buildtime 1" \
+    --define "clamp_mtime_to_source_date_epoch 1" \
+    "$top/SPECS/pr-helper.spec" >&2
+find "$top/RPMS" "$top/SRPMS" -name '*.rpm' -printf 'rpm %p\n' | sort

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the static (musl, static-pie) pr-helper reproducibly and prints its
+# sha256. The same commit gives the same bytes whatever directory the tree,
+# the target directory or CARGO_HOME is in: every absolute path that could
+# reach the binary is remapped to a fixed prefix.
+#
+#   packaging/build-static.sh            -> target/static/x86_64-unknown-linux-musl/release/pr-helper
+#   CARGO_TARGET_DIR=/tmp/t packaging/build-static.sh
+#
+# Extra arguments go to cargo build (e.g. --offline). A separate target
+# directory (target/static) keeps these RUSTFLAGS from invalidating the
+# normal builds in target/.
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+prh_need cargo rustc sha256sum
+
+cd "$PRH_ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PRH_ROOT/target/static}
+mkdir -p "$CARGO_TARGET_DIR"
+CARGO_TARGET_DIR=$(cd "$CARGO_TARGET_DIR" && pwd)
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+
+rustc --print target-libdir --target "$PRH_TARGET" >/dev/null 2>&1 &&
+    [ -d "$(rustc --print target-libdir --target "$PRH_TARGET")" ] ||
+    prh_die "Rust target $PRH_TARGET missing (rustup target add $PRH_TARGET, or run packaging/setup.sh)"
+
+# rustc uses the last matching --remap-path-prefix: the most specific
+# prefixes (the target directory may lie inside the tree) come last.
+# RUSTFLAGS replaces any build.rustflags of a cargo config; the builds stay
+# identical as long as nobody sets RUSTFLAGS differently.
+export RUSTFLAGS="--remap-path-prefix=$rustup_home=/rustup --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$PRH_ROOT=/build/pr-helper --remap-path-prefix=$CARGO_TARGET_DIR=/build/target"
+unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
+export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
+
+cargo build --release --locked --target "$PRH_TARGET" --bin pr-helper "$@" >&2
+bin=$CARGO_TARGET_DIR/$PRH_TARGET/release/pr-helper
+[ -x "$bin" ] || prh_die "no binary at $bin"
+sum=$(sha256sum "$bin" | cut -d' ' -f1)
+echo "sha256 $sum $bin"

@@ -1,0 +1,57 @@
+# Shared helpers for the packaging scripts (sourced, not executed).
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+# The repository root (this file lives in packaging/).
+PRH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The static target every artifact ships.
+PRH_TARGET=x86_64-unknown-linux-musl
+# Where packaging scripts keep downloaded tools (cargo-deb) and caches.
+PRH_PKG_CACHE=${PRH_PKG_CACHE:-/var/cache/pr-helper/packaging}
+# The crate version, from Cargo.toml's [package] section.
+PRH_VERSION=$(sed -n '/^\[package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' "$PRH_ROOT/Cargo.toml" | head -n1)
+
+prh_die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+# prh_need CMD... : fail with a clear message when a prerequisite is missing.
+prh_need() {
+    local missing=()
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+    done
+    [ ${#missing[@]} -eq 0 ] ||
+        prh_die "missing prerequisite(s): ${missing[*]} (run packaging/setup.sh)"
+}
+
+# prh_copy_tree DEST: the files of HEAD plus the working-tree changes
+# (tracked files as they are now, untracked files that are not ignored),
+# without .git and build output. This is what a commit of the current state
+# would contain.
+prh_copy_tree() {
+    local dest=$1
+    mkdir -p "$dest"
+    (cd "$PRH_ROOT" &&
+        git ls-files -z --cached --others --exclude-standard |
+        while IFS= read -r -d '' f; do
+            [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"
+        done |
+        tar --null --no-recursion -T - -cf - ) | tar -xf - -C "$dest"
+}
+
+# SOURCE_DATE_EPOCH: the time of the last commit unless given.
+prh_source_date_epoch() {
+    if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+        echo "$SOURCE_DATE_EPOCH"
+    else
+        git -C "$PRH_ROOT" log -1 --format=%ct 2>/dev/null || echo 0
+    fi
+}
+# The local base image of the multipath variant (made by packaging/setup.sh).
+PRH_MPATH_BASE=${PRH_MPATH_BASE:-localhost/pr-helper-mpath-base:bookworm}
+
+# Container tools as they work on our machines (testbed README section 3):
+# vfs storage (no overlay in nested setups), runc (crun fails on hybrid
+# cgroups) and explicit ulimits (root lacks CAP_SYS_RESOURCE).
+prh_buildah() { buildah --storage-driver vfs "$@"; }
+prh_podman() { podman --storage-driver vfs --runtime runc "$@"; }
+PRH_PODMAN_ULIMITS=(--ulimit nofile=1024:20000 --ulimit nproc=1024:1024)

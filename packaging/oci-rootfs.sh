@@ -1,0 +1,18 @@
+#!/bin/sh
+# Lays out the root filesystem of the pr-helper image from a static binary:
+#   /usr/bin/pr-helper   /run/pr-helper/ (the socket directory)   /tmp/
+# plus the licence. Used by the Containerfile's build stage and by
+# packaging/build-image.sh (from a locally built binary), so both images
+# have the same content.
+#
+#   packaging/oci-rootfs.sh BINARY LICENSE DEST
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -eu
+[ $# -eq 3 ] || { echo "usage: $0 BINARY LICENSE DEST" >&2; exit 2; }
+bin=$1 license=$2 dest=$3
+rm -rf "$dest"
+mkdir -p "$dest/usr/bin" "$dest/usr/share/licenses/pr-helper" "$dest/run/pr-helper" "$dest/tmp"
+install -m 0755 "$bin" "$dest/usr/bin/pr-helper"
+install -m 0644 "$license" "$dest/usr/share/licenses/pr-helper/LICENSE"
+chmod 0755 "$dest/run/pr-helper"
+chmod 1777 "$dest/tmp"

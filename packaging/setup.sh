@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One-time setup for the packaging tests (packaging/test.sh), as root on a
+# Debian 12 machine with Rust (rustup) installed. Idempotent: run it again
+# after a Cargo.lock change. Everything the tests need is downloaded here;
+# packaging/test.sh then runs offline.
+#
+#   - Debian packages: buildah, podman + runc (containers), rpm + rpmlint
+#     (rpmbuild), lintian, nix-bin, mmdebstrap + multipath-tools (the
+#     multipath image's local base), systemd-container is not needed
+#     (systemd-analyze and systemd-socket-activate come with systemd);
+#   - the Rust target x86_64-unknown-linux-musl;
+#   - cargo-deb, installed with --locked into $PRH_PKG_CACHE/cargo-deb;
+#   - every crate of Cargo.lock (and of packaging/gen-docs) in the cargo
+#     registry cache, so `cargo vendor --offline` and `cargo build --offline`
+#     work later;
+#   - a local base image for the multipath variant (Debian bookworm with
+#     multipath-tools, made with mmdebstrap from the Debian mirror), since
+#     registries cannot be reached here.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+[ "$(id -u)" = 0 ] || prh_die "run as root (apt-get install)"
+prh_need apt-get cargo rustup
+
+CARGO_DEB_VERSION=3.8.0
+PKGS=(buildah podman runc rpm rpmlint lintian nix-bin mmdebstrap multipath-tools
+    dpkg-dev fakeroot)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' ||
+        missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${missing[*]}"
+    apt-get -o DPkg::Lock::Timeout=900 update -qq
+    # TMPDIR: apt links the archives there; keep them away from /tmp cleaners.
+    TMPDIR=/var/tmp DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "setup: rust target $PRH_TARGET"
+rustup target add "$PRH_TARGET" >/dev/null
+
+mkdir -p "$PRH_PKG_CACHE"
+if ! "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+    echo "setup: cargo install cargo-deb $CARGO_DEB_VERSION"
+    cargo install --locked --quiet --root "$PRH_PKG_CACHE/cargo-deb" \
+        --version "$CARGO_DEB_VERSION" cargo-deb
+fi
+
+echo "setup: cargo fetch (crates for offline builds and cargo vendor)"
+(cd "$PRH_ROOT" && cargo fetch --locked --quiet)
+(cd "$PRH_ROOT/packaging/gen-docs" && cargo fetch --locked --quiet)
+
+# The multipath image's base: no registry here, so a local image made from
+# the Debian mirror. With a registry, Containerfile.mpath's default base
+# (docker.io/library/debian:bookworm-slim) is used instead.
+if ! buildah --storage-driver vfs inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1; then
+    echo "setup: building local base image $PRH_MPATH_BASE with mmdebstrap"
+    tarball=$PRH_PKG_CACHE/mpath-base.tar
+    mmdebstrap --quiet --variant=minbase --include=multipath-tools,ca-certificates \
+        --mode=root bookworm "$tarball"
+    ctr=$(buildah --storage-driver vfs from scratch)
+    buildah --storage-driver vfs add "$ctr" "$tarball" /
+    buildah --storage-driver vfs commit --quiet --timestamp 0 "$ctr" "$PRH_MPATH_BASE" >/dev/null
+    buildah --storage-driver vfs rm "$ctr" >/dev/null
+    rm -f "$tarball"
+fi
+echo "setup: done"

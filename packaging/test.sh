@@ -1,0 +1,319 @@
+#!/usr/bin/env bash
+# Every packaging test, offline, after packaging/setup.sh (as root, Debian 12):
+#
+#   static   two musl builds from two copies of the tree in two directories: same sha256
+#   docs     packaging/generated/ is what gen-docs makes from the clap definition
+#   systemd  systemd-analyze verify (plain and with the mpath drop-in), exposure <= 2.0,
+#            and the unit's execution environment without PID 1: non-root uid, only
+#            CAP_SYS_RAWIO (ambient + bounding), no_new_privs, socket-activated; a client pings
+#   image    buildah image from the static binary twice: same digest; podman run
+#            --cap-drop ALL --cap-add SYS_RAWIO serves a host client (ping, PR IN with an fd);
+#            the multipath variant on the local base image
+#   rpm      rpmbuild -ba offline from the vendored tarball, file list, scratch rpm db, rpmlint
+#   deb      two builds byte-identical, file list, lintian, dpkg -i (socket enabled), dpkg -P
+#   nix      parse, evaluation against a stub nixpkgs, nix flake check --no-build
+#
+#   packaging/test.sh [SECTION...]     (default: all, in the order above)
+#
+# Work and build directories: $PRH_TEST_DIR (default /work/tgt-pkg/test; kept
+# between runs so the second run builds incrementally). Exits non-zero with
+# a message on the first failure or missing prerequisite.
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+W=${PRH_TEST_DIR:-/work/tgt-pkg/test}
+mkdir -p "$W"
+W=$(cd "$W" && pwd)
+SECTIONS=(static docs systemd image rpm deb nix)
+[ $# -gt 0 ] && SECTIONS=("$@")
+export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
+export CARGO_NET_OFFLINE=true
+export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nflake-registry ='
+
+FIGURES=()
+figure() { FIGURES+=("$*"); echo "  => $*"; }
+fail() { echo "test.sh: FAIL [$section]: $*" >&2; exit 1; }
+CLEANUP=()
+cleanup() { local c; for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || prh_die "run as root (podman, dpkg -i, setpriv)"
+prh_need cargo rustc sha256sum git tar gzip unshare setpriv systemd-analyze \
+    systemd-socket-activate buildah podman runc rpm rpmbuild rpmlint lintian dpkg-deb \
+    nix nix-instantiate
+[ -x "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" ] || prh_die "cargo-deb missing (run packaging/setup.sh)"
+
+BIN=$W/repro/a/target/$PRH_TARGET/release/pr-helper
+
+# -------------------------------------------------------------------- static
+t_static() {
+    # Two copies at different paths and depths, each with its own target dir.
+    local a=$W/repro/a b=$W/repro/elsewhere/b s1 s2
+    rm -rf "$a/src" "$b/src"
+    prh_copy_tree "$a/src"
+    prh_copy_tree "$b/src"
+    s1=$(CARGO_TARGET_DIR=$a/target "$a/src/packaging/build-static.sh" --offline | awk '{print $2}')
+    s2=$(CARGO_TARGET_DIR=$b/target "$b/src/packaging/build-static.sh" --offline | awk '{print $2}')
+    figure "static binary sha256 (copy 1, $a/src): $s1"
+    figure "static binary sha256 (copy 2, $b/src): $s2"
+    [ -n "$s1" ] && [ "$s1" = "$s2" ] || fail "the two builds differ: $s1 vs $s2"
+    file -b "$BIN" | grep -q 'static-pie linked' || fail "not a static-pie binary: $(file -b "$BIN")"
+    figure "static binary size: $(stat -c %s "$BIN") bytes, reproducible: yes"
+}
+need_bin() { [ -x "$BIN" ] || fail "no static binary at $BIN (run the static section first)"; }
+
+# ---------------------------------------------------------------------- docs
+t_docs() {
+    local out=$W/gen-docs/out
+    rm -rf "$out"
+    CARGO_TARGET_DIR=$W/gen-docs/target cargo run --quiet --locked --offline \
+        --manifest-path "$PRH_ROOT/packaging/gen-docs/Cargo.toml" -- "$out" >/dev/null
+    diff -r "$out" "$PRH_ROOT/packaging/generated" >&2 ||
+        fail "packaging/generated is stale: cargo run --manifest-path packaging/gen-docs/Cargo.toml -- packaging/generated"
+    figure "man page and completions up to date ($(ls "$out" | tr '\n' ' '))"
+}
+
+# ------------------------------------------------------------------- systemd
+t_systemd() {
+    need_bin
+    local u=$W/units score
+    rm -rf "$u"
+    mkdir -p "$u/pr-helper.service.d"
+    cp "$PRH_ROOT/systemd/pr-helper.socket" "$u/"
+    # verify needs ExecStart to exist: the built binary stands in.
+    sed "s|^ExecStart=/usr/bin/pr-helper|ExecStart=$BIN|" "$PRH_ROOT/systemd/pr-helper.service" \
+        >"$u/pr-helper.service"
+    grep -q "^ExecStart=$BIN" "$u/pr-helper.service" || fail "ExecStart=/usr/bin/pr-helper not found"
+    (cd "$u" && systemd-analyze verify --man=no ./pr-helper.socket ./pr-helper.service) 2>&1 |
+        tee "$u/verify.log" >&2
+    [ ! -s "$u/verify.log" ] || fail "systemd-analyze verify reported problems"
+    score=$(cd "$u" && systemd-analyze security --offline=yes ./pr-helper.service |
+        sed -n 's/.*Overall exposure level for pr-helper.service: \([0-9.]*\).*/\1/p')
+    figure "systemd-analyze security pr-helper.service: exposure $score (limit 2.0)"
+    awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || fail "exposure $score > 2.0"
+
+    cp "$PRH_ROOT/systemd/mpath.conf.example" "$u/pr-helper.service.d/mpath.conf"
+    (cd "$u" && systemd-analyze verify --man=no ./pr-helper.service) 2>&1 | tee "$u/verify.log" >&2
+    [ ! -s "$u/verify.log" ] || fail "systemd-analyze verify reported problems with the mpath drop-in"
+    score=$(cd "$u" && systemd-analyze security --offline=yes ./pr-helper.service |
+        sed -n 's/.*Overall exposure level for pr-helper.service: \([0-9.]*\).*/\1/p')
+    figure "systemd-analyze security with mpath.conf drop-in: exposure $score"
+
+    # The unit's execution environment, without systemd as PID 1: socket
+    # activation (fd 3), a non-root uid and gid, no supplementary groups,
+    # CAP_SYS_RAWIO as the only capability (ambient, hence permitted and
+    # effective; bounding), no_new_privs.
+    local d=$W/activate pid status
+    rm -rf "$d"
+    mkdir -p "$d"
+    chmod 0755 "$d"
+    systemd-socket-activate -l "$d/pr-helper.sock" \
+        setpriv --reuid 61534 --regid 61534 --clear-groups \
+        --inh-caps -all,+sys_rawio --ambient-caps -all,+sys_rawio --bounding-set -all,+sys_rawio \
+        --no-new-privs "$BIN" -v >"$d/log" 2>&1 &
+    pid=$!
+    CLEANUP+=("kill $pid 2>/dev/null")
+    for _ in $(seq 50); do [ -S "$d/pr-helper.sock" ] && break; sleep 0.1; done
+    "$BIN" ping --socket "$d/pr-helper.sock" >&2 ||
+        { cat "$d/log" >&2; fail "ping through the socket-activated, unprivileged helper failed"; }
+    local hp
+    hp=$(pgrep -P "$pid" -x pr-helper || echo "$pid")
+    status=$(grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$hp/status" | tr -s '\t ' ' ' | tr '\n' ';')
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    grep -q 'CapEff: 0000000000020000' <<<"$status" || fail "helper capabilities: $status"
+    grep -q 'landlock: filesystem access restricted' "$d/log" || { cat "$d/log" >&2; fail "landlock not applied"; }
+    figure "socket-activated as uid 61534 with CAP_SYS_RAWIO only: ping ok ($status)"
+}
+
+# --------------------------------------------------------------------- image
+run_image() { # IMAGE SOCKDIR NAME EXTRA... : start, wait for the socket
+    local image=$1 dir=$2 name=$3
+    shift 3
+    prh_podman rm -f "$name" >/dev/null 2>&1 || true
+    prh_podman run -d --name "$name" --network none "${PRH_PODMAN_ULIMITS[@]}" \
+        -v "$dir:/run/pr-helper" "$@" "$image" -v >/dev/null
+    CLEANUP+=("prh_podman rm -f $name >/dev/null 2>&1")
+    for _ in $(seq 100); do [ -S "$dir/pr-helper.sock" ] && return 0; sleep 0.1; done
+    prh_podman logs "$name" >&2 || true
+    fail "$image: no socket in $dir"
+}
+t_image() {
+    need_bin
+    local l1 l2 d=$W/image-sock out rc
+    l1=$("$PRH_ROOT/packaging/build-image.sh" "$BIN" localhost/pr-helper:test-1)
+    l2=$("$PRH_ROOT/packaging/build-image.sh" "$BIN" localhost/pr-helper:test-2)
+    echo "$l1" >&2
+    echo "$l2" >&2
+    [ "$(awk '{print $6}' <<<"$l1")" = "$(awk '{print $6}' <<<"$l2")" ] ||
+        fail "two image builds differ: $l1 / $l2"
+    prh_buildah tag localhost/pr-helper:test-1 localhost/pr-helper:latest
+    figure "image localhost/pr-helper:latest digest $(awk '{print $6}' <<<"$l1") id $(awk '{print $4}' <<<"$l1") size $(awk '{print $8}' <<<"$l1") bytes; rebuilt: same digest"
+    rm -rf "$d"
+    mkdir -p "$d"
+    run_image localhost/pr-helper:latest "$d" prh-test --cap-drop ALL --cap-add SYS_RAWIO
+    "$BIN" ping --socket "$d/pr-helper.sock" >&2 || fail "ping to the container failed"
+    # One PR IN with an fd: /dev/null is no SCSI device, so the helper
+    # answers with a CHECK CONDITION; exit 1 would mean no answer at all.
+    rc=0
+    out=$("$BIN" persist --socket "$d/pr-helper.sock" --device /dev/null --read-keys 2>&1) || rc=$?
+    echo "$out" >&2
+    [ "$rc" != 1 ] && grep -q 'persistent reserve in' <<<"$out" ||
+        fail "PR IN through the container failed (exit $rc)"
+    figure "podman run --cap-drop ALL --cap-add SYS_RAWIO: host client ping ok, PR IN answered (exit $rc: $out)"
+    prh_podman rm -f prh-test >/dev/null
+
+    if [ -n "${PRH_SKIP_MPATH:-}" ]; then
+        figure "multipath image: skipped (PRH_SKIP_MPATH)"
+        return
+    fi
+    prh_buildah inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1 ||
+        fail "base image $PRH_MPATH_BASE missing (run packaging/setup.sh)"
+    ldconfig -p | grep -q "libmpathpersist.so.0 " || fail "libmpathpersist missing (run packaging/setup.sh)"
+    (cd "$PRH_ROOT" && CARGO_TARGET_DIR=$W/mpath cargo build --quiet --release --locked --offline \
+        --features mpath --bin pr-helper)
+    l1=$("$PRH_ROOT/packaging/build-image.sh" --mpath "$W/mpath/release/pr-helper" localhost/pr-helper:mpath)
+    echo "$l1" >&2
+    rm -rf "$d"
+    mkdir -p "$d"
+    # Multipath needs device-mapper; a host without /dev/mapper/control can
+    # still check the image (binary, library, start-up) with it off.
+    local mp=() note="multipath on"
+    [ -e /dev/mapper/control ] || { mp=(-e PR_HELPER_MULTIPATH=false); note="multipath off: no /dev/mapper/control on this host"; }
+    run_image localhost/pr-helper:mpath "$d" prh-test-mpath --cap-drop ALL --cap-add SYS_RAWIO \
+        --cap-add SYS_ADMIN -v /dev:/dev "${mp[@]}"
+    "$BIN" ping --socket "$d/pr-helper.sock" >&2 || fail "ping to the multipath container failed"
+    figure "multipath image (local Debian 12 base + multipath-tools): digest $(awk '{print $6}' <<<"$l1") size $(awk '{print $8}' <<<"$l1") bytes; ping ok ($note)"
+    prh_podman rm -f prh-test-mpath >/dev/null
+}
+
+# ----------------------------------------------------------------------- rpm
+RPM_FILES="/etc/pr-helper
+/usr/bin/pr-helper
+/usr/lib/systemd/system/pr-helper.service
+/usr/lib/systemd/system/pr-helper.socket
+/usr/share/bash-completion/completions/pr-helper
+/usr/share/doc/pr-helper-$PRH_VERSION
+/usr/share/doc/pr-helper-$PRH_VERSION/README.md
+/usr/share/doc/pr-helper-$PRH_VERSION/config.toml.example
+/usr/share/doc/pr-helper-$PRH_VERSION/mpath.conf.example
+/usr/share/doc/pr-helper-$PRH_VERSION/socket-group.conf.example
+/usr/share/fish/vendor_completions.d/pr-helper.fish
+/usr/share/licenses/pr-helper-$PRH_VERSION
+/usr/share/licenses/pr-helper-$PRH_VERSION/LICENSE
+/usr/share/man/man8/pr-helper.8.gz
+/usr/share/zsh/site-functions/_pr-helper"
+t_rpm() {
+    local out=$W/rpm rpmfile root=$W/rpmroot lint
+    "$PRH_ROOT/packaging/build-rpm.sh" "$out" | tee "$W/rpm.out" >&2
+    rpmfile=$(find "$out/rpmbuild/RPMS" -name "pr-helper-$PRH_VERSION-*.rpm" | head -n1)
+    [ -n "$rpmfile" ] || fail "no binary rpm"
+    figure "$(grep '^tarball' "$W/rpm.out")"
+    rpm -qlp "$rpmfile" >"$W/rpm.files"
+    diff <(echo "$RPM_FILES") "$W/rpm.files" >&2 || fail "unexpected rpm file list"
+    figure "rpm $(basename "$rpmfile"): $(wc -l <"$W/rpm.files") paths as expected: $(tr '\n' ' ' <"$W/rpm.files")"
+    rpm -qp --scripts "$rpmfile" | grep -q 'systemctl --no-reload preset pr-helper.socket' ||
+        fail "rpm lacks the socket preset scriptlet"
+    rm -rf "$root"
+    rpm --root "$root" --initdb
+    rpm --root "$root" -ivh --nodeps "$rpmfile" >&2
+    rpm --root "$root" -V --nodeps pr-helper >&2 || fail "installed rpm does not verify"
+    [ -x "$root/usr/bin/pr-helper" ] && "$root/usr/bin/pr-helper" --version >&2 ||
+        fail "installed binary does not run"
+    figure "rpm installed into a scratch database ($root): rpm -V clean"
+    lint=$(rpmlint "$rpmfile" "$out"/rpmbuild/SRPMS/*.rpm 2>&1 | grep -E '^[^ ]+: [EW]: ' || true)
+    echo "$lint" >&2
+    # What remains is explained in docs/packaging.md (RPM, rpmlint).
+    local unexplained
+    unexplained=$(grep -vE ': (E: no-signature|E: no-packager-tag|W: invalid-license GPL-2.0-or-later|W: no-buildroot-tag|W: only-non-binary-in-usr-lib|W: no-manual-page-for-binary pr-helper|W: manpage-not-compressed bz2)' <<<"$lint" || true)
+    [ -z "$unexplained" ] || fail "new rpmlint findings: $unexplained"
+    figure "rpmlint: $(wc -l <<<"$lint") findings, all known (no-signature, no-packager-tag, invalid-license, no-buildroot-tag, only-non-binary-in-usr-lib, man page not bz2)"
+}
+
+# ----------------------------------------------------------------------- deb
+t_deb() {
+    need_bin
+    local d=$W/deb s1 s2 lint
+    rm -rf "$d"
+    mkdir -p "$d"
+    s1=$("$PRH_ROOT/packaging/build-deb.sh" "$BIN" "$d/1.deb" | awk '{print $2}')
+    sleep 1
+    s2=$("$PRH_ROOT/packaging/build-deb.sh" "$BIN" "$d/2.deb" | awk '{print $2}')
+    cmp "$d/1.deb" "$d/2.deb" || fail "two .deb builds differ"
+    figure "deb sha256 $s1 (two builds identical, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
+    dpkg-deb -c "$d/1.deb" | awk '{print $6}' | grep -v '/$' | sort >"$d/files"
+    for f in ./usr/bin/pr-helper ./usr/lib/systemd/system/pr-helper.socket \
+        ./usr/lib/systemd/system/pr-helper.service ./usr/share/man/man8/pr-helper.8.gz \
+        ./usr/share/bash-completion/completions/pr-helper ./usr/share/zsh/vendor-completions/_pr-helper \
+        ./usr/share/fish/vendor_completions.d/pr-helper.fish ./usr/share/doc/pr-helper/copyright \
+        ./usr/share/doc/pr-helper/config.toml.example; do
+        grep -qx "$f" "$d/files" || fail "$f missing from the .deb"
+    done
+    cmp <(dpkg-deb --fsys-tarfile "$d/1.deb" | tar -xOf - ./usr/bin/pr-helper) "$BIN" ||
+        fail "the .deb's binary is not the reproducible static build"
+    figure "deb files: $(tr '\n' ' ' <"$d/files")"
+    lint=$(lintian "$d/1.deb" 2>&1 | grep -v 'running with root privileges' || true)
+    [ -z "$lint" ] || { echo "$lint" >&2; fail "lintian: $lint"; }
+    figure "lintian: clean ($(lintian --show-overrides "$d/1.deb" 2>/dev/null | grep -c '^O:') overridden: static-pie as shared library, empty Depends, no ITP bug)"
+
+    if dpkg-query -W -f='${Status}' pr-helper 2>/dev/null | grep -q 'installed'; then
+        fail "a pr-helper package is already installed here; dpkg -P pr-helper first"
+    fi
+    dpkg -i "$d/1.deb" >&2
+    CLEANUP+=("dpkg -P pr-helper >/dev/null 2>&1")
+    [ -f /usr/lib/systemd/system/pr-helper.socket ] || fail "socket unit not installed"
+    [ -L /etc/systemd/system/sockets.target.wants/pr-helper.socket ] || fail "socket not enabled"
+    ! ls /etc/systemd/system/*.wants/pr-helper.service >/dev/null 2>&1 || fail "service enabled (only the socket should be)"
+    /usr/bin/pr-helper --version >&2
+    dpkg -P pr-helper >&2
+    [ ! -e /usr/bin/pr-helper ] && [ ! -e /usr/lib/systemd/system/pr-helper.socket ] &&
+        [ ! -L /etc/systemd/system/sockets.target.wants/pr-helper.socket ] ||
+        fail "files or the enablement link remain after dpkg -P"
+    ! dpkg-query -W pr-helper >/dev/null 2>&1 || fail "dpkg still knows pr-helper after purge"
+    figure "dpkg -i: units installed, pr-helper.socket enabled (service not); dpkg -P: nothing left"
+}
+
+# ----------------------------------------------------------------------- nix
+t_nix() {
+    local f src=$W/nix/src json
+    for f in flake.nix nix/package.nix nix/module.nix packaging/nix-stub/*.nix; do
+        nix-instantiate --store dummy:// --parse "$PRH_ROOT/$f" >/dev/null || fail "$f does not parse"
+    done
+    json=$(nix-instantiate --store dummy:// --eval --strict --json \
+        "$PRH_ROOT/packaging/nix-stub/eval.nix" --arg root "$PRH_ROOT") || fail "stub evaluation failed"
+    echo "$json" >&2
+    for want in '"enabled":true' '"disabledWhenOff":true' '"assertionsHold":true' '"socketRejected":true' \
+        '"configToml":{"allowed_uids":[0,107],"verbosity":2}' '"socketWantedBy":["sockets.target"]' \
+        '"socketConfig":{"SocketGroup":"kvm","SocketMode":"0660"}' "\"name\":\"pr-helper-$PRH_VERSION\"" \
+        '"lock":"Cargo.lock"' 'pr_helper = \"/nix/store/'; do
+        grep -qF "$want" <<<"$json" || fail "stub evaluation: expected $want"
+    done
+    figure "nix: flake.nix and nix/*.nix parse; package and module evaluate against the stub nixpkgs"
+    # A flake in a git tree sees tracked files only: check a copy of the tree.
+    rm -rf "$src"
+    prh_copy_tree "$src"
+    nix flake check --no-build --no-write-lock-file \
+        --override-input nixpkgs "path:$PRH_ROOT/packaging/nix-stub" "path:$src" 2>&1 |
+        grep -v "build-users-group\|lock file\|Added input\|path:$PRH_ROOT/packaging/nix-stub" >&2 ||
+        true
+    nix flake check --no-build --no-write-lock-file \
+        --override-input nixpkgs "path:$PRH_ROOT/packaging/nix-stub" "path:$src" >/dev/null 2>&1 ||
+        fail "nix flake check failed"
+    figure "nix flake check --no-build with the stub nixpkgs: ok (packages, apps.default, overlays, nixosModules.default)"
+}
+
+TIMES=()
+start_all=$(date +%s)
+for section in "${SECTIONS[@]}"; do
+    declare -F "t_$section" >/dev/null || prh_die "unknown section $section (${SECTIONS[*]})"
+    echo "== $section"
+    t0=$(date +%s)
+    "t_$section"
+    TIMES+=("$section $(($(date +%s) - t0))s")
+done
+echo
+echo "== figures"
+printf '  %s\n' "${FIGURES[@]}"
+echo "== durations: ${TIMES[*]}; total $(($(date +%s) - start_all))s"
+echo "packaging tests: all passed"
