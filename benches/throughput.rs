@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use pr_helper::pr::{pr_in_cdb, sa_in};
 
+#[path = "../tests/common/procfs.rs"]
+mod procfs;
+use procfs::cpu_time;
+
 struct Args {
     seconds: f64,
     levels: Vec<usize>,
@@ -87,18 +91,6 @@ fn start(binary: &Path, dir: &Path, name: &str, extra: &[String]) -> Running {
     }
     std::thread::sleep(Duration::from_millis(100));
     Running { child, socket }
-}
-
-/// CPU time (user + system) a process has used.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

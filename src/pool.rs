@@ -104,12 +104,19 @@ impl Pool {
             // Wake one sleeper. `idle` counts threads waiting for work; it is
             // decremented by the thread itself when it wakes.
             self.inner.work.notify_one();
-        } else if state.threads < self.inner.kept_threads {
-            self.start_thread(&mut state);
-        } else if state.threads < self.inner.max_threads {
-            // Every thread is busy: the job waits; the watchdog adds a thread
-            // if the queue stalls.
-            self.start_watchdog(&mut state);
+        }
+        // Sleepers already woken for earlier jobs but not yet running count
+        // in `idle` too: only when there are more queued jobs than sleepers
+        // is every one of them covered. Otherwise this job needs a thread of
+        // its own, or the watchdog, in case the threads it waits for hang.
+        if state.queue.len() > state.idle {
+            if state.threads < self.inner.kept_threads {
+                self.start_thread(&mut state);
+            } else if state.threads < self.inner.max_threads {
+                // Every thread is busy: the job waits; the watchdog adds a
+                // thread if the queue stalls.
+                self.start_watchdog(&mut state);
+            }
         }
     }
 
@@ -153,7 +160,18 @@ impl Pool {
         loop {
             let waited = match state.queue.front() {
                 Some((queued, _)) if state.idle == 0 => queued.elapsed(),
-                _ => {
+                // Sleepers are about to take the queued jobs; look again
+                // shortly, since nobody signals when they have (and one of
+                // them may then hang on its device).
+                Some(_) => {
+                    let (s, _) = inner
+                        .watch
+                        .wait_timeout(state, STALL)
+                        .unwrap_or_else(|e| e.into_inner());
+                    state = s;
+                    continue;
+                }
+                None => {
                     state.watchdog_waiting = true;
                     state = inner.watch.wait(state).unwrap_or_else(|e| e.into_inner());
                     state.watchdog_waiting = false;
@@ -236,6 +254,44 @@ mod tests {
         let rx = spawn(&pool, || -> u32 { panic!("boom") });
         assert!(rx.recv().is_err());
         assert_eq!(spawn(&pool, || 7).recv().unwrap(), 7);
+    }
+
+    #[test]
+    fn jobs_queued_while_a_sleeper_wakes_still_get_threads() {
+        // One kept thread, idle; then three jobs that block, submitted back
+        // to back: the first wakes the sleeper, the others must not wait
+        // for it (they used to, until its job finished).
+        let pool = Pool::new("t", 4);
+        spawn(&pool, || ()).recv().unwrap();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let started = Arc::new(AtomicUsize::new(0));
+        let blocked: Vec<_> = (0..3)
+            .map(|_| {
+                let (gate, started) = (gate.clone(), started.clone());
+                spawn(&pool, move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let (lock, cond) = &*gate;
+                    let mut open = lock.lock().unwrap();
+                    while !*open {
+                        open = cond.wait(open).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while started.load(Ordering::SeqCst) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of 3 jobs started",
+                started.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        for rx in blocked {
+            rx.recv().unwrap();
+        }
     }
 
     #[test]

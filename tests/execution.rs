@@ -9,18 +9,11 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use common::fakedev::FakeDev;
+use common::reply as expect;
 use common::*;
 use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
 
 const PARAMS: [u8; 24] = [0; 24];
-
-fn expect(status: u8, sense: [u8; 96], data: usize) -> Vec<u8> {
-    let mut v = vec![0, 0, 0, status];
-    v.extend_from_slice(&(data as u32).to_be_bytes());
-    v.extend_from_slice(&sense);
-    v.extend(std::iter::repeat_n(0u8, data));
-    v
-}
 
 #[test]
 fn errno_mapping_end_to_end() {

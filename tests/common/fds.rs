@@ -81,3 +81,12 @@ pub fn o_path(dir: &Path) -> File {
         .open(dir.join("regular-file"))
         .expect("O_PATH file")
 }
+
+/// An eventfd (read-write, no SG_IO).
+pub fn eventfd() -> OwnedFd {
+    // SAFETY: eventfd takes no pointers; the result is checked below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}

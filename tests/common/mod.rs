@@ -4,6 +4,7 @@
 
 pub mod fakedev;
 pub mod fds;
+pub mod procfs;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -211,6 +212,39 @@ impl Helper {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits (at most 5 s) until the helper has logged `count` lines
+    /// containing `needle`; returns those lines.
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines: Vec<String> = self
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= count || Instant::now() > deadline {
+                assert!(
+                    lines.len() >= count,
+                    "expected {count} log lines with {needle:?}, stderr:\n{}",
+                    self.stderr()
+                );
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Asserts the helper logged no error (warnings are expected after
+    /// misbehaving clients).
+    pub fn assert_no_errors(&self) {
+        let stderr = self.stderr();
+        assert!(
+            !stderr.contains(": error: "),
+            "the helper logged an error:\n{stderr}"
+        );
+    }
+
     /// Sends a signal to the helper.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
@@ -328,6 +362,26 @@ pub fn handshake(stream: &mut UnixStream) {
     stream.read_exact(&mut word).expect("feature word");
     assert_eq!(word, [0; 4]);
     stream.write_all(&[0; 4]).unwrap();
+}
+
+/// The exact reply bytes: status, `data_len` zero payload bytes, sense.
+pub fn reply(status: u8, sense: [u8; 96], data_len: usize) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, status];
+    v.extend_from_slice(&(data_len as u32).to_be_bytes());
+    v.extend_from_slice(&sense);
+    v.extend(std::iter::repeat_n(0u8, data_len));
+    v
+}
+
+/// The reply to any request on a regular file, pipe, socket, ...: SG_IO
+/// fails (ENOTTY and the like), CHECK CONDITION 0B/00/06.
+pub fn io_error() -> Vec<u8> {
+    reply(2, sense(0x0b, 0, 6), 0)
+}
+
+/// The reply to PR OUT on a read-only fd: CHECK CONDITION 05/20/00.
+pub fn read_only_refused() -> Vec<u8> {
+    reply(2, sense(0x05, 0x20, 0), 0)
 }
 
 /// The expected sense buffer for a synthesised code.

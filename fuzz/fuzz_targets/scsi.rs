@@ -1,0 +1,8 @@
+#![no_main]
+//! See `fuzz_support::scsi` for the input format and the invariants.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    fuzz_support::scsi::run(data);
+});

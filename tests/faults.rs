@@ -1,0 +1,553 @@
+//! Faults against the real binary (issue 8): clients that vanish at every
+//! point of a request, fd exhaustion, a connect/disconnect flood, SIGTERM
+//! under full load, and SIGKILL plus restart under socket activation. After
+//! each, the helper must still serve, hold no fd it should not, and have
+//! logged no error.
+//!
+//! Covered elsewhere, not repeated here:
+//! * a client that half-closes (shutdown(SHUT_WR)) mid-CDB or mid-parameters,
+//!   with the warning naming it: `protocol.rs`,
+//!   `eof_mid_cdb_and_mid_parameters`;
+//! * a request that stops arriving is closed after `--request-timeout`, an
+//!   idle connection never (D9): `protocol.rs`,
+//!   `started_request_times_out_idle_connection_does_not`;
+//! * `--max-connections` refusal and recovery (D18): `protocol.rs`,
+//!   `connection_limit_refuses_then_recovers`;
+//! * SIGTERM with SG_IO commands executing: `execution.rs`,
+//!   `sigterm_with_requests_in_flight_answers_every_one` (extended here with
+//!   queued requests, a half-sent request and busy clients);
+//! * a hung device delays nobody else: `execution.rs`,
+//!   `a_slow_device_delays_nobody_else`;
+//! * a LUN deleted while a request is outstanding: the test bed
+//!   (`tests/testbed.rs`, `faults`), which needs a real SCSI target.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::fakedev::FakeDev;
+use common::procfs::cpu_time;
+use common::*;
+use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+
+const PARAMS: [u8; 24] = [0; 24];
+
+/// A helper that has served one request, and its fd count with no client.
+fn started(args: &[&str]) -> (Helper, usize) {
+    let h = Helper::ours(args);
+    h.assert_serving();
+    let baseline = h.idle_fd_count();
+    (h, baseline)
+}
+
+#[test]
+fn clients_vanishing_mid_handshake_cdb_or_parameters_disturb_nobody() {
+    let (h, baseline) = started(&[]);
+    let f = fds::rw_file(h.dir.path());
+    let mut steady = h.client();
+    for round in 0..48 {
+        // Gone before (or after) reading the helper's feature word, or
+        // after half of its own.
+        drop(h.raw());
+        let mut s = h.raw();
+        let mut word = [0u8; 4];
+        s.read_exact(&mut word).unwrap();
+        if round % 2 == 1 {
+            s.write_all(&[0, 0]).unwrap();
+        }
+        drop(s);
+        // Gone after 1..15 CDB bytes, the fd already sent.
+        let mut c = h.client();
+        send_with_fds(c.stream(), &pr_in_cdb(0, 8)[..1 + round % 15], &[f.as_fd()]);
+        drop(c);
+        // Gone after the CDB and 0..23 parameter bytes.
+        let mut c = h.client();
+        send_with_fds(c.stream(), &pr_out_cdb(0, 0, 0, 24), &[f.as_fd()]);
+        c.stream().write_all(&PARAMS[..round % 24]).unwrap();
+        drop(c);
+        // Meanwhile a well-behaved client is answered every time.
+        let r = steady.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
+        assert_eq!(r.to_bytes(), io_error(), "round {round}");
+    }
+    drop(steady);
+    h.assert_fds_return_to(baseline);
+    // One warning per truncated request, naming the peer.
+    for (what, n) in [
+        ("in the middle of a CDB", 48),
+        ("in the middle of the parameter list", 48),
+        ("in the middle of the handshake", 24),
+    ] {
+        let lines = h.wait_for_log(what, n);
+        assert!(lines
+            .iter()
+            .all(|l| l.contains("warning") && l.contains("(pid ")));
+    }
+    h.assert_serving();
+    h.assert_no_errors();
+}
+
+#[test]
+fn client_vanishing_while_its_request_executes_costs_only_a_warning() {
+    let dev = FakeDev::mount();
+    let (h, baseline) = started(&[]);
+    let held = dev.open("e0-hold");
+    let fast = dev.open(&format!("e{}", libc::ENOTTY));
+    let mut gone: Vec<_> = (0..4).map(|_| h.client()).collect();
+    for (i, c) in gone.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            c.send(&pr_in_cdb(0, 8192), held.as_fd(), &[]).unwrap();
+        } else {
+            c.send(&pr_out_cdb(0, 0, 0, 24), held.as_fd(), &PARAMS)
+                .unwrap();
+        }
+    }
+    dev.wait_held(4);
+    drop(gone);
+    // Their requests still execute; everyone else is served meanwhile.
+    let mut other = h.client();
+    let r = other.execute(&pr_in_cdb(0, 8), fast.as_fd(), &[]).unwrap();
+    assert_eq!(r.to_bytes(), io_error());
+    assert_eq!(dev.held(), 4);
+    dev.release();
+    // Each response write fails (EPIPE): a warning naming the peer, and the
+    // connection and its device fd are closed.
+    let lines = h.wait_for_log("unable to write to socket", 4);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("warning") && l.contains("(pid ")));
+    let r = other
+        .execute(&pr_out_cdb(0, 0, 0, 24), fast.as_fd(), &PARAMS)
+        .unwrap();
+    assert_eq!(r.to_bytes(), io_error());
+    drop(other);
+    h.assert_fds_return_to(baseline);
+    h.assert_serving();
+    h.assert_no_errors();
+}
+
+/// Sets the soft RLIMIT_NOFILE of a running process (the hard limit stays).
+fn set_nofile_soft_limit(pid: u32, soft: usize) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit get: {}", io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft as libc::rlim_t,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit set: {}", io::Error::last_os_error());
+}
+
+/// Connects and reads the feature word: `true` if the helper took the
+/// connection (the handshake is then completed: an idle client is never
+/// timed out), `false` if it closed it without a byte (a clean refusal).
+fn admitted(h: &Helper) -> (UnixStream, bool) {
+    let mut s = h.raw();
+    let mut word = [0u8; 4];
+    match s.read(&mut word) {
+        Ok(0) => (s, false),
+        Ok(n) => {
+            s.read_exact(&mut word[n..]).unwrap();
+            assert_eq!(word, [0; 4]);
+            s.write_all(&[0; 4]).unwrap();
+            (s, true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => (s, false),
+        Err(e) => panic!("neither admitted nor refused within 10 s: {e}"),
+    }
+}
+
+#[test]
+fn fd_exhaustion_refuses_cleanly_without_spinning_and_recovers() {
+    let (h, baseline) = started(&[]);
+    let room = 8;
+    set_nofile_soft_limit(h.pid(), baseline + room);
+    // Fill the fd table with connections until one is refused.
+    let mut held = Vec::new();
+    loop {
+        let (s, ok) = admitted(&h);
+        if !ok {
+            break;
+        }
+        held.push(s);
+        assert!(
+            held.len() <= room + 2,
+            "{} connections admitted with RLIMIT_NOFILE {}",
+            held.len(),
+            baseline + room
+        );
+    }
+    assert!(held.len() >= room - 1, "refused too early: {}", held.len());
+    eprintln!(
+        "RLIMIT_NOFILE {}: {} connections admitted, the next refused",
+        baseline + room,
+        held.len()
+    );
+    // While exhausted, clients keep coming: each is refused (EOF without a
+    // byte), and the helper's accept loop backs off instead of spinning.
+    let cpu_before = cpu_time(h.pid());
+    let window = Instant::now();
+    let waiting: Vec<UnixStream> = (0..6).map(|_| h.raw()).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = cpu_time(h.pid()) - cpu_before;
+    let wall = window.elapsed();
+    eprintln!("exhausted: helper used {cpu:?} CPU in {wall:?}");
+    assert!(
+        cpu * 4 < wall,
+        "helper used {cpu:?} of CPU in {wall:?} while out of fds: spinning (D10)"
+    );
+    for (i, mut s) in waiting.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (bytes, closed) = read_until_close(&mut s, Duration::from_secs(30));
+        assert!(
+            bytes.is_empty() && closed,
+            "client {i} while exhausted: {} bytes, closed {closed}",
+            bytes.len()
+        );
+    }
+    let lines = h.wait_for_log("refusing new clients until file descriptors free up", 1);
+    assert!(lines.len() <= 2, "rate-limited warning: {lines:#?}");
+    // Clients leave: the helper serves again, with its fds back to normal.
+    drop(held);
+    h.assert_serving();
+    h.assert_fds_return_to(baseline);
+    h.assert_no_errors();
+}
+
+#[test]
+fn connect_disconnect_flood_leaves_nothing_behind() {
+    let (h, baseline) = started(&[]);
+    let f = fds::rw_file(h.dir.path());
+    let kinds = [
+        "connect and close",
+        "handshake and close",
+        "partial CDB with fd",
+        "partial CDB without fd",
+    ];
+    let counts: Vec<AtomicUsize> = kinds.iter().map(|_| AtomicUsize::new(0)).collect();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (h, f, counts) = (&h, &f, &counts);
+            s.spawn(move || {
+                for i in 0..500 {
+                    let kind = (t + i) % kinds.len();
+                    let stream = UnixStream::connect(&h.socket).expect("connect during the flood");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    if kind > 0 {
+                        let mut c =
+                            pr_helper::client::Client::handshake(stream).expect("handshake");
+                        let cdb = pr_out_cdb(0, 0, 0, 24);
+                        let part = &cdb[..1 + i % 15];
+                        match kind {
+                            2 => send_with_fds(c.stream(), part, &[f.as_fd()]),
+                            3 => c.stream().write_all(part).unwrap(),
+                            _ => {}
+                        }
+                    }
+                    counts[kind].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    for (kind, n) in kinds.iter().zip(&counts) {
+        eprintln!("{kind}: {}", n.load(Ordering::Relaxed));
+    }
+    assert_eq!(
+        counts
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum::<usize>(),
+        4000
+    );
+    let mut c = h.client();
+    let r = c
+        .execute(&pr_out_cdb(0, 0, 0, 24), f.as_fd(), &PARAMS)
+        .unwrap();
+    assert_eq!(r.to_bytes(), io_error());
+    drop(c);
+    h.assert_fds_return_to(baseline);
+    h.assert_no_errors();
+}
+
+/// Reads replies until EOF; panics on a partial reply. Returns how many.
+fn replies_until_close(stream: &mut UnixStream) -> usize {
+    let mut n = 0;
+    loop {
+        let mut reply = vec![0u8; 104];
+        let mut got = 0;
+        while got < reply.len() {
+            match stream.read(&mut reply[got..]) {
+                Ok(0) => {
+                    assert_eq!(got, 0, "partial reply: {got} bytes, then EOF");
+                    return n;
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset && got == 0 => return n,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert_eq!(reply, io_error());
+        n += 1;
+    }
+}
+
+#[test]
+fn sigterm_under_full_load_answers_every_request_read() {
+    let dev = FakeDev::mount();
+    let (mut h, baseline) = started(&["--sgio-threads", "2"]);
+    let held = dev.open("e0-hold");
+    let f = fds::rw_file(h.dir.path());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered = AtomicUsize::new(0);
+    let mut waiting: Vec<_> = (0..6).map(|_| h.client()).collect();
+    let mut half = h.client();
+    let mut idle = h.client();
+    std::thread::scope(|s| {
+        // Busy clients send requests back to back (each waits for its
+        // reply, as QEMU does).
+        let busy: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = h.client();
+                c.set_timeout(Some(Duration::from_secs(60))).unwrap();
+                let (f, stop, answered) = (&f, &stop, &answered);
+                s.spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if c.send(&pr_in_cdb(0, 8), f.as_fd(), &[]).is_err() {
+                            break;
+                        }
+                        let mut hdr = [0u8; 104];
+                        match c.stream().read_exact(&mut hdr) {
+                            Ok(()) => assert_eq!(hdr.to_vec(), io_error()),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Whatever was read is answered in full, then the
+                    // connection closes.
+                    n + replies_until_close(c.stream())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answered.load(Ordering::Relaxed) < 800 {
+            assert!(Instant::now() < deadline, "busy clients not served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Six requests on a hung device: two execute, the other four and
+        // then every busy client's next request queue behind them in the
+        // two-thread SG_IO pool. One client is half-way through a CDB.
+        for c in waiting.iter_mut() {
+            c.send(&pr_out_cdb(0, 0, 0, 24), held.as_fd(), &PARAMS)
+                .unwrap();
+        }
+        send_with_fds(half.stream(), &pr_in_cdb(0, 8)[..9], &[f.as_fd()]);
+        dev.wait_held(2);
+        // Everything sent has been read once the helper holds a socket per
+        // client and a device fd per request (and the half request's fd).
+        let expected = baseline + (6 + 8) * 2 + 2 + 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.fd_count() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "expected {expected} fds:\n{}",
+                fds::listing(h.pid())
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h.signal(nix::sys::signal::Signal::SIGTERM);
+        // The socket goes away at once; new clients are refused; the idle
+        // and the half-sent connections are closed without a reply.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.socket.exists() {
+            assert!(Instant::now() < deadline, "socket not removed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(UnixStream::connect(&h.socket).is_err());
+        assert_closed_silently(idle.stream());
+        assert_closed_silently(half.stream());
+        // Still running: fourteen requests are not answered yet.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(h.child.as_mut().unwrap().try_wait().unwrap().is_none());
+        stop.store(true, Ordering::Relaxed);
+        dev.release();
+        for t in busy {
+            assert!(t.join().unwrap() > 0);
+        }
+    });
+    for (i, c) in waiting.iter_mut().enumerate() {
+        let r = c
+            .receive()
+            .unwrap_or_else(|e| panic!("response {i} lost: {e}"));
+        assert_eq!(r.to_bytes(), reply(0, [0; 96], 0), "request {i}");
+        assert_closed_silently(c.stream());
+    }
+    let status = h.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}\n{}", h.stderr());
+    assert_eq!(dev.ioctls(), 6);
+    h.assert_no_errors();
+}
+
+/// Starts pr-helper as systemd would: `listener` as fd 3, LISTEN_FDS=1,
+/// LISTEN_PID its own pid.
+fn activated(listener: &UnixListener, socket: &Path) -> Helper {
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\"")
+        .arg(our_binary());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k);
+        }
+    }
+    // SAFETY: dup2 and fcntl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("prh-activated")
+        .tempdir()
+        .unwrap();
+    let h = Helper::spawn(Which::Ours, cmd, dir, socket.to_path_buf());
+    h.assert_serving();
+    h
+}
+
+/// One client as QEMU behaves after losing the helper: reconnect and resend.
+/// Returns (connections made, connections broken by the helper's death).
+fn served_with_reconnects(socket: &Path, f: &std::fs::File, requests: usize) -> (usize, usize) {
+    let (mut connects, mut broken) = (0, 0);
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done < requests {
+        assert!(Instant::now() < deadline, "not served within 60 s");
+        // The listening socket never goes away: connect() must not fail.
+        let s = UnixStream::connect(socket).expect("connection attempt lost");
+        connects += 1;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let Ok(mut c) = pr_helper::client::Client::handshake(s) else {
+            broken += 1;
+            continue;
+        };
+        while done < requests {
+            match c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]) {
+                Ok(r) => {
+                    assert_eq!(r.to_bytes(), io_error());
+                    done += 1;
+                }
+                Err(_) => {
+                    broken += 1;
+                    break;
+                }
+            }
+        }
+    }
+    (connects, broken)
+}
+
+#[test]
+fn sigkill_and_restart_under_socket_activation_loses_no_connection_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    // The test plays systemd: it owns the listening socket throughout.
+    let listener = UnixListener::bind(&socket).unwrap();
+    let f = fds::rw_file(dir.path());
+    let mut first = activated(&listener, &socket);
+    let served = AtomicUsize::new(0);
+    let (connects, broken, mut second) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let (socket, f, served) = (&socket, &f, &served);
+                s.spawn(move || {
+                    let mut total = (0, 0);
+                    for _ in 0..20 {
+                        let (c, b) = served_with_reconnects(socket, f, 10);
+                        served.fetch_add(10, Ordering::Relaxed);
+                        total = (total.0 + c, total.1 + b);
+                    }
+                    total
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while served.load(Ordering::Relaxed) < 200 {
+            assert!(Instant::now() < deadline, "clients not served");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        first.signal(nix::sys::signal::Signal::SIGKILL);
+        let status = first.wait(Duration::from_secs(10));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        // No helper at all now: connections queue on the socket.
+        let gap: Vec<UnixStream> = (0..20)
+            .map(|i| {
+                UnixStream::connect(&socket)
+                    .unwrap_or_else(|e| panic!("connect {i} with no helper running: {e}"))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let second = activated(&listener, &socket);
+        // Every connection made while no helper ran is served on that same
+        // connection by the new helper.
+        for (i, s) in gap.into_iter().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut c = pr_helper::client::Client::handshake(s)
+                .unwrap_or_else(|e| panic!("gap client {i}: handshake: {e}"));
+            let r = c
+                .execute(&pr_in_cdb(0, 8), f.as_fd(), &[])
+                .unwrap_or_else(|e| panic!("gap client {i}: {e}"));
+            assert_eq!(r.to_bytes(), io_error());
+        }
+        let mut totals = (0, 0);
+        for t in clients {
+            let (c, b) = t.join().unwrap();
+            totals = (totals.0 + c, totals.1 + b);
+        }
+        (totals.0, totals.1, second)
+    });
+    assert_eq!(served.load(Ordering::Relaxed), 1600);
+    eprintln!("1600 requests served on {connects} connections; {broken} broken by SIGKILL, resent");
+    let status = second.terminate();
+    assert!(status.success(), "{}", second.stderr());
+    // The socket belongs to "systemd": still there, still ours.
+    assert!(socket.exists());
+    second.assert_no_errors();
+}
