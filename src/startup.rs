@@ -59,6 +59,8 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         None
     };
 
+    raise_fd_limit();
+
     // The socket comes first: it is libvirt's readiness signal, and QEMUs
     // that connect before the event loop runs wait in the backlog.
     let (listener, created) = match activation::listen_fds().filter(|&n| n > 0) {
@@ -249,4 +251,27 @@ fn serve(
 fn fatal(message: &str) -> ExitCode {
     eprintln!("pr-helper: {message}");
     ExitCode::FAILURE
+}
+
+/// Raises the soft limit on open files to the hard limit. Every connection
+/// holds a socket and, while a request is in flight, a device fd; under
+/// systemd's default soft limit of 1024 the helper would run out of fds
+/// before reaching its default connection limit. Raising the soft limit up
+/// to the hard one needs no privilege; failing to is only worth a note (the
+/// server refuses connections cleanly when fds run out, D10).
+fn raise_fd_limit() {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            match nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            ) {
+                Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
+                Err(e) => tracing::info!("cannot raise the open file limit from {soft}: {e}"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::info!("cannot read the open file limit: {e}"),
+    }
 }

@@ -772,3 +772,37 @@ wait $JPID || true
         .as_str()
         .is_some_and(|m| m.starts_with("serving on"))));
 }
+
+/// The soft limit on open files is raised to the hard limit at start-up
+/// (systemd's default soft limit, 1024, is below what the default
+/// connection limit needs).
+#[test]
+fn open_file_soft_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("limits.sock");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut h = Helper::spawn(Which::Ours, cmd, dir, socket);
+    h.assert_serving();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", h.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files in /proc/PID/limits");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["4096", "4096"], "{line}");
+    assert!(h.terminate().success(), "{}", h.stderr());
+}
