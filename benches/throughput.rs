@@ -9,6 +9,13 @@
 //! Run: `cargo bench --bench throughput` (add `-- --seconds N` to change the
 //! time per measurement, `-- --levels 1,8,64` for other connection counts,
 //! `-- --only ours` to skip the reference).
+//!
+//! `-- --sandbox-cost N` instead measures what the sandbox costs: for each
+//! level, N rounds alternating pr-helper as configured by default (Landlock
+//! and seccomp on) and with `--seccomp false --landlock false`, then the
+//! median requests/s and CPU time per request of each and the difference.
+//! Alternating rounds and medians keep background load from favouring
+//! either side.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -26,6 +33,7 @@ struct Args {
     levels: Vec<usize>,
     only: Option<String>,
     extra: Vec<String>,
+    sandbox_rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +42,7 @@ fn parse_args() -> Args {
         levels: vec![1, 8, 64],
         only: None,
         extra: Vec::new(),
+        sandbox_rounds: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -50,6 +59,12 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--only" => args.only = it.next(),
+            "--sandbox-cost" => {
+                args.sandbox_rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--sandbox-cost ROUNDS")
+            }
             // Extra arguments for our helper (e.g. --helper-arg=--no-sandbox).
             s if s.starts_with("--helper-arg=") => {
                 args.extra.push(s["--helper-arg=".len()..].to_string())
@@ -210,6 +225,10 @@ fn main() {
     let file = dir.path().join("device-stand-in");
     std::fs::write(&file, b"").unwrap();
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_pr-helper"));
+    if args.sandbox_rounds > 0 {
+        sandbox_cost(&args, &ours, dir.path(), &file);
+        return;
+    }
     let reference = PathBuf::from("/usr/bin/qemu-pr-helper");
     let mut helpers = vec![("pr-helper", ours, args.extra.clone())];
     if args.only.as_deref() != Some("ours") {
@@ -258,5 +277,55 @@ fn main() {
                 cpu.as_secs_f64() * 1e6 / r.requests as f64
             );
         }
+    }
+}
+
+/// Median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The `--sandbox-cost` mode (see the module comment).
+fn sandbox_cost(args: &Args, ours: &Path, dir: &Path, file: &Path) {
+    let off = [
+        "--seccomp=false".to_string(),
+        "--landlock=false".to_string(),
+    ];
+    println!(
+        "sandbox cost: {} alternating rounds of {} s per level, medians",
+        args.sandbox_rounds, args.seconds
+    );
+    println!(
+        "{:>5} {:>16} {:>16} {:>9} {:>18} {:>18}",
+        "conns",
+        "req/s sandboxed",
+        "req/s without",
+        "cost %",
+        "CPU us/req sandbox",
+        "CPU us/req without"
+    );
+    for &level in &args.levels {
+        let (mut rps, mut cpu) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        for _ in 0..args.sandbox_rounds {
+            for (i, extra) in [&args.extra[..], &off[..]].into_iter().enumerate() {
+                let h = start(ours, dir, "pr-helper", extra);
+                let before = cpu_time(h.child.id());
+                let r = drive(&h.socket, file, level, args.seconds);
+                let used = cpu_time(h.child.id()) - before;
+                rps[i].push(r.rps);
+                cpu[i].push(used.as_secs_f64() * 1e6 / r.requests as f64);
+            }
+        }
+        let (on, without) = (median(&mut rps[0]), median(&mut rps[1]));
+        println!(
+            "{:>5} {:>16.0} {:>16.0} {:>9.1} {:>18.1} {:>18.1}",
+            level,
+            on,
+            without,
+            (without - on) / without * 100.0,
+            median(&mut cpu[0]),
+            median(&mut cpu[1])
+        );
     }
 }
