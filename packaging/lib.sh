@@ -6,7 +6,7 @@ PRH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The static target every artifact ships.
 PRH_TARGET=x86_64-unknown-linux-musl
 # Where packaging scripts keep downloaded tools (cargo-deb) and caches.
-PRH_PKG_CACHE=${PRH_PKG_CACHE:-/var/cache/pr-helper/packaging}
+PRH_PKG_CACHE=${PRH_PKG_CACHE:-${PRH_TEST_CACHE:-/var/cache/pr-helper}/packaging}
 # The crate version, from Cargo.toml's [package] section.
 PRH_VERSION=$(sed -n '/^\[package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' "$PRH_ROOT/Cargo.toml" | head -n1)
 

@@ -15,14 +15,14 @@
 #
 #   packaging/test.sh [SECTION...]     (default: all, in the order above)
 #
-# Work and build directories: $PRH_TEST_DIR (default /work/tgt-pkg/test; kept
+# Work and build directories: $PRH_TEST_DIR (default $PRH_PKG_CACHE/test; kept
 # between runs so the second run builds incrementally). Exits non-zero with
 # a message on the first failure or missing prerequisite.
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-W=${PRH_TEST_DIR:-/work/tgt-pkg/test}
+W=${PRH_TEST_DIR:-$PRH_PKG_CACHE/test}
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
 SECTIONS=(static docs systemd image rpm deb nix)
