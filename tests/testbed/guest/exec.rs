@@ -3,7 +3,7 @@
 //! and directly on the device with sg3-utils (`sg_raw`), the independent
 //! truth. Plus `sg_persist` for decoded state checks.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +34,15 @@ impl Via {
             Via::Ours => "pr-helper",
             Via::Reference => "qemu-pr-helper",
             Via::Direct => "sg_raw",
+        }
+    }
+
+    /// The socket of the helper this goes through (none for sg_raw).
+    pub fn socket(self) -> Option<&'static str> {
+        match self {
+            Via::Ours => Some(OURS_SOCKET),
+            Via::Reference => Some(REFERENCE_SOCKET),
+            Via::Direct => None,
         }
     }
 }
@@ -89,11 +98,19 @@ pub fn run(
     params: &[u8],
     read_only: bool,
 ) -> Result<Outcome, String> {
-    match via {
-        Via::Ours => through_helper(OURS_SOCKET, device, cdb, params, read_only),
-        Via::Reference => through_helper(REFERENCE_SOCKET, device, cdb, params, read_only),
-        Via::Direct => sg_raw(device, cdb, params),
+    match via.socket() {
+        Some(socket) => run_socket(socket, device, cdb, params, read_only),
+        None => sg_raw(device, cdb, params),
     }
+}
+
+/// Opens `device` read-write, or read-only, as QEMU would for the disk.
+pub fn open(device: &Path, read_only: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(device)
+        .map_err(|e| format!("open {}: {e}", device.display()))
 }
 
 /// A command through the helper listening on `socket`.
@@ -104,21 +121,7 @@ pub fn run_socket(
     params: &[u8],
     read_only: bool,
 ) -> Result<Outcome, String> {
-    through_helper(socket, device, cdb, params, read_only)
-}
-
-fn through_helper(
-    socket: &str,
-    device: &Path,
-    cdb: &[u8; 16],
-    params: &[u8],
-    read_only: bool,
-) -> Result<Outcome, String> {
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(device)
-        .map_err(|e| format!("open {}: {e}", device.display()))?;
+    let dev = open(device, read_only)?;
     with_fd(socket, dev.as_fd(), cdb, params)
 }
 

@@ -14,7 +14,7 @@
 //!   with CHECK CONDITION, the same as qemu-pr-helper's, and the helper must
 //!   go on serving a live LUN.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -45,14 +45,7 @@ pub fn run(next_lun: &mut usize) {
         ("sd", &luns[0].paths[0].block),
         ("sg", &luns[0].paths[0].sg),
     ]
-    .map(|(node, path)| {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("open {}: {e}", path.display()));
-        (node, dev)
-    });
+    .map(|(node, path)| (node, exec::open(path, false)));
     let removed = lio::remove(first);
     for (node, dev) in opened {
         let r = match (&removed, dev) {

@@ -62,15 +62,10 @@ pub fn hung_map(name: &str, path: &Path) -> Result<(PathBuf, String), String> {
 /// Debian's is) calls libmpathpersist for a dm-multipath device on its
 /// main thread, so a hung multipath map can block every client (D8).
 fn measure(via: Via, disk: &Path) -> Result<(Duration, Duration, bool), String> {
-    let socket = match via {
-        Via::Ours => exec::OURS_SOCKET,
-        _ => exec::REFERENCE_SOCKET,
-    };
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(|e| format!("open {}: {e}", disk.display()))?;
+    let socket = via
+        .socket()
+        .ok_or("isolation is measured through a helper")?;
+    let dev = exec::open(disk, false)?;
     let mut lat = Vec::with_capacity(SAMPLES);
     let mut blocked = false;
     for _ in 0..SAMPLES {
