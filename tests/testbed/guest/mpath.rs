@@ -201,6 +201,19 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         return Err(format!("{e} (multipath -v3 output above)"));
     }
     let map = map.unwrap_or_default();
+    // The map was made by the multipath command; multipathd adopts it a
+    // little later, and until then libmpathpersist cannot hand it the
+    // registered key ("failed to set prkey for multipathd"): REGISTER fails.
+    wait_for(
+        "multipathd to adopt the map",
+        Duration::from_secs(30),
+        || {
+            let (ok, maps) = run("/sbin/multipathd", &["show", "maps"]);
+            ok && maps
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(&serial))
+        },
+    )?;
     wait_for("pr-helper-mpath socket", Duration::from_secs(20), || {
         Path::new(SOCKET).exists()
     })?;
