@@ -97,7 +97,9 @@ fn wait_for_devices(address: &str) -> Result<Path2, String> {
         if let (Some(block), Some(sg)) = (block, sg) {
             let block = PathBuf::from(format!("/dev/{block}"));
             let sg = PathBuf::from(format!("/dev/{sg}"));
-            if block.exists() && sg.exists() {
+            // The node exists before sd has finished probing the disk, and
+            // opening it fails with ENXIO until then: wait for an open.
+            if sg.exists() && fs::File::open(&block).is_ok() {
                 return Ok(Path2 { block, sg });
             }
         }
