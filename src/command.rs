@@ -51,6 +51,17 @@ impl Executor {
         }
     }
 
+    /// True when every request runs with plain SG_IO on the calling thread
+    /// (no multipath worker), so a pool worker can execute and answer it
+    /// inline with [`execute`].
+    pub fn runs_inline(&self) -> bool {
+        #[cfg(feature = "mpath")]
+        if self.multipath.is_some() {
+            return false;
+        }
+        true
+    }
+
     /// Runs `request` and sends its response through `responder`. Blocks
     /// (call it on the SG_IO pool), except for multipath devices, whose
     /// requests are queued to the multipath worker.

@@ -9,10 +9,12 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -22,7 +24,7 @@ use tracing::{debug, warn};
 
 use crate::command::Executor;
 use crate::fdpass::{self, Received};
-use crate::pool::Pool;
+use crate::pool::{Parked, Pool, Release};
 use crate::protocol::{
     self, Need, Progress, Request, RequestDecoder, Response, Violation, CDB_SIZE, FEATURES_SIZE,
     MAX_TRANSFER,
@@ -137,11 +139,19 @@ pub enum End {
 
 /// Serves one accepted connection until it ends, then says why.
 ///
-/// Requests are executed on the blocking pool, and the pool thread writes
-/// the response itself as soon as the command completes; meanwhile this task
-/// already waits for the next request. That keeps the event loop out of the
-/// response path (one thread hand-off per request instead of two), while the
-/// protocol stays strictly one-at-a-time: a request is dispatched only after
+/// Between requests the connection is normally parked in the worker pool
+/// (see [`crate::pool`]): the worker that sees a request arrive reads it,
+/// executes it and writes the response, so a request costs the event loop
+/// nothing. This task then only waits, and takes over whenever the pool
+/// hands the connection back: half a request (its rest is read here, under
+/// the request timeout), a response the socket did not take at once, the
+/// end of the connection, or shutdown.
+///
+/// Without parking (multipath builds with multipath enabled, whose
+/// requests may go to the multipath worker), requests are read here and
+/// executed on the pool, and the pool thread writes the response itself;
+/// meanwhile this task already waits for the next request. Either way the
+/// protocol stays strictly one-at-a-time: a request is executed only after
 /// the previous response has been written in full.
 pub async fn serve(
     stream: UnixStream,
@@ -150,7 +160,7 @@ pub async fn serve(
     pool: Pool,
     mut shutdown: watch::Receiver<()>,
 ) -> End {
-    let conn = Connection {
+    let mut conn = Connection {
         stream: Arc::new(stream),
         peer,
         config,
@@ -163,9 +173,22 @@ pub async fn serve(
     if let Err(end) = end {
         return end;
     }
+    let mut parking = conn.config.executor.runs_inline();
     let mut decoder = RequestDecoder::new();
     let mut in_flight: Option<InFlight> = None;
     loop {
+        if parking && in_flight.is_none() && decoder.is_idle() {
+            let back;
+            (conn, back) = match conn.park(decoder, &mut shutdown).await {
+                Ok(parked) => parked,
+                Err(end) => return end,
+            };
+            decoder = back.decoder;
+            parking = !back.refused;
+            if back.shutdown {
+                return conn.answer_arrived(&mut decoder).await;
+            }
+        }
         // Waiting for (and reading) a request is the only part shutdown
         // interrupts; `biased` makes shutdown win over a pipelined request.
         let next = tokio::select! {
@@ -183,6 +206,14 @@ pub async fn serve(
         match next {
             Ok(request) => in_flight = Some(conn.dispatch(request)),
             Err(end) => return end,
+        }
+        if parking {
+            // Parked again only once this response is out.
+            if let Some(request) = in_flight.take() {
+                if let Err(end) = conn.finish(request).await {
+                    return end;
+                }
+            }
         }
     }
 }
@@ -207,28 +238,202 @@ pub struct Responder {
 impl Responder {
     /// Sends `response` for `request`, then closes the request's fd.
     pub fn send(self, request: Request<OwnedFd>, response: Response) {
-        log_request(&self.peer, &request, &response, self.started.elapsed());
-        if self.audit && request.direction == protocol::Direction::Out {
-            crate::audit::record(&self.peer, &request, &response);
-        }
-        drop(request);
-        let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
-        response.encode(&mut out);
-        let mut written = 0;
-        let result = loop {
-            if written == out.len() {
-                break Ok(());
-            }
-            match self.stream.try_write(&out[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        out.drain(..written);
+        let out = reply(&self.peer, self.started, self.audit, request, response);
+        let (written, result) = write_now(self.stream.as_fd(), &out);
+        // The stream goes before the reply, so that the connection task,
+        // once it has the reply, holds the only reference to it.
+        drop(self.stream);
         // The receiver is gone only if the connection task ended.
-        let _ = self.reply.send(result.map(|()| out));
+        let _ = self.reply.send(result.map(|()| out[written..].to_vec()));
+    }
+}
+
+/// Logs and audits one executed request, closes its fd, and encodes the
+/// response.
+fn reply(
+    peer: &Peer,
+    started: std::time::Instant,
+    audit: bool,
+    request: Request<OwnedFd>,
+    response: Response,
+) -> Vec<u8> {
+    log_request(peer, &request, &response, started.elapsed());
+    if audit && request.direction == protocol::Direction::Out {
+        crate::audit::record(peer, &request, &response);
+    }
+    drop(request);
+    let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
+    response.encode(&mut out);
+    out
+}
+
+/// Writes as much of `bytes` as the socket takes without blocking; returns
+/// how much that was, and the error if writing failed.
+fn write_now(sock: BorrowedFd<'_>, bytes: &[u8]) -> (usize, io::Result<()>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match nix::sys::socket::send(
+            sock.as_raw_fd(),
+            &bytes[written..],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => written += n,
+            Err(Errno::EAGAIN) => break,
+            Err(Errno::EINTR) => {}
+            Err(e) => return (written, Err(e.into())),
+        }
+    }
+    (written, Ok(()))
+}
+
+/// Reads the next part of a request, sized as `decoder` needs it (spec
+/// §3): the rest of the CDB with room for fds, or parameter bytes without.
+/// A reset connection reads as end of file.
+fn recv_part(
+    sock: BorrowedFd<'_>,
+    decoder: &RequestDecoder<OwnedFd>,
+    buf: &mut Vec<u8>,
+) -> io::Result<Received> {
+    let (n, want_fds) = match decoder.need() {
+        Need::Cdb(n) => (n, true),
+        Need::Params(n) => (n.min(MAX_TRANSFER), false),
+    };
+    buf.resize(n, 0);
+    match fdpass::recv(sock, buf, want_fds) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Received {
+            len: 0,
+            fds: Vec::new(),
+        }),
+        r => r,
+    }
+}
+
+/// Feeds what [`recv_part`] read to `decoder`: the request once complete,
+/// None while more is needed, or why the connection ends.
+fn feed_part(
+    decoder: &mut RequestDecoder<OwnedFd>,
+    buf: &[u8],
+    received: Received,
+) -> Result<Option<Request<OwnedFd>>, End> {
+    let cdb = matches!(decoder.need(), Need::Cdb(_));
+    if received.len == 0 {
+        return Err(match (cdb, decoder.is_idle()) {
+            (true, true) => End::Closed,
+            (true, false) => End::Truncated("a CDB"),
+            (false, _) => End::Truncated("the parameter list"),
+        });
+    }
+    let progress = if cdb {
+        decoder
+            .feed_cdb(&buf[..received.len], received.fds)
+            .map_err(End::Violation)?
+    } else {
+        decoder.feed_params(&buf[..received.len])
+    };
+    Ok(match progress {
+        Progress::Complete(request) => Some(request),
+        _ => None,
+    })
+}
+
+/// What a parked connection brings back to its task.
+struct Back {
+    stream: std::os::unix::net::UnixStream,
+    decoder: RequestDecoder<OwnedFd>,
+    /// Response bytes the socket did not take at once.
+    pending: Vec<u8>,
+    /// Why the connection ends, if it does.
+    end: Option<End>,
+    /// The pool could not take the connection: stop parking it.
+    refused: bool,
+    /// Unparked for shutdown.
+    shutdown: bool,
+}
+
+/// What [`Connection::park`] returns with the connection.
+struct Resumed {
+    decoder: RequestDecoder<OwnedFd>,
+    refused: bool,
+    shutdown: bool,
+}
+
+/// A connection between requests, parked in the pool: the worker that sees
+/// it readable reads, executes and answers whole requests on its own.
+struct ParkedConnection {
+    stream: std::os::unix::net::UnixStream,
+    decoder: RequestDecoder<OwnedFd>,
+    buf: Vec<u8>,
+    peer: Peer,
+    config: Arc<ConnectionConfig>,
+    pending: Vec<u8>,
+    end: Option<End>,
+    back: oneshot::Sender<Back>,
+}
+
+impl Parked for ParkedConnection {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn readable(&mut self) -> bool {
+        loop {
+            let received = match recv_part(self.stream.as_fd(), &self.decoder, &mut self.buf) {
+                Ok(r) => r,
+                // Half a request: its task reads the rest, under the timeout.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.decoder.is_idle(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.end = Some(End::Read(e));
+                    return false;
+                }
+            };
+            let request = match feed_part(&mut self.decoder, &self.buf, received) {
+                Ok(Some(request)) => request,
+                Ok(None) => continue,
+                Err(end) => {
+                    self.end = Some(end);
+                    return false;
+                }
+            };
+            let started = std::time::Instant::now();
+            let response = crate::command::execute(&request, &self.config.executor.config);
+            let out = reply(&self.peer, started, self.config.audit, request, response);
+            let (written, result) = write_now(self.stream.as_fd(), &out);
+            if let Err(e) = result {
+                self.end = Some(End::Write(e));
+                return false;
+            }
+            if written < out.len() {
+                self.pending = out[written..].to_vec();
+                return false;
+            }
+            return true;
+        }
+    }
+
+    fn release(self: Box<Self>, why: Release) {
+        let ParkedConnection {
+            stream,
+            decoder,
+            pending,
+            mut end,
+            back,
+            ..
+        } = *self;
+        if why == Release::Panicked {
+            end.get_or_insert_with(|| {
+                End::Internal("a request panicked (see the error above)".to_string())
+            });
+        }
+        // The receiver is gone only if the connection task ended.
+        let _ = back.send(Back {
+            stream,
+            decoder,
+            pending,
+            end,
+            refused: why == Release::Refused,
+            shutdown: why == Release::Unparked,
+        });
     }
 }
 
@@ -252,7 +457,9 @@ impl Connection {
         let mut got = 0;
         while got < FEATURES_SIZE {
             let r = self
-                .recv(&mut word[got..], false, Some(deadline), "handshake")
+                .recv_with(Some(deadline), "handshake", |sock| {
+                    fdpass::recv(sock, &mut word[got..], false)
+                })
                 .await?;
             if r.len == 0 {
                 return Err(if got == 0 {
@@ -267,44 +474,122 @@ impl Connection {
     }
 
     /// Reads one whole request. Idle time before its first byte is unbounded;
-    /// once it has started, the rest must arrive within the request timeout.
+    /// once it has started, the rest must arrive within the request timeout
+    /// (counted from now if `decoder` already holds part of it).
     async fn read_request(
         &self,
         decoder: &mut RequestDecoder<OwnedFd>,
     ) -> Result<Request<OwnedFd>, End> {
-        let mut buf = [0u8; CDB_SIZE];
-        let mut params = Vec::new();
-        let mut deadline = None;
+        let mut buf = Vec::with_capacity(CDB_SIZE);
+        let mut deadline =
+            (!decoder.is_idle()).then(|| Instant::now() + self.config.request_timeout);
         loop {
-            let progress = match decoder.need() {
-                Need::Cdb(n) => {
-                    let r = self.recv(&mut buf[..n], true, deadline, "CDB").await?;
-                    if r.len == 0 {
-                        return Err(if decoder.is_idle() {
-                            End::Closed
-                        } else {
-                            End::Truncated("a CDB")
-                        });
-                    }
-                    decoder
-                        .feed_cdb(&buf[..r.len], r.fds)
-                        .map_err(End::Violation)?
-                }
-                Need::Params(n) => {
-                    params.resize(n.min(MAX_TRANSFER), 0);
-                    let r = self
-                        .recv(&mut params, false, deadline, "parameter list")
-                        .await?;
-                    if r.len == 0 {
-                        return Err(End::Truncated("the parameter list"));
-                    }
-                    decoder.feed_params(&params[..r.len])
-                }
+            let what = match decoder.need() {
+                Need::Cdb(_) => "CDB",
+                Need::Params(_) => "parameter list",
             };
-            if let Progress::Complete(request) = progress {
+            let received = self
+                .recv_with(deadline, what, |sock| recv_part(sock, decoder, &mut buf))
+                .await?;
+            if let Some(request) = feed_part(decoder, &buf, received)? {
                 return Ok(request);
             }
             deadline.get_or_insert_with(|| Instant::now() + self.config.request_timeout);
+        }
+    }
+
+    /// Hands the connection to the pool until a worker gives it back (see
+    /// [`serve`]), or shutdown takes it back. On return, any response bytes
+    /// the worker could not write have been written.
+    async fn park(
+        self,
+        decoder: RequestDecoder<OwnedFd>,
+        shutdown: &mut watch::Receiver<()>,
+    ) -> Result<(Connection, Resumed), End> {
+        let Connection {
+            stream,
+            peer,
+            config,
+            pool,
+        } = self;
+        // Responders drop their reference before replying, so this is the
+        // only one; the stream leaves tokio's reactor while parked, so that
+        // its requests wake only the pool.
+        let stream = Arc::try_unwrap(stream)
+            .map_err(|_| End::Internal("a response still holds the connection".to_string()))?
+            .into_std()
+            .map_err(End::Read)?;
+        let (tx, mut rx) = oneshot::channel();
+        let key = pool.park(Box::new(ParkedConnection {
+            stream,
+            decoder,
+            buf: Vec::with_capacity(CDB_SIZE),
+            peer,
+            config: config.clone(),
+            pending: Vec::new(),
+            end: None,
+            back: tx,
+        }));
+        let back = tokio::select! {
+            back = &mut rx => back,
+            _ = shutdown.changed() => {
+                if let Some(key) = key {
+                    pool.unpark(key);
+                }
+                rx.await
+            }
+        };
+        let back = back.map_err(|_| {
+            End::Internal("a parked connection was dropped (see the error above)".to_string())
+        })?;
+        let stream = UnixStream::from_std(back.stream).map_err(End::Read)?;
+        let conn = Connection {
+            stream: Arc::new(stream),
+            peer,
+            config,
+            pool,
+        };
+        if !back.pending.is_empty() {
+            let deadline = Instant::now() + conn.config.request_timeout;
+            conn.write_all(&back.pending, deadline).await?;
+        }
+        if let Some(end) = back.end {
+            return Err(end);
+        }
+        Ok((
+            conn,
+            Resumed {
+                decoder: back.decoder,
+                refused: back.refused,
+                shutdown: back.shutdown,
+            },
+        ))
+    }
+
+    /// At shutdown, answers the requests that have fully arrived (a client
+    /// that sent one before shutdown began gets its response, as when the
+    /// event loop read every request at once), then ends the connection.
+    async fn answer_arrived(&self, decoder: &mut RequestDecoder<OwnedFd>) -> End {
+        let mut buf = Vec::with_capacity(CDB_SIZE);
+        loop {
+            let received = match recv_part(self.stream.as_fd(), decoder, &mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Nothing more has arrived, or the connection is broken.
+                Err(_) => return End::Shutdown,
+            };
+            match feed_part(decoder, &buf, received) {
+                Ok(Some(request)) => {
+                    let in_flight = self.dispatch(request);
+                    if let Err(end) = self.finish(in_flight).await {
+                        return end;
+                    }
+                }
+                Ok(None) => continue,
+                Err(End::Closed) => return End::Closed,
+                // Half a request, or a broken one: closed without a reply.
+                Err(_) => return End::Shutdown,
+            }
         }
     }
 
@@ -341,21 +626,21 @@ impl Connection {
             .await
     }
 
-    /// One read of up to `buf.len()` bytes (with fds if `want_fds`), bounded
-    /// by `deadline` when there is one.
-    async fn recv(
+    /// One read with `recv` (a `recvmsg` on the socket) once the socket is
+    /// readable, bounded by `deadline` when there is one.
+    async fn recv_with(
         &self,
-        buf: &mut [u8],
-        want_fds: bool,
         deadline: Option<Instant>,
         what: &'static str,
+        mut recv: impl FnMut(BorrowedFd<'_>) -> io::Result<Received>,
     ) -> Result<Received, End> {
         let read = async {
             loop {
                 self.stream.readable().await.map_err(End::Read)?;
-                match self.stream.try_io(Interest::READABLE, || {
-                    fdpass::recv(self.stream.as_fd(), buf, want_fds)
-                }) {
+                match self
+                    .stream
+                    .try_io(Interest::READABLE, || recv(self.stream.as_fd()))
+                {
                     Ok(r) => return Ok(r),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

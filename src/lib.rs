@@ -9,7 +9,7 @@
 //! * [`scsi`]: status and sense rules, and the one SG_IO ioctl;
 //! * [`command`]: executing one request;
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
-//! * [`pool`]: the bounded thread pool that runs SG_IO off the event loop;
+//! * [`pool`]: the bounded worker threads that run SG_IO off the event loop;
 //! * [`mpath`]: dm-multipath devices through libmpathpersist (feature `mpath`);
 //! * [`config`]: command line and figment layers;
 //! * [`startup`], [`listener`], [`activation`], [`daemon`], [`privileges`],

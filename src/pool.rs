@@ -1,38 +1,86 @@
-//! The bounded thread pool that runs SG_IO (and anything else that may block
-//! on a device), so that the event loop never does.
+//! The worker threads that execute requests (SG_IO, which may block on a
+//! device for as long as its timeout), so that the event loop never does.
 //!
-//! Why not tokio's `spawn_blocking`: it wakes (or spawns) a thread for every
-//! job whenever one is idle. PR commands on a healthy device take
-//! microseconds to milliseconds, so under load that means one futex wake and
-//! one context switch per request, which dominated the helper's CPU time.
-//! This pool instead keeps few threads and lets jobs queue briefly behind
-//! threads that are about to finish (they take the next job without
-//! sleeping), and grows only when the queue stops moving:
+//! Workers wait in one epoll set for two kinds of work:
 //!
-//! * one thread is started on demand and kept: under load it takes job
-//!   after job without sleeping, and a second kept thread would only be
-//!   woken (a futex wake, a context switch, in a VM an inter-processor
-//!   interrupt) for jobs of a few microseconds; measured on 2 CPUs, one
-//!   kept thread cut the helper's CPU per request from 15 to 10 us and
-//!   raised throughput by a third at 8 connections;
-//! * a job that has waited in the queue for [`STALL`] while no thread was
-//!   idle makes a watchdog start another thread, up to `max`; so a device
-//!   that hangs for 20 s holds one thread, and other clients' requests get
-//!   new threads within milliseconds;
-//! * threads beyond the kept ones exit after [`IDLE_EXIT`] without work.
+//! * **parked connections**: a connection between requests is handed to the
+//!   pool ([`Pool::park`]); when its socket becomes readable, the worker that
+//!   sees it reads the request, executes it and writes the response itself,
+//!   then parks the connection again. One thread does the whole request, so
+//!   a request costs one wake-up in the helper instead of two (event loop,
+//!   then a pool thread); on 2 CPUs that doubled the requests per second. A
+//!   connection that does anything unusual (half a request, end of file, a
+//!   protocol violation, a response the socket does not take at once) is
+//!   handed back to its task on the event loop, which handles it as before;
+//! * **jobs** ([`Pool::run`]): closures queued by the event loop, counted by
+//!   an eventfd in semaphore mode, one count per job.
+//!
+//! The number of threads adapts, as QEMU's own thread pool does not:
+//!
+//! * one thread is started on demand and kept: under load it takes request
+//!   after request, and a second kept thread would only be woken (a futex or
+//!   epoll wake, a context switch, in a VM an inter-processor interrupt) for
+//!   requests of a few microseconds;
+//! * a watchdog looks every [`STALL`] while work is going on: when a thread
+//!   has been on the same request for a whole tick and no thread is waiting
+//!   for work, it starts another, up to `max`. So a device that hangs for
+//!   20 s holds one thread, and other clients are served by a new thread
+//!   within milliseconds, exactly as when the event loop queued jobs;
+//! * threads beyond the first exit after [`IDLE_EXIT`] without work; the
+//!   watchdog sleeps when no thread has been busy for a while.
 
 use std::collections::VecDeque;
+use std::os::fd::BorrowedFd;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long the oldest queued job may wait, with every thread busy, before
-/// the watchdog adds a thread.
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// How long a thread may stay on one piece of work, with no other thread
+/// waiting for work, before the watchdog adds a thread.
 pub const STALL: Duration = Duration::from_millis(5);
-/// How long a thread beyond the kept ones waits for work before exiting.
+/// How long a thread beyond the first waits for work before exiting.
 pub const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// Watchdog ticks with no thread busy before the watchdog goes to sleep.
+const QUIET_TICKS: u32 = 20;
+/// The epoll key of the job eventfd (connection keys never reach it: their
+/// index half is a slab index).
+const JOBS: u64 = u64::MAX;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A connection parked in the pool between requests.
+pub trait Parked: Send + 'static {
+    /// The socket whose readability means work.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// The socket is readable (or closed): serve what arrived, on the
+    /// calling worker thread. True to be parked again.
+    fn readable(&mut self) -> bool;
+    /// Leaves the pool, once the socket is no longer watched. Called exactly
+    /// once.
+    fn release(self: Box<Self>, why: Release);
+}
+
+/// Why a parked connection leaves the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// [`Parked::readable`] returned false.
+    Done,
+    /// [`Pool::unpark`] asked for it.
+    Unparked,
+    /// [`Parked::readable`] panicked (logged as an error).
+    Panicked,
+    /// The pool could not watch its socket or start a thread.
+    Refused,
+}
+
+/// Names a parked connection, for [`Pool::unpark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkKey(u64);
 
 /// A handle to the pool; cheap to clone.
 #[derive(Clone)]
@@ -41,40 +89,128 @@ pub struct Pool {
 }
 
 struct Inner {
-    state: Mutex<State>,
-    /// Signals worker threads that a job is queued.
-    work: Condvar,
-    /// Signals the watchdog that jobs are queued behind busy threads.
-    watch: Condvar,
+    epoll: Epoll,
+    /// Readable while jobs are queued: one count per job.
+    jobs_ready: EventFd,
+    jobs: Mutex<VecDeque<Job>>,
+    parked: Mutex<Slab>,
+    threads: Mutex<Threads>,
+    /// Threads waiting in epoll_wait.
+    idle: AtomicUsize,
+    thread_count: AtomicUsize,
+    watchdog: Watchdog,
     max_threads: usize,
-    kept_threads: usize,
     name: String,
 }
 
 #[derive(Default)]
-struct State {
-    queue: VecDeque<(Instant, Job)>,
-    threads: usize,
-    idle: usize,
-    watchdog_waiting: bool,
-    watchdog_running: bool,
-    peak_threads: usize,
+struct Threads {
+    slots: Vec<Arc<Slot>>,
+    peak: usize,
+    watchdog_started: bool,
+}
+
+/// One thread's state, as the watchdog sees it.
+#[derive(Default)]
+struct Slot {
+    busy: AtomicBool,
+    /// Pieces of work started; unchanged across a tick while busy = stalled.
+    work: AtomicU64,
+    /// `work` at the watchdog's previous tick (written by the watchdog only).
+    seen: AtomicU64,
+}
+
+#[derive(Default)]
+struct Watchdog {
+    sleeping: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Parked connections by key: the low 32 bits index `entries`, the high 32
+/// bits are the entry's generation, so that an event harvested for a
+/// connection that has since left (and whose entry was reused) is ignored.
+#[derive(Default)]
+struct Slab {
+    entries: Vec<Entry>,
+    free: Vec<usize>,
+}
+
+struct Entry {
+    generation: u32,
+    state: State,
+}
+
+enum State {
+    Vacant,
+    Parked(Box<dyn Parked>),
+    /// A worker is serving it; `release` records an unpark meanwhile.
+    Serving {
+        release: bool,
+    },
+}
+
+impl Slab {
+    fn reserve(&mut self) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.entries.push(Entry {
+                    generation: 0,
+                    state: State::Vacant,
+                });
+                self.entries.len() - 1
+            }
+        };
+        let entry = &mut self.entries[index];
+        entry.state = State::Serving { release: false };
+        (u64::from(entry.generation) << 32) | index as u64
+    }
+
+    fn entry(&mut self, key: u64) -> Option<&mut Entry> {
+        let index = (key & 0xffff_ffff) as usize;
+        self.entries
+            .get_mut(index)
+            .filter(|e| u64::from(e.generation) == key >> 32)
+    }
+
+    fn vacate(&mut self, key: u64) {
+        let index = (key & 0xffff_ffff) as usize;
+        if let Some(entry) = self.entries.get_mut(index) {
+            entry.generation = entry.generation.wrapping_add(1);
+            entry.state = State::Vacant;
+            self.free.push(index);
+        }
+    }
+}
+
+fn watch_flags() -> EpollFlags {
+    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT
 }
 
 impl Pool {
     /// A pool of at most `max_threads` (at least 1) threads named `name`.
-    pub fn new(name: &str, max_threads: usize) -> Pool {
-        let max_threads = max_threads.max(1);
-        Pool {
+    /// Fails only if the epoll set or the eventfd cannot be created.
+    pub fn new(name: &str, max_threads: usize) -> std::io::Result<Pool> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let jobs_ready = EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_SEMAPHORE,
+        )?;
+        epoll.add(&jobs_ready, EpollEvent::new(EpollFlags::EPOLLIN, JOBS))?;
+        Ok(Pool {
             inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
-                work: Condvar::new(),
-                watch: Condvar::new(),
-                max_threads,
-                kept_threads: 1,
+                epoll,
+                jobs_ready,
+                jobs: Mutex::new(VecDeque::new()),
+                parked: Mutex::new(Slab::default()),
+                threads: Mutex::new(Threads::default()),
+                idle: AtomicUsize::new(0),
+                thread_count: AtomicUsize::new(0),
+                watchdog: Watchdog::default(),
+                max_threads: max_threads.max(1),
                 name: name.to_string(),
             }),
-        }
+        })
     }
 
     /// Runs `f` on a pool thread. A panic in `f` is caught and logged; the
@@ -84,152 +220,310 @@ impl Pool {
     where
         F: FnOnce() + Send + 'static,
     {
-        self.submit(Box::new(move || {
-            if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(f)) {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string());
-                tracing::error!("a request panicked on the SG_IO pool: {what}");
+        let inner = &self.inner;
+        lock(&inner.jobs).push_back(Box::new(f));
+        // The job is queued before it is counted, so whoever takes a count
+        // finds a job.
+        if let Err(e) = inner.jobs_ready.write(1) {
+            tracing::error!("cannot signal a queued job: {e}");
+        }
+        inner.ensure_thread();
+    }
+
+    /// Parks a connection: a worker calls [`Parked::readable`] whenever its
+    /// socket is readable, until that returns false or [`Pool::unpark`] is
+    /// called; then [`Parked::release`]. If the pool cannot watch the socket,
+    /// `conn` is released at once with [`Release::Refused`] and None returned.
+    pub fn park(&self, conn: Box<dyn Parked>) -> Option<ParkKey> {
+        let inner = &self.inner;
+        if !inner.ensure_thread() {
+            conn.release(Release::Refused);
+            return None;
+        }
+        let mut slab = lock(&inner.parked);
+        let key = slab.reserve();
+        match inner
+            .epoll
+            .add(conn.fd(), EpollEvent::new(watch_flags(), key))
+        {
+            Ok(()) => {
+                if let Some(entry) = slab.entry(key) {
+                    entry.state = State::Parked(conn);
+                }
+                Some(ParkKey(key))
             }
-        }));
+            Err(e) => {
+                slab.vacate(key);
+                drop(slab);
+                tracing::warn!("cannot watch a connection on the worker threads: {e}");
+                conn.release(Release::Refused);
+                None
+            }
+        }
+    }
+
+    /// Takes a parked connection out of the pool: released at once if it is
+    /// waiting, or as soon as the worker serving it has finished.
+    pub fn unpark(&self, key: ParkKey) {
+        let inner = &self.inner;
+        let mut slab = lock(&inner.parked);
+        let Some(entry) = slab.entry(key.0) else {
+            return;
+        };
+        match &mut entry.state {
+            State::Serving { release } => *release = true,
+            State::Vacant => {}
+            State::Parked(_) => {
+                let State::Parked(conn) = std::mem::replace(&mut entry.state, State::Vacant) else {
+                    unreachable!("matched above")
+                };
+                slab.vacate(key.0);
+                drop(slab);
+                inner.leave(conn, Release::Unparked);
+            }
+        }
     }
 
     /// Most threads that ever existed at once.
     pub fn peak_threads(&self) -> usize {
-        self.inner.lock().peak_threads
+        lock(&self.inner.threads).peak
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Work never runs under these locks, so a poisoned lock only means a
+    // panic in this module's bookkeeping; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// Starts the first thread if there is none. False if none can run.
+    fn ensure_thread(self: &Arc<Self>) -> bool {
+        if self.thread_count.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        self.start_thread();
+        self.thread_count.load(Ordering::Acquire) > 0
     }
 
-    fn submit(&self, job: Job) {
-        let mut state = self.inner.lock();
-        state.queue.push_back((Instant::now(), job));
-        if state.idle > 0 {
-            // Wake one sleeper. `idle` counts threads waiting for work; it is
-            // decremented by the thread itself when it wakes.
-            self.inner.work.notify_one();
-        }
-        // Sleepers already woken for earlier jobs but not yet running count
-        // in `idle` too: only when there are more queued jobs than sleepers
-        // is every one of them covered. Otherwise this job needs a thread of
-        // its own, or the watchdog, in case the threads it waits for hang.
-        if state.queue.len() > state.idle {
-            if state.threads < self.inner.kept_threads {
-                self.start_thread(&mut state);
-            } else if state.threads < self.inner.max_threads {
-                // Every thread is busy: the job waits; the watchdog adds a
-                // thread if the queue stalls.
-                self.start_watchdog(&mut state);
-            }
-        }
-    }
-
-    fn start_thread(&self, state: &mut MutexGuard<'_, State>) {
-        let inner = self.inner.clone();
-        let spawned = std::thread::Builder::new()
-            .name(self.inner.name.clone())
-            .spawn(move || inner.worker());
-        match spawned {
-            Ok(_) => {
-                state.threads += 1;
-                state.peak_threads = state.peak_threads.max(state.threads);
-            }
-            // Out of threads (RLIMIT_NPROC, memory): the queue still drains
-            // through the threads that exist; say so once per occurrence.
-            Err(e) => tracing::warn!("cannot start an SG_IO thread: {e}"),
-        }
-    }
-
-    fn start_watchdog(&self, state: &mut MutexGuard<'_, State>) {
-        if state.watchdog_running {
-            if state.watchdog_waiting {
-                self.inner.watch.notify_one();
-            }
+    fn start_thread(self: &Arc<Self>) {
+        let mut threads = lock(&self.threads);
+        if threads.slots.len() >= self.max_threads {
             return;
         }
-        let pool = self.clone();
+        let slot = Arc::new(Slot::default());
+        let (inner, mine) = (self.clone(), slot.clone());
         let spawned = std::thread::Builder::new()
-            .name(format!("{}-watch", self.inner.name))
-            .spawn(move || pool.watchdog());
-        if spawned.is_ok() {
-            state.watchdog_running = true;
+            .name(self.name.clone())
+            .spawn(move || inner.worker(mine));
+        match spawned {
+            Ok(_) => {
+                threads.slots.push(slot);
+                threads.peak = threads.peak.max(threads.slots.len());
+                self.thread_count
+                    .store(threads.slots.len(), Ordering::Release);
+            }
+            // Out of threads (RLIMIT_NPROC, memory): work still goes through
+            // the threads that exist.
+            Err(e) => tracing::warn!("cannot start an SG_IO thread: {e}"),
+        }
+        if !threads.watchdog_started && !threads.slots.is_empty() {
+            let inner = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-watch", self.name))
+                .spawn(move || inner.watch());
+            threads.watchdog_started = spawned.is_ok();
         }
     }
 
-    /// Adds a thread whenever the oldest queued job has waited [`STALL`]
-    /// with no thread idle; sleeps while the queue is empty.
-    fn watchdog(&self) {
-        let inner = &self.inner;
-        let mut state = inner.lock();
+    /// Removes the calling thread unless it is the last one.
+    fn retire(&self, slot: &Arc<Slot>) -> bool {
+        let mut threads = lock(&self.threads);
+        if threads.slots.len() <= 1 {
+            return false;
+        }
+        threads.slots.retain(|s| !Arc::ptr_eq(s, slot));
+        self.thread_count
+            .store(threads.slots.len(), Ordering::Release);
+        true
+    }
+
+    fn worker(self: Arc<Self>, slot: Arc<Slot>) {
+        let mut events = [EpollEvent::empty(); 1];
         loop {
-            let waited = match state.queue.front() {
-                Some((queued, _)) if state.idle == 0 => queued.elapsed(),
-                // Sleepers are about to take the queued jobs; look again
-                // shortly, since nobody signals when they have (and one of
-                // them may then hang on its device).
-                Some(_) => {
-                    let (s, _) = inner
-                        .watch
-                        .wait_timeout(state, STALL)
-                        .unwrap_or_else(|e| e.into_inner());
-                    state = s;
-                    continue;
-                }
-                None => {
-                    state.watchdog_waiting = true;
-                    state = inner.watch.wait(state).unwrap_or_else(|e| e.into_inner());
-                    state.watchdog_waiting = false;
-                    continue;
-                }
-            };
-            if waited >= STALL {
-                if state.threads < inner.max_threads {
-                    self.start_thread(&mut state);
-                }
-                // Give the new thread (or the busy ones) a moment.
-                drop(state);
-                std::thread::sleep(STALL / 5);
-                state = inner.lock();
+            // The last thread waits for ever; the others retire when idle.
+            let timeout = if self.thread_count.load(Ordering::Acquire) > 1 {
+                EpollTimeout::from(IDLE_EXIT.as_millis() as u16)
             } else {
-                let (s, _) = inner
-                    .watch
-                    .wait_timeout(state, STALL - waited)
-                    .unwrap_or_else(|e| e.into_inner());
-                state = s;
+                EpollTimeout::NONE
+            };
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            let waited = self.epoll.wait(&mut events, timeout);
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            match waited {
+                Ok(0) => {
+                    if self.retire(&slot) {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    // Not expected for a valid epoll fd; do not spin.
+                    tracing::error!("epoll_wait failed on an SG_IO thread: {e}");
+                    std::thread::sleep(STALL);
+                    continue;
+                }
             }
+            slot.work.fetch_add(1, Ordering::Relaxed);
+            slot.busy.store(true, Ordering::SeqCst);
+            if self.watchdog.sleeping.load(Ordering::SeqCst) {
+                self.wake_watchdog();
+            }
+            match events[0].data() {
+                JOBS => self.run_job(),
+                key => self.serve(key),
+            }
+            slot.busy.store(false, Ordering::Release);
+        }
+    }
+
+    fn run_job(&self) {
+        // Another thread may have taken the last count (level-triggered
+        // events can wake more than one waiter).
+        if self.jobs_ready.read().is_err() {
+            return;
+        }
+        let Some(job) = lock(&self.jobs).pop_front() else {
+            return;
+        };
+        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(job)) {
+            tracing::error!(
+                "a request panicked on the SG_IO pool: {}",
+                panic_message(&*p)
+            );
+        }
+    }
+
+    fn serve(&self, key: u64) {
+        let mut conn = {
+            let mut slab = lock(&self.parked);
+            let Some(entry) = slab.entry(key) else {
+                return; // left the pool since the event was harvested
+            };
+            if !matches!(entry.state, State::Parked(_)) {
+                return;
+            }
+            match std::mem::replace(&mut entry.state, State::Serving { release: false }) {
+                State::Parked(conn) => conn,
+                _ => unreachable!("matched above"),
+            }
+        };
+        let again = match std::panic::catch_unwind(AssertUnwindSafe(|| conn.readable())) {
+            Ok(again) => again,
+            Err(p) => {
+                tracing::error!(
+                    "a request panicked on the SG_IO pool: {}",
+                    panic_message(&*p)
+                );
+                return self.finish(key, conn, Release::Panicked);
+            }
+        };
+        if !again {
+            return self.finish(key, conn, Release::Done);
+        }
+        let mut slab = lock(&self.parked);
+        let Some(entry) = slab.entry(key) else {
+            drop(slab);
+            return self.leave(conn, Release::Unparked);
+        };
+        if matches!(entry.state, State::Serving { release: true }) {
+            slab.vacate(key);
+            drop(slab);
+            return self.leave(conn, Release::Unparked);
+        }
+        // Re-armed under the lock: a worker that sees the next event waits
+        // for the lock, then finds the connection parked.
+        let mut event = EpollEvent::new(watch_flags(), key);
+        match self.epoll.modify(conn.fd(), &mut event) {
+            Ok(()) => entry.state = State::Parked(conn),
+            Err(e) => {
+                slab.vacate(key);
+                drop(slab);
+                tracing::warn!("cannot watch a connection again: {e}");
+                self.leave(conn, Release::Done);
+            }
+        }
+    }
+
+    fn finish(&self, key: u64, conn: Box<dyn Parked>, why: Release) {
+        lock(&self.parked).vacate(key);
+        self.leave(conn, why);
+    }
+
+    /// Stops watching `conn`'s socket and releases it.
+    fn leave(&self, conn: Box<dyn Parked>, why: Release) {
+        // ENOENT/EBADF only if the socket is no longer registered.
+        let _ = self.epoll.delete(conn.fd());
+        conn.release(why);
+    }
+
+    fn wake_watchdog(&self) {
+        let _guard = lock(&self.watchdog.lock);
+        self.watchdog.sleeping.store(false, Ordering::SeqCst);
+        self.watchdog.wake.notify_one();
+    }
+
+    /// Adds a thread when one has been on the same work for a tick and none
+    /// is waiting for work; sleeps after [`QUIET_TICKS`] ticks without work.
+    fn watch(self: Arc<Self>) {
+        let mut quiet = 0;
+        loop {
+            std::thread::sleep(STALL);
+            let slots = lock(&self.threads).slots.clone();
+            let (mut busy, mut stalled) = (false, false);
+            for slot in &slots {
+                let work = slot.work.load(Ordering::Relaxed);
+                let previous = slot.seen.swap(work, Ordering::Relaxed);
+                if slot.busy.load(Ordering::SeqCst) {
+                    busy = true;
+                    stalled |= previous == work;
+                }
+            }
+            if stalled && self.idle.load(Ordering::SeqCst) == 0 {
+                self.start_thread();
+            }
+            quiet = if busy { 0 } else { quiet + 1 };
+            if quiet < QUIET_TICKS {
+                continue;
+            }
+            // Sleep until a thread starts work. A thread sets `busy` before
+            // it reads `sleeping`, and this sets `sleeping` before it reads
+            // `busy` (all SeqCst): at least one of the two sees the other.
+            let mut guard = lock(&self.watchdog.lock);
+            self.watchdog.sleeping.store(true, Ordering::SeqCst);
+            if slots.iter().any(|s| s.busy.load(Ordering::SeqCst)) {
+                self.watchdog.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            while self.watchdog.sleeping.load(Ordering::SeqCst) {
+                guard = self
+                    .watchdog
+                    .wake
+                    .wait(guard)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            quiet = 0;
         }
     }
 }
 
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A job never runs under the lock, so a poisoned lock only means a
-        // panic in this module's few lines of bookkeeping; keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn worker(&self) {
-        let mut state = self.lock();
-        loop {
-            if let Some((_, job)) = state.queue.pop_front() {
-                drop(state);
-                job();
-                state = self.lock();
-                continue;
-            }
-            state.idle += 1;
-            let (s, timeout) = self
-                .work
-                .wait_timeout(state, IDLE_EXIT)
-                .unwrap_or_else(|e| e.into_inner());
-            state = s;
-            state.idle -= 1;
-            if timeout.timed_out() && state.queue.is_empty() && state.threads > self.kept_threads {
-                state.threads -= 1;
-                return;
-            }
-        }
-    }
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 #[cfg(test)]
@@ -238,6 +532,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use std::sync::mpsc;
+    use std::time::Instant;
 
     fn spawn<R: Send + 'static>(
         pool: &Pool,
@@ -252,7 +547,7 @@ mod tests {
 
     #[test]
     fn runs_jobs_and_survives_panics() {
-        let pool = Pool::new("t", 4);
+        let pool = Pool::new("t", 4).unwrap();
         assert_eq!(spawn(&pool, || 40 + 2).recv().unwrap(), 42);
         // A panicking job drops its channel; the pool keeps working.
         let rx = spawn(&pool, || -> u32 { panic!("boom") });
@@ -265,7 +560,7 @@ mod tests {
         // One kept thread, idle; then three jobs that block, submitted back
         // to back: the first wakes the sleeper, the others must not wait
         // for it (they used to, until its job finished).
-        let pool = Pool::new("t", 4);
+        let pool = Pool::new("t", 4).unwrap();
         spawn(&pool, || ()).recv().unwrap();
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let started = Arc::new(AtomicUsize::new(0));
@@ -300,7 +595,7 @@ mod tests {
 
     #[test]
     fn grows_past_blocked_threads_up_to_the_bound() {
-        let pool = Pool::new("t", 3);
+        let pool = Pool::new("t", 3).unwrap();
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let started = Arc::new(AtomicUsize::new(0));
         let mut blocked = Vec::new();
@@ -335,5 +630,125 @@ mod tests {
             rx.recv().unwrap();
         }
         assert_eq!(started.load(Ordering::SeqCst), 5);
+    }
+
+    /// Counts reads on a socket pair; reports how it left the pool.
+    struct Echo {
+        sock: std::os::unix::net::UnixStream,
+        reads: Arc<AtomicUsize>,
+        /// readable() blocks while this is closed.
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        left: mpsc::Sender<Release>,
+    }
+
+    impl Parked for Echo {
+        fn fd(&self) -> BorrowedFd<'_> {
+            use std::os::fd::AsFd;
+            self.sock.as_fd()
+        }
+        fn readable(&mut self) -> bool {
+            use std::io::Read;
+            let mut b = [0u8; 1];
+            let n = (&self.sock).read(&mut b).unwrap_or(0);
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let (lock, cond) = &*self.gate;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cond.wait(open).unwrap();
+            }
+            n == 1
+        }
+        fn release(self: Box<Self>, why: Release) {
+            let _ = self.left.send(why);
+        }
+    }
+
+    fn echo(
+        gate_open: bool,
+    ) -> (
+        std::os::unix::net::UnixStream,
+        Box<Echo>,
+        Arc<AtomicUsize>,
+        Arc<(Mutex<bool>, Condvar)>,
+        mpsc::Receiver<Release>,
+    ) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new((Mutex::new(gate_open), Condvar::new()));
+        let (tx, rx) = mpsc::channel();
+        let e = Box::new(Echo {
+            sock: b,
+            reads: reads.clone(),
+            gate: gate.clone(),
+            left: tx,
+        });
+        (a, e, reads, gate, rx)
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn parked_connections_are_served_on_every_arrival_until_done_or_unparked() {
+        use std::io::Write;
+        let pool = Pool::new("t", 2).unwrap();
+        let (mut client, conn, reads, _, left) = echo(true);
+        let key = pool.park(conn).unwrap();
+        // Nothing arrives: nothing is read.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(reads.load(Ordering::SeqCst), 0);
+        for i in 1..=3 {
+            client.write_all(b"x").unwrap();
+            wait_for("a read", || reads.load(Ordering::SeqCst) == i);
+        }
+        // Unparked while waiting: released at once (and dropped).
+        pool.unpark(key);
+        assert_eq!(
+            left.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Release::Unparked
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+        // A second unpark of the same key does nothing.
+        pool.unpark(key);
+
+        // End of file: readable() says done.
+        let (client, conn, _, _, left) = echo(true);
+        pool.park(conn).unwrap();
+        drop(client);
+        assert_eq!(
+            left.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Release::Done
+        );
+    }
+
+    #[test]
+    fn unpark_while_serving_releases_after_the_work_and_others_are_served_meanwhile() {
+        use std::io::Write;
+        let pool = Pool::new("t", 2).unwrap();
+        let (mut stuck_client, stuck, stuck_reads, gate, stuck_left) = echo(false);
+        let key = pool.park(stuck).unwrap();
+        stuck_client.write_all(b"x").unwrap();
+        wait_for("the stuck read", || stuck_reads.load(Ordering::SeqCst) == 1);
+        // The only thread is stuck: the watchdog adds one, which serves
+        // another connection.
+        let (mut client, conn, reads, _, _left) = echo(true);
+        pool.park(conn).unwrap();
+        client.write_all(b"y").unwrap();
+        wait_for("the other read", || reads.load(Ordering::SeqCst) == 1);
+        assert_eq!(pool.peak_threads(), 2);
+        pool.unpark(key);
+        assert!(stuck_left.recv_timeout(Duration::from_millis(50)).is_err());
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(
+            stuck_left.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Release::Unparked
+        );
     }
 }

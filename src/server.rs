@@ -21,15 +21,16 @@ use crate::connection::{self, ConnectionConfig, Peer};
 use crate::pool::Pool;
 
 /// Settings for [`run`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Most connections served at once (D10); further clients are accepted
     /// and closed immediately, so they fail fast instead of hanging.
     pub max_connections: usize,
     /// Per-connection settings.
     pub connection: ConnectionConfig,
-    /// Most SG_IO commands executing at once (threads in the SG_IO pool).
-    pub sgio_threads: usize,
+    /// The worker threads that execute requests; their bound is the most
+    /// SG_IO commands executing at once (`sgio_threads`).
+    pub pool: Pool,
     /// Who may connect.
     pub policy: AccessPolicy,
 }
@@ -69,7 +70,7 @@ pub async fn run(
         limit: Arc::new(Semaphore::new(config.max_connections)),
         max_connections: config.max_connections,
         connection: Arc::new(config.connection),
-        pool: Pool::new("prh-sgio", config.sgio_threads),
+        pool: config.pool,
         policy: config.policy,
         refused_log: RateLimited::new(Duration::from_secs(1)),
         shutdown_rx,

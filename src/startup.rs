@@ -16,6 +16,7 @@ use crate::command::{ExecConfig, Executor};
 use crate::config::{self, Config, ServerArgs};
 use crate::connection::ConnectionConfig;
 use crate::daemon::{self, Daemon, Pidfile};
+use crate::pool::Pool;
 use crate::server::{self, ServerConfig};
 use crate::{activation, listener, logging, privileges, signals};
 
@@ -208,9 +209,16 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    let pool = match Pool::new("prh-sgio", config.sgio_threads) {
+        Ok(pool) => pool,
+        Err(e) => {
+            error!("cannot set up the SG_IO threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server_config = ServerConfig {
         max_connections: config.max_connections,
-        sgio_threads: config.sgio_threads,
+        pool,
         policy: crate::server::AccessPolicy {
             uids: config.allowed_uids.clone(),
             gids: config.allowed_gids.clone(),

@@ -364,18 +364,20 @@ fn sigterm_under_full_load_answers_every_request_read() {
             assert!(Instant::now() < deadline, "busy clients not served");
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Six requests on a hung device: two execute, the other four and
-        // then every busy client's next request queue behind them in the
-        // two-thread SG_IO pool. One client is half-way through a CDB.
+        // Six requests on a hung device: two execute and hold both SG_IO
+        // threads; the other four, and then every busy client's next
+        // request, wait unread in their sockets (a worker reads a request
+        // only when it can execute it). One client is half-way through a
+        // CDB.
         for c in waiting.iter_mut() {
             c.send(&pr_out_cdb(0, 0, 0, 24), held.as_fd(), &PARAMS)
                 .unwrap();
         }
         send_with_fds(half.stream(), &pr_in_cdb(0, 8)[..9], &[f.as_fd()]);
         dev.wait_held(2);
-        // Everything sent has been read once the helper holds a socket per
-        // client and a device fd per request (and the half request's fd).
-        let expected = baseline + (6 + 8) * 2 + 2 + 1;
+        // Then the helper holds a socket per client and the device fds of
+        // the two requests executing, nothing more.
+        let expected = baseline + 6 + 8 + 2 + 2;
         let deadline = Instant::now() + Duration::from_secs(10);
         while h.fd_count() != expected {
             assert!(
