@@ -632,12 +632,15 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 5);
     }
 
+    /// A test gate: closed (false) holds whoever waits on it.
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+
     /// Counts reads on a socket pair; reports how it left the pool.
     struct Echo {
         sock: std::os::unix::net::UnixStream,
         reads: Arc<AtomicUsize>,
         /// readable() blocks while this is closed.
-        gate: Arc<(Mutex<bool>, Condvar)>,
+        gate: Gate,
         left: mpsc::Sender<Release>,
     }
 
@@ -669,7 +672,7 @@ mod tests {
         std::os::unix::net::UnixStream,
         Box<Echo>,
         Arc<AtomicUsize>,
-        Arc<(Mutex<bool>, Condvar)>,
+        Gate,
         mpsc::Receiver<Release>,
     ) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
