@@ -195,3 +195,30 @@ fn sigterm_with_requests_in_flight_answers_every_one() {
     let status = h.wait(Duration::from_secs(10));
     assert!(status.success(), "{status:?}\n{}", h.stderr());
 }
+
+#[test]
+fn responses_the_socket_cannot_take_at_once_are_finished_later() {
+    // 40 pipelined PR IN with 8192 bytes of data each (about 330 KB) and a
+    // client that reads nothing for a while: the helper's socket buffer
+    // (about 200 KB) fills, so a response is left half-written by the
+    // worker and must be finished, in order, once the client reads.
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let good = dev.open("e0");
+    let mut c = h.client();
+    c.set_timeout(Some(Duration::from_secs(30))).unwrap();
+    for _ in 0..40 {
+        c.send(&pr_in_cdb(0, 8192), good.as_fd(), &[]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..40 {
+        let r = c.receive().unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert_eq!(r.header.status, 0, "reply {i}");
+        assert_eq!(r.data.len(), 8192, "reply {i}");
+    }
+    // The connection is still served normally.
+    let r = c.execute(&pr_in_cdb(0, 8), good.as_fd(), &[]).unwrap();
+    assert_eq!(r.data.len(), 8);
+    assert_eq!(dev.ioctls(), 41);
+    h.assert_no_errors();
+}
