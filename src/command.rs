@@ -51,28 +51,28 @@ impl Executor {
         }
     }
 
-    /// True when every request runs with plain SG_IO on the calling thread
-    /// (no multipath worker), so a pool worker can execute and answer it
-    /// inline with [`execute`].
-    pub fn runs_inline(&self) -> bool {
-        #[cfg(feature = "mpath")]
-        if self.multipath.is_some() {
-            return false;
-        }
-        true
-    }
-
     /// Runs `request` and sends its response through `responder`. Blocks
     /// (call it on the SG_IO pool), except for multipath devices, whose
     /// requests are queued to the multipath worker.
     pub fn run(&self, request: Request<OwnedFd>, responder: Responder) {
+        match self.run_here(request) {
+            Ran::Answered(request, response) => responder.send(request, response),
+            #[cfg(feature = "mpath")]
+            Ran::Multipath(request, multipath) => multipath.submit(request, responder),
+        }
+    }
+
+    /// Runs `request` on the calling thread (it blocks for as long as the
+    /// device takes), unless it is for a dm-multipath device: that request
+    /// is returned untouched, to be queued to the multipath worker.
+    pub fn run_here(&self, request: Request<OwnedFd>) -> Ran {
         #[cfg(feature = "mpath")]
         if let Some(multipath) = &self.multipath {
             // The read-only check comes before multipath detection.
             if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
                 match multipath.detect(&request.fd) {
                     Ok(false) => {}
-                    Ok(true) => return multipath.submit(request, responder),
+                    Ok(true) => return Ran::Multipath(request, multipath.clone()),
                     Err(e) => {
                         // D6: the reference exits; only this request fails.
                         tracing::warn!("multipath detection failed: {e}");
@@ -80,14 +80,23 @@ impl Executor {
                             Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
                             Vec::new(),
                         );
-                        return responder.send(request, response);
+                        return Ran::Answered(request, response);
                     }
                 }
             }
         }
         let response = execute(&request, &self.config);
-        responder.send(request, response);
+        Ran::Answered(request, response)
     }
+}
+
+/// What [`Executor::run_here`] did with a request.
+pub enum Ran {
+    /// Executed: the request (its fd still open) and its response.
+    Answered(Request<OwnedFd>, Response),
+    /// For a dm-multipath device: not executed; the multipath worker's.
+    #[cfg(feature = "mpath")]
+    Multipath(Request<OwnedFd>, crate::mpath::Multipath),
 }
 
 /// Runs `request` with SG_IO and builds the response (which the caller sends).

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
-use crate::command::Executor;
+use crate::command::{Executor, Ran};
 use crate::fdpass::{self, Received};
 use crate::pool::{Parked, Pool, Release};
 use crate::protocol::{
@@ -147,8 +147,11 @@ pub enum End {
 /// the request timeout), a response the socket did not take at once, the
 /// end of the connection, or shutdown.
 ///
-/// Without parking (multipath builds with multipath enabled, whose
-/// requests may go to the multipath worker), requests are read here and
+/// A request for a dm-multipath device comes back with the connection,
+/// unexecuted; this task queues it to the pool, which passes it on to the
+/// multipath worker.
+///
+/// When the pool cannot take the connection, requests are read here and
 /// executed on the pool, and the pool thread writes the response itself;
 /// meanwhile this task already waits for the next request. Either way the
 /// protocol stays strictly one-at-a-time: a request is executed only after
@@ -173,7 +176,7 @@ pub async fn serve(
     if let Err(end) = end {
         return end;
     }
-    let mut parking = conn.config.executor.runs_inline();
+    let mut parking = true;
     let mut decoder = RequestDecoder::new();
     let mut in_flight: Option<InFlight> = None;
     loop {
@@ -187,6 +190,13 @@ pub async fn serve(
             parking = !back.refused;
             if back.shutdown {
                 return conn.answer_arrived(&mut decoder).await;
+            }
+            if let Some(request) = back.multipath {
+                let in_flight = conn.dispatch(request);
+                if let Err(end) = conn.finish(in_flight).await {
+                    return end;
+                }
+                continue;
             }
         }
         // Waiting for (and reading) a request is the only part shutdown
@@ -344,6 +354,8 @@ struct Back {
     pending: Vec<u8>,
     /// Why the connection ends, if it does.
     end: Option<End>,
+    /// A request read but left for the multipath worker.
+    multipath: Option<Request<OwnedFd>>,
     /// The pool could not take the connection: stop parking it.
     refused: bool,
     /// Unparked for shutdown.
@@ -353,6 +365,7 @@ struct Back {
 /// What [`Connection::park`] returns with the connection.
 struct Resumed {
     decoder: RequestDecoder<OwnedFd>,
+    multipath: Option<Request<OwnedFd>>,
     refused: bool,
     shutdown: bool,
 }
@@ -367,6 +380,8 @@ struct ParkedConnection {
     config: Arc<ConnectionConfig>,
     pending: Vec<u8>,
     end: Option<End>,
+    /// A request for a dm-multipath device, read but not executed.
+    multipath: Option<Request<OwnedFd>>,
     back: oneshot::Sender<Back>,
 }
 
@@ -396,7 +411,15 @@ impl Parked for ParkedConnection {
                 }
             };
             let started = std::time::Instant::now();
-            let response = crate::command::execute(&request, &self.config.executor.config);
+            let (request, response) = match self.config.executor.run_here(request) {
+                Ran::Answered(request, response) => (request, response),
+                // The multipath worker answers it; its task queues it there.
+                #[cfg(feature = "mpath")]
+                Ran::Multipath(request, _) => {
+                    self.multipath = Some(request);
+                    return false;
+                }
+            };
             let out = reply(&self.peer, started, self.config.audit, request, response);
             let (written, result) = write_now(self.stream.as_fd(), &out);
             if let Err(e) = result {
@@ -417,6 +440,7 @@ impl Parked for ParkedConnection {
             decoder,
             pending,
             mut end,
+            multipath,
             back,
             ..
         } = *self;
@@ -431,6 +455,7 @@ impl Parked for ParkedConnection {
             decoder,
             pending,
             end,
+            multipath,
             refused: why == Release::Refused,
             shutdown: why == Release::Unparked,
         });
@@ -528,6 +553,7 @@ impl Connection {
             config: config.clone(),
             pending: Vec::new(),
             end: None,
+            multipath: None,
             back: tx,
         }));
         let back = tokio::select! {
@@ -560,6 +586,7 @@ impl Connection {
             conn,
             Resumed {
                 decoder: back.decoder,
+                multipath: back.multipath,
                 refused: back.refused,
                 shutdown: back.shutdown,
             },
