@@ -181,21 +181,27 @@ pub async fn serve(
     let mut in_flight: Option<InFlight> = None;
     loop {
         if parking && in_flight.is_none() && decoder.is_idle() {
-            let back;
-            (conn, back) = match conn.park(decoder, &mut shutdown).await {
+            let returned;
+            (conn, decoder, returned) = match conn.park(decoder, &mut shutdown).await {
                 Ok(parked) => parked,
                 Err(end) => return end,
             };
-            decoder = back.decoder;
-            parking = !back.refused;
-            if back.shutdown {
-                return conn.answer_arrived(&mut decoder).await;
-            }
-            if let Some(request) = back.multipath {
-                let in_flight = conn.dispatch(request);
-                if let Err(end) = conn.finish(in_flight).await {
-                    return end;
+            let done = match returned {
+                Returned::Partial => Ok(()),
+                Returned::Pending(rest) => conn.write_rest(&rest).await,
+                #[cfg(feature = "mpath")]
+                Returned::Multipath(request) => conn.answer(request).await,
+                Returned::End(end) => Err(end),
+                Returned::Refused => {
+                    parking = false;
+                    Ok(())
                 }
+                Returned::Shutdown => return conn.answer_arrived(&mut decoder).await,
+            };
+            if let Err(end) = done {
+                return end;
+            }
+            if decoder.is_idle() {
                 continue;
             }
         }
@@ -214,16 +220,14 @@ pub async fn serve(
             }
         }
         match next {
-            Ok(request) => in_flight = Some(conn.dispatch(request)),
-            Err(end) => return end,
-        }
-        if parking {
             // Parked again only once this response is out.
-            if let Some(request) = in_flight.take() {
-                if let Err(end) = conn.finish(request).await {
+            Ok(request) if parking => {
+                if let Err(end) = conn.answer(request).await {
                     return end;
                 }
             }
+            Ok(request) => in_flight = Some(conn.dispatch(request)),
+            Err(end) => return end,
         }
     }
 }
@@ -350,24 +354,26 @@ fn feed_part(
 struct Back {
     stream: std::os::unix::net::UnixStream,
     decoder: RequestDecoder<OwnedFd>,
-    /// Response bytes the socket did not take at once.
-    pending: Vec<u8>,
-    /// Why the connection ends, if it does.
-    end: Option<End>,
-    /// A request read but left for the multipath worker.
-    multipath: Option<Request<OwnedFd>>,
-    /// The pool could not take the connection: stop parking it.
-    refused: bool,
-    /// Unparked for shutdown.
-    shutdown: bool,
+    returned: Returned,
 }
 
-/// What [`Connection::park`] returns with the connection.
-struct Resumed {
-    decoder: RequestDecoder<OwnedFd>,
-    multipath: Option<Request<OwnedFd>>,
-    refused: bool,
-    shutdown: bool,
+/// Why a parked connection came back to its task, and what the task does.
+enum Returned {
+    /// Half a request has arrived (or the pool stopped watching the
+    /// connection): the task reads on, under the request timeout.
+    Partial,
+    /// The socket did not take the whole response: the task writes the rest.
+    Pending(Vec<u8>),
+    /// A request for a dm-multipath device, read but not executed: the task
+    /// queues it for the multipath worker.
+    #[cfg(feature = "mpath")]
+    Multipath(Request<OwnedFd>),
+    /// The connection ends.
+    End(End),
+    /// The pool could not take the connection: the task stops parking it.
+    Refused,
+    /// Unparked for shutdown.
+    Shutdown,
 }
 
 /// A connection between requests, parked in the pool: the worker that sees
@@ -378,10 +384,8 @@ struct ParkedConnection {
     buf: Vec<u8>,
     peer: Peer,
     config: Arc<ConnectionConfig>,
-    pending: Vec<u8>,
-    end: Option<End>,
-    /// A request for a dm-multipath device, read but not executed.
-    multipath: Option<Request<OwnedFd>>,
+    /// Set by `readable` when it returns false.
+    returned: Returned,
     back: oneshot::Sender<Back>,
 }
 
@@ -398,7 +402,7 @@ impl Parked for ParkedConnection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.decoder.is_idle(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.end = Some(End::Read(e));
+                    self.returned = Returned::End(End::Read(e));
                     return false;
                 }
             };
@@ -406,7 +410,7 @@ impl Parked for ParkedConnection {
                 Ok(Some(request)) => request,
                 Ok(None) => continue,
                 Err(end) => {
-                    self.end = Some(end);
+                    self.returned = Returned::End(end);
                     return false;
                 }
             };
@@ -416,18 +420,18 @@ impl Parked for ParkedConnection {
                 // The multipath worker answers it; its task queues it there.
                 #[cfg(feature = "mpath")]
                 Ran::Multipath(request, _) => {
-                    self.multipath = Some(request);
+                    self.returned = Returned::Multipath(request);
                     return false;
                 }
             };
             let out = reply(&self.peer, started, self.config.audit, request, response);
             let (written, result) = write_now(self.stream.as_fd(), &out);
             if let Err(e) = result {
-                self.end = Some(End::Write(e));
+                self.returned = Returned::End(End::Write(e));
                 return false;
             }
             if written < out.len() {
-                self.pending = out[written..].to_vec();
+                self.returned = Returned::Pending(out[written..].to_vec());
                 return false;
             }
             return true;
@@ -438,26 +442,23 @@ impl Parked for ParkedConnection {
         let ParkedConnection {
             stream,
             decoder,
-            pending,
-            mut end,
-            multipath,
+            returned,
             back,
             ..
         } = *self;
-        if why == Release::Panicked {
-            end.get_or_insert_with(|| {
-                End::Internal("a request panicked (see the error above)".to_string())
-            });
-        }
+        let returned = match why {
+            Release::Done => returned,
+            Release::Unparked => Returned::Shutdown,
+            Release::Refused => Returned::Refused,
+            Release::Panicked => Returned::End(End::Internal(
+                "a request panicked (see the error above)".to_string(),
+            )),
+        };
         // The receiver is gone only if the connection task ended.
         let _ = back.send(Back {
             stream,
             decoder,
-            pending,
-            end,
-            multipath,
-            refused: why == Release::Refused,
-            shutdown: why == Release::Unparked,
+            returned,
         });
     }
 }
@@ -524,13 +525,12 @@ impl Connection {
     }
 
     /// Hands the connection to the pool until a worker gives it back (see
-    /// [`serve`]), or shutdown takes it back. On return, any response bytes
-    /// the worker could not write have been written.
+    /// [`serve`]), or shutdown takes it back.
     async fn park(
         self,
         decoder: RequestDecoder<OwnedFd>,
         shutdown: &mut watch::Receiver<()>,
-    ) -> Result<(Connection, Resumed), End> {
+    ) -> Result<(Connection, RequestDecoder<OwnedFd>, Returned), End> {
         let Connection {
             stream,
             peer,
@@ -551,9 +551,7 @@ impl Connection {
             buf: Vec::with_capacity(CDB_SIZE),
             peer,
             config: config.clone(),
-            pending: Vec::new(),
-            end: None,
-            multipath: None,
+            returned: Returned::Partial,
             back: tx,
         }));
         let back = tokio::select! {
@@ -575,22 +573,7 @@ impl Connection {
             config,
             pool,
         };
-        if !back.pending.is_empty() {
-            let deadline = Instant::now() + conn.config.request_timeout;
-            conn.write_all(&back.pending, deadline).await?;
-        }
-        if let Some(end) = back.end {
-            return Err(end);
-        }
-        Ok((
-            conn,
-            Resumed {
-                decoder: back.decoder,
-                multipath: back.multipath,
-                refused: back.refused,
-                shutdown: back.shutdown,
-            },
-        ))
+        Ok((conn, back.decoder, back.returned))
     }
 
     /// At shutdown, answers the requests that have fully arrived (a client
@@ -607,8 +590,7 @@ impl Connection {
             };
             match feed_part(decoder, &buf, received) {
                 Ok(Some(request)) => {
-                    let in_flight = self.dispatch(request);
-                    if let Err(end) = self.finish(in_flight).await {
+                    if let Err(end) = self.answer(request).await {
                         return end;
                     }
                 }
@@ -646,10 +628,22 @@ impl Connection {
                 End::Internal("a request was dropped unanswered (see the error above)".to_string())
             })?
             .map_err(End::Write)?;
+        self.write_rest(&rest).await
+    }
+
+    /// Executes `request` on the pool and waits until its response is out.
+    async fn answer(&self, request: Request<OwnedFd>) -> Result<(), End> {
+        let in_flight = self.dispatch(request);
+        self.finish(in_flight).await
+    }
+
+    /// Writes the part of a response that the executing thread could not
+    /// write without blocking, within the request timeout.
+    async fn write_rest(&self, rest: &[u8]) -> Result<(), End> {
         if rest.is_empty() {
             return Ok(());
         }
-        self.write_all(&rest, Instant::now() + self.config.request_timeout)
+        self.write_all(rest, Instant::now() + self.config.request_timeout)
             .await
     }
 

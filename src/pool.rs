@@ -97,6 +97,8 @@ struct Inner {
     threads: Mutex<Threads>,
     /// Threads waiting in epoll_wait.
     idle: AtomicUsize,
+    /// `threads.slots.len()`, readable without the lock (on every park and
+    /// every wait).
     thread_count: AtomicUsize,
     watchdog: Watchdog,
     max_threads: usize,
@@ -148,6 +150,19 @@ enum State {
     Serving {
         release: bool,
     },
+}
+
+impl Entry {
+    /// Takes the connection out if it is parked, leaving `then`.
+    fn take_parked(&mut self, then: State) -> Option<Box<dyn Parked>> {
+        match std::mem::replace(&mut self.state, then) {
+            State::Parked(conn) => Some(conn),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
 }
 
 impl Slab {
@@ -270,17 +285,12 @@ impl Pool {
         let Some(entry) = slab.entry(key.0) else {
             return;
         };
-        match &mut entry.state {
-            State::Serving { release } => *release = true,
-            State::Vacant => {}
-            State::Parked(_) => {
-                let State::Parked(conn) = std::mem::replace(&mut entry.state, State::Vacant) else {
-                    unreachable!("matched above")
-                };
-                slab.vacate(key.0);
-                drop(slab);
-                inner.leave(conn, Release::Unparked);
-            }
+        if let State::Serving { release } = &mut entry.state {
+            *release = true;
+        } else if let Some(conn) = entry.take_parked(State::Vacant) {
+            slab.vacate(key.0);
+            drop(slab);
+            inner.leave(conn, Release::Unparked);
         }
     }
 
@@ -409,15 +419,13 @@ impl Inner {
     fn serve(&self, key: u64) {
         let mut conn = {
             let mut slab = lock(&self.parked);
-            let Some(entry) = slab.entry(key) else {
-                return; // left the pool since the event was harvested
-            };
-            if !matches!(entry.state, State::Parked(_)) {
-                return;
-            }
-            match std::mem::replace(&mut entry.state, State::Serving { release: false }) {
-                State::Parked(conn) => conn,
-                _ => unreachable!("matched above"),
+            // None: it left the pool since the event was harvested.
+            let taken = slab
+                .entry(key)
+                .and_then(|entry| entry.take_parked(State::Serving { release: false }));
+            match taken {
+                Some(conn) => conn,
+                None => return,
             }
         };
         let again = match std::panic::catch_unwind(AssertUnwindSafe(|| conn.readable())) {
