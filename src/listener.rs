@@ -303,13 +303,16 @@ impl PrivateDir {
                 "the private directory for the socket was replaced",
             ));
         }
-        // Bound through /proc/self/fd (short, and relative to the directory
-        // actually opened); the plain path when /proc is not there.
-        let via_proc = PathBuf::from(format!("/proc/self/fd/{}", dir.fd.as_raw_fd()));
-        let socket_path = if via_proc.is_dir() {
-            via_proc.join(PRIVATE_NAME)
+        // Bound at its path when that fits in `sun_path` (`ss -x` then
+        // shows where it was made); else through /proc/self/fd of the
+        // directory opened. Should a writer of the parent swap the
+        // directory meanwhile, the socket lands outside the one opened and
+        // the chmod/chown/rename through `fd` below fail: start-up stops.
+        let plain = made.join(PRIVATE_NAME);
+        let socket_path = if plain.as_os_str().len() <= MAX_SOCKET_PATH {
+            plain
         } else {
-            made.join(PRIVATE_NAME)
+            PathBuf::from(format!("/proc/self/fd/{}", dir.fd.as_raw_fd())).join(PRIVATE_NAME)
         };
         dir.socket_path = socket_path;
         Ok(dir)

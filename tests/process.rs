@@ -987,3 +987,67 @@ fn the_socket_appears_with_its_mode_and_group_already_set() {
         assert_eq!(seen, Some((0o600, nogroup)), "round {round}");
     }
 }
+
+#[test]
+fn start_up_failures_and_early_signals_leave_nothing_behind() {
+    // A failure after the socket exists (the pidfile cannot be created):
+    // the socket and the private directory it was made in are gone.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("f.sock");
+    let out = run(
+        &[
+            "-k",
+            socket.to_str().unwrap(),
+            "-f",
+            "/nonexistent-pr-helper-dir/pid",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+    // A group that does not exist: refused before anything is created.
+    assert_fails(
+        &[
+            "-k",
+            socket.to_str().unwrap(),
+            "--socket-group",
+            "no-such-group-pr-helper",
+        ],
+        &[],
+        "no-such-group-pr-helper",
+    );
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+    // SIGTERM at every moment of start-up: nothing is left in the
+    // directory.
+    for round in 0..30u64 {
+        let mut child = Command::new(our_binary())
+            .arg("-k")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(round * 300));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "round {round}: no exit");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // Killed outright only before its handlers exist, when it has
+        // created nothing yet.
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGTERM),
+            "round {round}: {status:?}"
+        );
+        assert_eq!(entries(dir.path()), Vec::<String>::new(), "round {round}");
+    }
+}
