@@ -162,21 +162,50 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
     let private = PrivateDir::create(parent, &parent_fd)
         .map_err(|e| ListenerError::Bind(shown.clone(), e))?;
     let (listener, id) = private.bind(setup)?;
-    // Into place: over a stale socket (still the one probed), or where
-    // nothing is, without replacing anything that appeared meanwhile.
-    let mut attempts = 0;
-    loop {
-        let flags = match existing {
-            Some(_) => RenameFlags::empty(),
-            None => RenameFlags::RENAME_NOREPLACE,
-        };
-        let renamed = nix::fcntl::renameat2(
+    // Into place: where nothing is, without replacing anything that
+    // appeared meanwhile; or exchanged with the stale socket, which is then
+    // checked to be the one probed (else exchanged back and checked again).
+    // What was displaced ends up in the private directory, removed with it.
+    let rename = |flags| {
+        nix::fcntl::renameat2(
             private.fd.as_fd(),
             PRIVATE_NAME,
             parent_fd.as_fd(),
             name,
             flags,
-        );
+        )
+    };
+    let mut attempts = 0;
+    loop {
+        let renamed = match existing {
+            None => rename(RenameFlags::RENAME_NOREPLACE),
+            Some(stale) => match rename(RenameFlags::RENAME_EXCHANGE) {
+                Ok(()) => {
+                    let displaced = nix::sys::stat::fstatat(
+                        private.fd.as_fd(),
+                        PRIVATE_NAME,
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    );
+                    match displaced {
+                        Ok(st) if st.st_dev == stale.dev && st.st_ino == stale.ino => Ok(()),
+                        _ => match rename(RenameFlags::RENAME_EXCHANGE) {
+                            Ok(()) => Err(Errno::EEXIST),
+                            Err(e) => Err(e),
+                        },
+                    }
+                }
+                // A file system without RENAME_EXCHANGE: a plain rename,
+                // right after checking again.
+                Err(Errno::EINVAL) => {
+                    if check_existing(path)? == Some(stale) {
+                        rename(RenameFlags::empty())
+                    } else {
+                        Err(Errno::EEXIST)
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        };
         match renamed {
             Ok(()) => break,
             // A file system without RENAME_NOREPLACE: checked just before.
@@ -184,12 +213,12 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
                 if check_existing(path)?.is_some() {
                     return Err(ListenerError::Bind(shown, Errno::EEXIST.into()));
                 }
-                nix::fcntl::renameat(private.fd.as_fd(), PRIVATE_NAME, parent_fd.as_fd(), name)
+                rename(RenameFlags::empty())
                     .map_err(|e| ListenerError::Bind(shown.clone(), e.into()))?;
                 break;
             }
-            // Something appeared since the check: check again.
-            Err(Errno::EEXIST) if attempts < 3 => {}
+            // The path changed since the check: check again.
+            Err(Errno::EEXIST | Errno::ENOENT) if attempts < 3 => {}
             Err(e) => return Err(ListenerError::Bind(shown, e.into())),
         }
         attempts += 1;
