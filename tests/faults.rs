@@ -1,6 +1,8 @@
 //! Faults against the real binary (issue 8): clients that vanish at every
 //! point of a request, fd exhaustion, a connect/disconnect flood, SIGTERM
-//! under full load, and SIGKILL plus restart under socket activation. After
+//! under full load and while clients keep sending (issue 12), a connection
+//! the pool cannot park (issue 12), and SIGKILL plus restart under socket
+//! activation. After
 //! each, the helper must still serve, hold no fd it should not, and have
 //! logged no error.
 //!
