@@ -151,11 +151,12 @@ pub enum End {
 /// unexecuted; this task queues it to the pool, which passes it on to the
 /// multipath worker.
 ///
-/// When the pool cannot take the connection, requests are read here and
-/// executed on the pool, and the pool thread writes the response itself;
-/// meanwhile this task already waits for the next request. Either way the
-/// protocol stays strictly one-at-a-time: a request is executed only after
-/// the previous response has been written in full.
+/// When the pool cannot take the connection (it cannot watch the socket or
+/// start a thread), requests are read here and executed on the pool, whose
+/// thread writes as much of the response as the socket takes; this task
+/// writes the rest before it reads the next request. Either way the
+/// protocol stays strictly one-at-a-time: a request is read and executed
+/// only after the previous response has been written in full.
 pub async fn serve(
     stream: UnixStream,
     peer: Peer,
@@ -178,9 +179,8 @@ pub async fn serve(
     }
     let mut parking = true;
     let mut decoder = RequestDecoder::new();
-    let mut in_flight: Option<InFlight> = None;
     loop {
-        if parking && in_flight.is_none() && decoder.is_idle() {
+        if parking && decoder.is_idle() {
             let returned;
             (conn, decoder, returned) = match conn.park(decoder, &mut shutdown).await {
                 Ok(parked) => parked,
@@ -212,21 +212,17 @@ pub async fn serve(
             _ = shutdown.changed() => Err(End::Shutdown),
             r = conn.read_request(&mut decoder) => r,
         };
-        // Whatever arrived (or did not), the request in flight is answered
-        // first: a request that has been read always gets its response.
-        if let Some(previous) = in_flight.take() {
-            if let Err(end) = conn.finish(previous).await {
-                return end;
-            }
-        }
         match next {
-            // Parked again only once this response is out.
-            Ok(request) if parking => {
+            // The response is written in full before the next request is
+            // read, parked or not: a client that reads only once it has
+            // sent everything still gets the whole of the last response.
+            Ok(request) => {
                 if let Err(end) = conn.answer(request).await {
                     return end;
                 }
             }
-            Ok(request) => in_flight = Some(conn.dispatch(request)),
+            // Requests that have fully arrived are answered, as when parked.
+            Err(End::Shutdown) => return conn.answer_arrived(&mut decoder).await,
             Err(end) => return end,
         }
     }
@@ -300,6 +296,17 @@ fn write_now(sock: BorrowedFd<'_>, bytes: &[u8]) -> (usize, io::Result<()>) {
     (written, Ok(()))
 }
 
+/// Bytes received on `sock` and not read yet (FIONREAD).
+fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD stores one int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Reads the next part of a request, sized as `decoder` needs it (spec
 /// §3): the rest of the CDB with room for fds, or parameter bytes without.
 /// A reset connection reads as end of file.
@@ -308,11 +315,21 @@ fn recv_part(
     decoder: &RequestDecoder<OwnedFd>,
     buf: &mut Vec<u8>,
 ) -> io::Result<Received> {
+    recv_part_at_most(sock, decoder, buf, usize::MAX)
+}
+
+/// [`recv_part`], reading at most `limit` bytes.
+fn recv_part_at_most(
+    sock: BorrowedFd<'_>,
+    decoder: &RequestDecoder<OwnedFd>,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<Received> {
     let (n, want_fds) = match decoder.need() {
         Need::Cdb(n) => (n, true),
         Need::Params(n) => (n.min(MAX_TRANSFER), false),
     };
-    buf.resize(n, 0);
+    buf.resize(n.min(limit), 0);
     match fdpass::recv(sock, buf, want_fds) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Received {
             len: 0,
@@ -579,15 +596,29 @@ impl Connection {
     /// At shutdown, answers the requests that have fully arrived (a client
     /// that sent one before shutdown began gets its response, as when the
     /// event loop read every request at once), then ends the connection.
+    ///
+    /// Only the bytes queued on the socket now are read: a client that keeps
+    /// sending requests back to back cannot keep the helper alive.
     async fn answer_arrived(&self, decoder: &mut RequestDecoder<OwnedFd>) -> End {
+        let mut budget = match queued_bytes(self.stream.as_fd()) {
+            Ok(n) => n,
+            Err(_) => return End::Shutdown,
+        };
         let mut buf = Vec::with_capacity(CDB_SIZE);
         loop {
-            let received = match recv_part(self.stream.as_fd(), decoder, &mut buf) {
+            if budget == 0 {
+                // Whatever comes later, or the rest of a request, is not
+                // answered; an idle connection just closes.
+                return End::Shutdown;
+            }
+            let received = recv_part_at_most(self.stream.as_fd(), decoder, &mut buf, budget);
+            let received = match received {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Nothing more has arrived, or the connection is broken.
                 Err(_) => return End::Shutdown,
             };
+            budget = budget.saturating_sub(received.len);
             match feed_part(decoder, &buf, received) {
                 Ok(Some(request)) => {
                     if let Err(end) = self.answer(request).await {

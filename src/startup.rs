@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::command::{ExecConfig, Executor};
 use crate::config::{self, Config, ServerArgs};
@@ -72,17 +72,18 @@ pub fn run(args: &ServerArgs) -> ExitCode {
             }
             Err(e) => return fatal(&e.to_string()),
         },
-        None => match listener::bind(&config.socket) {
-            Ok(bound) => (bound.listener, Some(bound.path)),
-            Err(e) => return fatal(&e.to_string()),
-        },
+        None => {
+            let setup = match listener::Setup::from_config(&config) {
+                Ok(s) => s,
+                Err(e) => return fatal(&e),
+            };
+            match listener::bind_with(&config.socket, &setup) {
+                Ok(bound) => (bound.listener, Some((bound.path, bound.id))),
+                Err(e) => return fatal(&e.to_string()),
+            }
+        }
     };
     let created = SocketPath(created);
-    if let Some(path) = &created.0 {
-        if let Err(e) = listener::set_owner_and_mode(path, &config) {
-            return fatal(&e);
-        }
-    }
 
     let daemon = if config.daemon {
         match daemon::daemonize() {
@@ -108,7 +109,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
 
     // The sandbox, while still single-threaded: every thread started from
     // here on (multipath worker, SG_IO pool) inherits it.
-    let mut removable: Vec<PathBuf> = created.0.iter().cloned().collect();
+    let mut removable: Vec<PathBuf> = created.0.iter().map(|(p, _)| p.clone()).collect();
     removable.extend(pidfile.as_ref().map(|p| p.path().to_path_buf()));
     let sandbox = crate::sandbox::Settings {
         seccomp: config.seccomp,
@@ -146,18 +147,15 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     code
 }
 
-/// The socket path this process created, removed when dropped (at exit and
-/// on start-up failure; an activated socket belongs to systemd).
-struct SocketPath(Option<PathBuf>);
+/// The socket path this process created and the socket's identity,
+/// removed when dropped (at exit and on start-up failure) while it is still
+/// that socket (D30); an activated socket belongs to systemd.
+struct SocketPath(Option<(PathBuf, listener::FileId)>);
 
 impl SocketPath {
     fn remove(&mut self) {
-        if let Some(path) = self.0.take() {
-            // Failing to remove it must not stop the exit (a known KubeVirt
-            // problem of the C helper): D11 replaces a stale socket next time.
-            if let Err(e) = std::fs::remove_file(&path) {
-                warn!("cannot remove socket {}: {e}", path.display());
-            }
+        if let Some((path, id)) = self.0.take() {
+            listener::remove_if_ours(&path, id);
         }
     }
 }
@@ -230,12 +228,16 @@ fn serve(
         },
     };
     // The path actually listened on: an adopted (socket-activated) socket
-    // is wherever its unit put it, not the configured path.
-    let serving_on = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-        .unwrap_or_else(|| config.socket.display().to_string());
+    // is wherever its unit put it, not the configured path; a created one
+    // was bound elsewhere and renamed into place (D31).
+    let serving_on = match &created.0 {
+        Some((path, _)) => path.display().to_string(),
+        None => listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| config.socket.display().to_string()),
+    };
     runtime.block_on(async move {
         let listener = match tokio::net::UnixListener::from_std(listener) {
             Ok(l) => l,

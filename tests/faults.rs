@@ -1,6 +1,8 @@
 //! Faults against the real binary (issue 8): clients that vanish at every
 //! point of a request, fd exhaustion, a connect/disconnect flood, SIGTERM
-//! under full load, and SIGKILL plus restart under socket activation. After
+//! under full load and while clients keep sending (issue 12), a connection
+//! the pool cannot park (issue 12), and SIGKILL plus restart under socket
+//! activation. After
 //! each, the helper must still serve, hold no fd it should not, and have
 //! logged no error.
 //!
@@ -552,4 +554,203 @@ fn sigkill_and_restart_under_socket_activation_loses_no_connection_attempt() {
     // The socket belongs to "systemd": still there, still ours.
     assert!(socket.exists());
     second.assert_no_errors();
+}
+
+/// Sets the soft RLIMIT_AS of a running process (the hard limit stays).
+fn set_address_space_soft_limit(pid: u32, soft: libc::rlim_t) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_AS,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit get: {}", io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_AS,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit set: {}", io::Error::last_os_error());
+}
+
+/// Bytes waiting to be read on `stream` (FIONREAD).
+fn queued(stream: &UnixStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
+    n as usize
+}
+
+#[test]
+fn a_connection_that_cannot_be_parked_finishes_a_response_the_socket_cannot_take_at_once() {
+    // While a client connects, the helper's address space is limited to
+    // 1 MiB more than it uses: too little for a thread's stack, so the pool
+    // cannot start its first thread and refuses to park the connection,
+    // which its task on the event loop serves from then on (the fallback).
+    // The limit is then lifted, so that requests can execute.
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&["-v"]);
+    h.wait_for_log("serving on", 1);
+    let vm_kib: libc::rlim_t = std::fs::read_to_string(format!("/proc/{}/status", h.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    set_address_space_soft_limit(h.pid(), (vm_kib + 1024) * 1024);
+    let mut c = h.client();
+    h.wait_for_log("cannot start an SG_IO thread", 1);
+    set_address_space_soft_limit(h.pid(), libc::RLIM_INFINITY);
+
+    // Requests with 8 KiB responses, pipelined without reading, until the
+    // socket no longer takes a response whole: the helper's send buffer is
+    // full, and that response is left (partly) unwritten.
+    let good = dev.open("e0");
+    let size = pr_helper::protocol::RESPONSE_HEADER_SIZE + 8192;
+    let mut sent = 0;
+    loop {
+        c.send(&pr_in_cdb(0, 8192), good.as_fd(), &[]).unwrap();
+        sent += 1;
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while queued(c.stream()) < sent * size && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if queued(c.stream()) < sent * size {
+            break;
+        }
+        assert!(sent < 500, "the socket took {sent} responses unread");
+    }
+    eprintln!(
+        "response {sent} did not fit: {} bytes queued unread",
+        queued(c.stream())
+    );
+    // Now the client reads: every response arrives whole, in order, without
+    // another request to push the last one out.
+    c.set_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 1..=sent {
+        let r = c
+            .receive()
+            .unwrap_or_else(|e| panic!("response {i} of {sent}: {e} (deadlock)"));
+        assert_eq!(r.to_bytes(), reply(0, [0; 96], 8192), "response {i}");
+    }
+    // The connection goes on being served.
+    let r = c.execute(&pr_in_cdb(0, 8), good.as_fd(), &[]).unwrap();
+    assert_eq!(r.to_bytes(), reply(0, [0; 96], 8));
+    assert_eq!(dev.ioctls(), sent + 1);
+    h.assert_no_errors();
+}
+
+#[test]
+fn sigterm_ends_the_helper_while_clients_keep_sending() {
+    // Four clients pipeline requests back to back (one thread writes, another
+    // reads), a fifth sends one every 3 ms and waits for each reply. A
+    // request whose send() returned before the signal has fully arrived and
+    // must be answered; the helper must still exit in bounded time, however
+    // fast requests keep coming.
+    let (mut h, _) = started(&[]);
+    let f = fds::rw_file(h.dir.path());
+    let signalled = std::sync::atomic::AtomicBool::new(false);
+    let took = std::thread::scope(|s| {
+        let mut pipelined = Vec::new();
+        for _ in 0..4 {
+            let mut reader = h.client();
+            reader.set_timeout(Some(Duration::from_secs(30))).unwrap();
+            let writer = reader.stream().try_clone().unwrap();
+            // A deeper queue (each request, with its fd, takes about 1 KiB
+            // of it): the helper cannot empty it while a writer waits for
+            // a CPU, so requests are always waiting.
+            nix::sys::socket::setsockopt(
+                &writer,
+                nix::sys::socket::sockopt::SndBufForce,
+                &(1 << 20),
+            )
+            .unwrap();
+            let (f, signalled) = (&f, &signalled);
+            let w = s.spawn(move || {
+                let (mut before, mut total) = (0usize, 0usize);
+                loop {
+                    let sent = pr_helper::fdpass::send(
+                        writer.as_fd(),
+                        &[io::IoSlice::new(&pr_in_cdb(0, 8))],
+                        &[f.as_fd()],
+                    );
+                    match sent {
+                        Ok(16) => {}
+                        // Closed by the helper; a short write is a request
+                        // that did not fully arrive.
+                        other => {
+                            eprintln!("writer stops after {total} requests: {other:?}");
+                            return (before, total);
+                        }
+                    }
+                    total += 1;
+                    if !signalled.load(Ordering::SeqCst) {
+                        before += 1;
+                    }
+                }
+            });
+            let r = s.spawn(move || replies_until_close(reader.stream()));
+            pipelined.push((w, r));
+        }
+        let mut periodic = h.client();
+        let (f, signalled) = (&f, &signalled);
+        let p = s.spawn(move || {
+            let mut answered_before = 0;
+            loop {
+                if periodic.send(&pr_in_cdb(0, 8), f.as_fd(), &[]).is_err() {
+                    return answered_before;
+                }
+                let before = !signalled.load(Ordering::SeqCst);
+                match periodic.receive() {
+                    Ok(r) => {
+                        assert_eq!(r.to_bytes(), io_error());
+                        answered_before += usize::from(before);
+                    }
+                    Err(e) => {
+                        assert!(!before, "a request sent before SIGTERM got no reply: {e}");
+                        return answered_before;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        signalled.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        h.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = h.wait(Duration::from_secs(10));
+        let took = start.elapsed();
+        assert!(status.success(), "{status:?}\n{}", h.stderr());
+        for (i, (w, r)) in pipelined.into_iter().enumerate() {
+            let (before, total) = w.join().unwrap();
+            let replies = r.join().unwrap();
+            eprintln!("pipelining client {i}: {before} requests sent before SIGTERM, {total} in all, {replies} answered");
+            assert!(
+                replies >= before && replies <= total,
+                "client {i}: {replies} replies, {before} requests sent before SIGTERM, {total} sent"
+            );
+        }
+        let periodic = p.join().unwrap();
+        eprintln!("periodic client: {periodic} answered");
+        assert!(periodic > 0);
+        took
+    });
+    eprintln!("exit {took:?} after SIGTERM");
+    h.assert_no_errors();
 }

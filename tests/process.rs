@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -16,6 +16,11 @@ use pr_helper::pr::pr_in_cdb;
 
 /// Runs pr-helper to completion with a clean PR_HELPER_* environment.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_within(args, env, Duration::from_secs(20))
+}
+
+/// As [`run`], failing the test if pr-helper has not exited within `limit`.
+fn run_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(our_binary());
     cmd.args(args).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
@@ -29,7 +34,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + limit;
     loop {
         if child.try_wait().unwrap().is_some() {
             return child.wait_with_output().unwrap();
@@ -805,4 +810,244 @@ fn open_file_soft_limit_is_raised_to_the_hard_limit() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[3..5], ["4096", "4096"], "{line}");
     assert!(h.terminate().success(), "{}", h.stderr());
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn exit_removes_the_socket_path_only_while_it_is_the_socket_bound() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    // Replaced by a regular file after start: the file survives the exit.
+    let mut h = Helper::ours(&[]);
+    std::fs::remove_file(&h.socket).unwrap();
+    std::fs::write(&h.socket, b"not pr-helper's").unwrap();
+    assert!(h.terminate().success(), "{}", h.stderr());
+    assert_eq!(std::fs::read(&h.socket).unwrap(), b"not pr-helper's");
+    assert!(h.stderr().contains("not removing"), "{}", h.stderr());
+
+    // Replaced by another listening socket: it survives and still works.
+    let mut h = Helper::ours(&[]);
+    std::fs::remove_file(&h.socket).unwrap();
+    let other = UnixListener::bind(&h.socket).unwrap();
+    let ino = std::fs::symlink_metadata(&h.socket).unwrap().ino();
+    assert!(h.terminate().success(), "{}", h.stderr());
+    assert_eq!(std::fs::symlink_metadata(&h.socket).unwrap().ino(), ino);
+    let _client = UnixStream::connect(&h.socket).expect("the other socket still works");
+    other.accept().unwrap();
+
+    // Its own socket is removed, and nothing else is left in the directory
+    // (the private directory it was bound in is gone).
+    let mut h = Helper::ours(&["--socket-mode", "0600"]);
+    assert_eq!(entries(h.dir.path()), ["helper.sock", "stderr.log"]);
+    assert!(h.terminate().success(), "{}", h.stderr());
+    assert!(!h.socket.exists());
+    assert_eq!(entries(h.dir.path()), ["stderr.log"]);
+}
+
+/// A non-blocking connection to `path`; None once its queue is full.
+fn connect_nonblocking(path: &Path) -> Option<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    match connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()) {
+        Ok(()) => Some(fd),
+        Err(nix::errno::Errno::EAGAIN) => None,
+        Err(e) => panic!("connect {}: {e}", path.display()),
+    }
+}
+
+/// Connects until the listener's queue is full; returns the connections.
+fn fill_queue(path: &Path) -> Vec<std::os::fd::OwnedFd> {
+    let mut held = Vec::new();
+    while let Some(fd) = connect_nonblocking(path) {
+        held.push(fd);
+        assert!(held.len() < 10_000, "queue never fills");
+    }
+    held
+}
+
+/// Starting on a path where a socket nobody accepts on is bound must end at
+/// once with the D11 error, leaving that socket alone.
+fn assert_refused_quickly(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::symlink_metadata(path).unwrap().ino();
+    let dir = path.parent().unwrap();
+    let before = entries(dir);
+    let start = Instant::now();
+    let out = run_within(&["-k", path.to_str().unwrap()], &[], Duration::from_secs(5));
+    let took = start.elapsed();
+    eprintln!("{}: refused after {took:?}", path.display());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("another process is listening on it"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::symlink_metadata(path).unwrap().ino(), ino);
+    assert_eq!(entries(dir), before, "nothing left behind");
+}
+
+#[test]
+fn a_socket_whose_owner_never_accepts_does_not_hang_start_up() {
+    use nix::sys::socket::UnixAddr;
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let dir = tempfile::tempdir().unwrap();
+    // A listener with backlog 0 whose queue is full.
+    let full = dir.path().join("full.sock");
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(listener.as_raw_fd(), &UnixAddr::new(&full).unwrap()).unwrap();
+    listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    let held = fill_queue(&full);
+    assert!(!held.is_empty());
+    assert_refused_quickly(&full);
+    drop(held);
+    drop(listener);
+
+    // A helper stopped with SIGSTOP: refused with room in its queue, and
+    // still refused, at once, when its queue is full.
+    let stopped = dir.path().join("stopped.sock");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&stopped);
+    let mut first = Helper::spawn(
+        Which::Ours,
+        cmd,
+        tempfile::tempdir().unwrap(),
+        stopped.clone(),
+    );
+    first.assert_serving();
+    first.signal(nix::sys::signal::Signal::SIGSTOP);
+    assert_refused_quickly(&stopped);
+    let held = fill_queue(&stopped);
+    assert_refused_quickly(&stopped);
+    drop(held);
+    first.signal(nix::sys::signal::Signal::SIGCONT);
+    first.assert_serving();
+    assert!(first.terminate().success());
+    assert!(!stopped.exists());
+}
+
+#[test]
+fn the_socket_appears_with_its_mode_and_group_already_set() {
+    use std::os::unix::fs::MetadataExt;
+    // An observer that looks at the path as fast as it can while the helper
+    // starts sees the socket only with its final mode and group: it is set
+    // up in a private directory and renamed into place.
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("m.sock");
+        let seen = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+                        return Some((meta.mode() & 0o7777, meta.gid()));
+                    }
+                }
+                None
+            });
+            let mut cmd = Command::new(our_binary());
+            cmd.arg("-k")
+                .arg(&socket)
+                .args(["--socket-mode", "0600", "--socket-group", "nogroup"]);
+            let mut h = Helper::spawn(
+                Which::Ours,
+                cmd,
+                tempfile::tempdir().unwrap(),
+                socket.clone(),
+            );
+            let seen = watcher.join().unwrap();
+            assert!(h.terminate().success());
+            seen
+        });
+        assert_eq!(seen, Some((0o600, nogroup)), "round {round}");
+    }
+}
+
+#[test]
+fn start_up_failures_and_early_signals_leave_nothing_behind() {
+    // A failure after the socket exists (the pidfile cannot be created):
+    // the socket and the private directory it was made in are gone.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("f.sock");
+    let out = run(
+        &[
+            "-k",
+            socket.to_str().unwrap(),
+            "-f",
+            "/nonexistent-pr-helper-dir/pid",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+    // A group that does not exist: refused before anything is created.
+    assert_fails(
+        &[
+            "-k",
+            socket.to_str().unwrap(),
+            "--socket-group",
+            "no-such-group-pr-helper",
+        ],
+        &[],
+        "no-such-group-pr-helper",
+    );
+    assert_eq!(entries(dir.path()), Vec::<String>::new());
+    // SIGTERM at every moment of start-up: nothing is left in the
+    // directory.
+    for round in 0..30u64 {
+        let mut child = Command::new(our_binary())
+            .arg("-k")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(round * 300));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "round {round}: no exit");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // Killed outright only before its handlers exist, when it has
+        // created nothing yet.
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGTERM),
+            "round {round}: {status:?}"
+        );
+        assert_eq!(entries(dir.path()), Vec::<String>::new(), "round {round}");
+    }
 }

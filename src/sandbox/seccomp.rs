@@ -21,6 +21,8 @@ const SG_IO: u64 = 0x2285;
 /// FIONBIO, FIOCLEX: set non-blocking / close-on-exec.
 const FIONBIO: u64 = 0x5421;
 const FIOCLEX: u64 = 0x5451;
+/// FIONREAD: bytes queued on a client's socket, read at shutdown.
+const FIONREAD: u64 = 0x541b;
 /// TCGETS (glibc's isatty), TIOCGWINSZ (musl's).
 const TCGETS: u64 = 0x5401;
 const TIOCGWINSZ: u64 = 0x5413;
@@ -205,7 +207,7 @@ pub fn program(profile: Profile) -> Result<BpfProgram, BackendError> {
     } else {
         rules.insert(
             libc::SYS_ioctl,
-            [SG_IO, FIONBIO, FIOCLEX, TCGETS, TIOCGWINSZ]
+            [SG_IO, FIONBIO, FIOCLEX, FIONREAD, TCGETS, TIOCGWINSZ]
                 .into_iter()
                 .map(|req| SeccompRule::new(vec![cond(1, req)?]))
                 .collect::<Result<_, _>>()?,
