@@ -75,12 +75,14 @@ pub fn record(peer: &Peer, request: &Request<OwnedFd>, response: &Response) {
         None => scsi::status::name(response.status).to_string(),
     };
     let (k, sak) = (key(&request.params, 0), key(&request.params, 8));
+    // Escaped: the client chose it.
+    let comm = peer.comm();
     info!(
         target: "pr_helper::audit",
         peer_pid = peer.pid.unwrap_or(-1),
         peer_uid = peer.uid,
         peer_gid = peer.gid,
-        peer_comm = peer.comm(),
+        peer_comm = comm.as_str(),
         device = %device,
         device_wwid = %wwid,
         service_action = sa,
@@ -92,7 +94,7 @@ pub fn record(peer: &Peer, request: &Request<OwnedFd>, response: &Response) {
         sense = %sense.map(|s| s.to_string()).unwrap_or_default(),
         "PR OUT {sa} from pid {} ({}, uid {}) on {device}{}{wwid}: key {k}, service action key {sak}, type {}: {outcome}",
         peer.pid.unwrap_or(-1),
-        peer.comm(),
+        comm,
         peer.uid,
         if wwid.is_empty() { "" } else { " " },
         request.cdb[2] & 0x0f,

@@ -134,6 +134,9 @@ pub struct ServerArgs {
     /// Most simultaneous client connections [default: 1024]
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most simultaneous connections from one client process (by its pid); 0: no limit [default: 0]
+    #[arg(long = "max-connections-per-client", value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
     /// Most SG_IO commands executing at once [default: 64]
     #[arg(long = "sgio-threads", value_name = "N")]
     pub sgio_threads: Option<usize>,
@@ -266,6 +269,9 @@ pub struct Config {
     pub request_timeout: u64,
     /// Most simultaneous connections.
     pub max_connections: usize,
+    /// Most simultaneous connections from one peer process (SO_PEERCRED
+    /// pid); 0 = unlimited.
+    pub max_connections_per_client: usize,
     /// Most SG_IO commands at once.
     pub sgio_threads: usize,
     /// Socket permissions (default: umask).
@@ -336,6 +342,7 @@ impl Default for Config {
             sgio_timeout: 30,
             request_timeout: 30,
             max_connections: 1024,
+            max_connections_per_client: 0,
             sgio_threads: 64,
             socket_mode: None,
             socket_group: None,
@@ -362,6 +369,7 @@ pub const KEYS: &[&str] = &[
     "sgio_timeout",
     "request_timeout",
     "max_connections",
+    "max_connections_per_client",
     "sgio_threads",
     "socket_mode",
     "socket_group",
@@ -418,6 +426,8 @@ struct CommandLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections_per_client: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sgio_threads: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     socket_mode: Option<SocketMode>,
@@ -460,6 +470,7 @@ impl CommandLine {
             sgio_timeout: args.sgio_timeout,
             request_timeout: args.request_timeout,
             max_connections: args.max_connections,
+            max_connections_per_client: args.max_connections_per_client,
             sgio_threads: args.sgio_threads,
             socket_mode: args.socket_mode,
             socket_group: args.socket_group.clone(),
@@ -691,6 +702,12 @@ impl Loaded {
             ("sgio_timeout", c.sgio_timeout, 1, 86_400),
             ("request_timeout", c.request_timeout, 1, 86_400),
             ("max_connections", c.max_connections as u64, 1, 1_000_000),
+            (
+                "max_connections_per_client",
+                c.max_connections_per_client as u64,
+                0,
+                1_000_000,
+            ),
             ("sgio_threads", c.sgio_threads as u64, 1, 4096),
         ] {
             if !(min..=max).contains(&value) {
@@ -978,6 +995,50 @@ mod tests {
             e.contains("allowed_uids") && e.contains("PR_HELPER_ALLOWED_UIDS"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_connections_per_client_in_every_layer() {
+        assert_eq!(
+            load_env(&[], &[])
+                .unwrap()
+                .config
+                .max_connections_per_client,
+            0
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("p.toml", "max_connections_per_client = 4\n")?;
+            let l = load(&args(&["--config", "p.toml"])).unwrap();
+            assert_eq!(l.config.max_connections_per_client, 4);
+            jail.set_env("PR_HELPER_MAX_CONNECTIONS_PER_CLIENT", "5");
+            let l = load(&args(&["--config", "p.toml"])).unwrap();
+            assert_eq!(l.config.max_connections_per_client, 5);
+            let l = load(&args(&[
+                "--config",
+                "p.toml",
+                "--max-connections-per-client",
+                "6",
+            ]))
+            .unwrap();
+            assert_eq!(l.config.max_connections_per_client, 6);
+            assert_eq!(
+                l.origin_of("max_connections_per_client"),
+                "command line (--max-connections-per-client)"
+            );
+            assert!(l
+                .render()
+                .contains("max_connections_per_client = 6  # command line"));
+            Ok(())
+        });
+        let e = load_env(&[], &[("PR_HELPER_MAX_CONNECTIONS_PER_CLIENT", "-1")])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("max_connections_per_client"), "{e}");
+        let e = load_env(&["--max-connections-per-client", "1000001"], &[])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("between 0 and 1000000"), "{e}");
     }
 
     #[test]

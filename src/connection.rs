@@ -85,9 +85,12 @@ impl Peer {
         }
     }
 
-    /// The peer's command name ("" when unknown).
-    pub fn comm(&self) -> &str {
-        std::str::from_utf8(&self.comm[..usize::from(self.comm_len)]).unwrap_or("?")
+    /// The peer's command name ("" when unknown), escaped for logs
+    /// ([`crate::logging::escape`]): the client chooses it (prctl, a write
+    /// to /proc/self/comm, the name of the file it executed), so it may
+    /// hold newlines, terminal escapes or any other byte.
+    pub fn comm(&self) -> String {
+        crate::logging::escape(&self.comm[..usize::from(self.comm_len)])
     }
 }
 

@@ -241,6 +241,27 @@ fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
         .with_syslog_identifier("pr-helper".to_string()))
 }
 
+/// `bytes` as log text: printable ASCII as is, the backslash as `\\`, every
+/// other byte as `\xNN`. For text a client chooses (its command name), so
+/// that it cannot end the log line and forge the next one, send terminal
+/// escape sequences to whoever reads the log, or hide behind Unicode
+/// direction overrides; whatever it is, the result is one line of ASCII that
+/// says exactly which bytes were there.
+pub fn escape(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
+}
+
 /// `pr-helper: warning: message key=value ...`, the shape of qemu-pr-helper's
 /// `<program>: <message>` lines with the level added.
 struct LineFormat;
@@ -305,6 +326,18 @@ mod tests {
         assert_eq!(t.selected().unwrap(), vec!["audit", "server"]);
         let t = TraceOptions::parse("events=/nonexistent/events").unwrap();
         assert!(t.selected().is_err());
+    }
+
+    #[test]
+    fn escape_keeps_printable_ascii_only() {
+        assert_eq!(escape(b"qemu-system-x86"), "qemu-system-x86");
+        assert_eq!(escape(b"x\nFAKE: y"), "x\\x0aFAKE: y");
+        assert_eq!(escape(b"\x1b[31mred\r"), "\\x1b[31mred\\x0d");
+        assert_eq!(escape(b"a\\x0ab"), "a\\\\x0ab");
+        // U+202E RIGHT-TO-LEFT OVERRIDE, invalid UTF-8, NUL, DEL.
+        assert_eq!(escape("\u{202e}".as_bytes()), "\\xe2\\x80\\xae");
+        assert_eq!(escape(&[0xff, 0, 0x7f]), "\\xff\\x00\\x7f");
+        assert_eq!(escape(b""), "");
     }
 
     #[test]

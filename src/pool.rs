@@ -334,8 +334,15 @@ impl Inner {
                     .store(threads.slots.len(), Ordering::Release);
             }
             // Out of threads (RLIMIT_NPROC, memory): work still goes through
-            // the threads that exist.
-            Err(e) => tracing::warn!("cannot start an SG_IO thread: {e}"),
+            // the threads that exist. The watchdog retries every STALL while
+            // a request is stuck, so the warning is rate-limited (as D10's).
+            Err(e) => {
+                static LOG: Mutex<crate::server::RateLimited> =
+                    Mutex::new(crate::server::RateLimited::new(Duration::from_secs(10)));
+                if let Some(suppressed) = lock(&LOG).allow() {
+                    tracing::warn!(suppressed, "cannot start an SG_IO thread: {e}");
+                }
+            }
         }
         if !threads.watchdog_started && !threads.slots.is_empty() {
             let inner = self.clone();

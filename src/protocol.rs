@@ -142,6 +142,8 @@ pub enum Progress<F> {
 
 /// Incremental request decoder: the order of checks is the reference's
 /// (spec §3.4), so the same byte stream is accepted or refused identically.
+/// Like the reference, it refuses a second fd on the chunk that brings it,
+/// not once the CDB is complete: it never holds more than one fd.
 #[derive(Debug)]
 pub struct RequestDecoder<F> {
     cdb: [u8; CDB_SIZE],
@@ -196,10 +198,19 @@ impl<F> RequestDecoder<F> {
             self.body.is_none(),
             "CDB bytes fed while reading parameters"
         );
+        self.fds.extend(fds);
+        // Spec §3.4 step 1, applied as each chunk arrives, as the reference
+        // does: a second fd ends the request at once, so that a client
+        // cannot make the helper hold 16 fds per chunk until the last CDB
+        // byte (or the request timeout). Dropping the vector closes them all.
+        if self.fds.len() > 1 {
+            let fds = std::mem::take(&mut self.fds);
+            self.cdb_len = 0;
+            return Err(Violation::MultipleFds(fds.len()));
+        }
         let take = bytes.len().min(CDB_SIZE - self.cdb_len);
         self.cdb[self.cdb_len..self.cdb_len + take].copy_from_slice(&bytes[..take]);
         self.cdb_len += take;
-        self.fds.extend(fds);
         if self.cdb_len < CDB_SIZE {
             return Ok(Progress::Incomplete);
         }
@@ -231,12 +242,9 @@ impl<F> RequestDecoder<F> {
     fn cdb_complete(&mut self) -> Result<Body<F>, Violation> {
         // Whatever happens next, the following bytes belong to a new CDB.
         self.cdb_len = 0;
-        let fds = std::mem::take(&mut self.fds);
-        // Steps 1 and 2: exactly one fd. Dropping the vector closes them all.
-        if fds.len() > 1 {
-            return Err(Violation::MultipleFds(fds.len()));
-        }
-        let Some(fd) = fds.into_iter().next() else {
+        // Step 1 (more than one fd) was checked as each chunk arrived, so
+        // at most one is left. Step 2: no fd.
+        let Some(fd) = std::mem::take(&mut self.fds).into_iter().next() else {
             return Err(Violation::NoFd);
         };
         // Step 3: only PERSISTENT RESERVE IN/OUT.
@@ -495,6 +503,182 @@ mod tests {
             d.feed_cdb(&bad, vec![1]).unwrap_err(),
             Violation::InvalidOpcode(0)
         );
+    }
+
+    /// An fd stand-in that counts how often each one is dropped (closed).
+    #[derive(Debug)]
+    struct Tok(usize, std::rc::Rc<std::cell::RefCell<Vec<u32>>>);
+
+    impl Drop for Tok {
+        fn drop(&mut self) {
+            self.1.borrow_mut()[self.0] += 1;
+        }
+    }
+
+    #[derive(Default)]
+    struct Toks(std::rc::Rc<std::cell::RefCell<Vec<u32>>>);
+
+    impl Toks {
+        fn make(&self, n: usize) -> Vec<Tok> {
+            (0..n)
+                .map(|_| {
+                    let mut drops = self.0.borrow_mut();
+                    drops.push(0);
+                    Tok(drops.len() - 1, self.0.clone())
+                })
+                .collect()
+        }
+
+        /// Tokens not yet dropped; panics if one was dropped twice.
+        fn alive(&self) -> usize {
+            let drops = self.0.borrow();
+            assert!(drops.iter().all(|&d| d <= 1), "an fd closed twice");
+            drops.iter().filter(|&&d| d == 0).count()
+        }
+    }
+
+    #[test]
+    fn a_second_fd_ends_the_request_on_the_chunk_that_brings_it() {
+        let toks = Toks::default();
+        let cdb = pr_in(8);
+        // 16 fds on the first byte: refused at once, all 16 closed.
+        let mut d = RequestDecoder::new();
+        assert_eq!(
+            d.feed_cdb(&cdb[..1], toks.make(16)).unwrap_err(),
+            Violation::MultipleFds(16)
+        );
+        assert_eq!(toks.alive(), 0);
+        assert!(d.is_idle());
+        // One fd on byte 0 is held (it is the request's fd) ...
+        let mut d = RequestDecoder::new();
+        assert!(matches!(
+            d.feed_cdb(&cdb[..1], toks.make(1)).unwrap(),
+            Progress::Incomplete
+        ));
+        assert_eq!(toks.alive(), 1);
+        // ... fd-less bytes change nothing ...
+        assert!(matches!(
+            d.feed_cdb(&cdb[1..2], vec![]).unwrap(),
+            Progress::Incomplete
+        ));
+        // ... a second fd on byte 2, 13 bytes before the CDB is complete,
+        // ends it, and both are closed.
+        assert_eq!(
+            d.feed_cdb(&cdb[2..3], toks.make(1)).unwrap_err(),
+            Violation::MultipleFds(2)
+        );
+        assert_eq!(toks.alive(), 0);
+        // The check comes before the opcode check, on every chunk.
+        let mut d = RequestDecoder::new();
+        assert_eq!(
+            d.feed_cdb(&[0x12], toks.make(3)).unwrap_err(),
+            Violation::MultipleFds(3)
+        );
+        // A second fd with the next request's bytes counts for that one.
+        let mut d = RequestDecoder::new();
+        assert!(matches!(
+            d.feed_cdb(&cdb, toks.make(1)).unwrap(),
+            Progress::Complete(_)
+        ));
+        assert!(matches!(
+            d.feed_cdb(&cdb[..4], toks.make(1)).unwrap(),
+            Progress::Incomplete
+        ));
+        assert_eq!(toks.alive(), 1);
+        drop(d);
+        assert_eq!(toks.alive(), 0);
+    }
+
+    /// Property: for random streams of chunks (random sizes, random fd
+    /// counts, good and bad CDBs, PR OUT parameters), fed as the connection
+    /// code feeds them, the decoder never holds more than one fd, refuses a
+    /// request exactly on the chunk that brings its second fd, hands out
+    /// every request with exactly one fd, and closes every fd exactly once.
+    #[test]
+    fn property_never_more_than_one_fd_held() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |n: usize| {
+            // xorshift64*: deterministic, so a failure reproduces.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+        };
+        let (mut requests, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let toks = Toks::default();
+            // A stream of CDBs (some bad), PR OUT parameters, garbage.
+            let mut stream = Vec::new();
+            for _ in 0..1 + rand(4) {
+                match rand(5) {
+                    0 => stream.extend_from_slice(&pr_in(rand(9000) as u16)),
+                    1 => {
+                        let len = [0, 1, 24, 100][rand(4)];
+                        stream.extend_from_slice(&pr_out(rand(8) as u8, len as u16));
+                        stream.extend((0..len).map(|_| rand(256) as u8));
+                    }
+                    2 => stream.extend((0..1 + rand(20)).map(|_| rand(256) as u8)),
+                    _ => stream.extend_from_slice(&pr_in(8)),
+                }
+            }
+            let mut d = RequestDecoder::new();
+            // fds fed since the current CDB began (the model).
+            let mut window = 0;
+            let mut rest = &stream[..];
+            'stream: while !rest.is_empty() {
+                // One client sendmsg: a few bytes with 0..=2 fds, or 16.
+                let chunk = rest.len().min(1 + rand(18));
+                let n_fds = [0, 0, 0, 1, 1, 1, 2, 16][rand(8)];
+                let mut fds = Some(toks.make(n_fds));
+                let (mut part, tail) = rest.split_at(chunk);
+                rest = tail;
+                while !part.is_empty() {
+                    let (take, result) = match d.need() {
+                        Need::Cdb(n) => {
+                            let take = n.min(part.len());
+                            let fds = fds.take().unwrap_or_default();
+                            window += fds.len();
+                            (take, d.feed_cdb(&part[..take], fds))
+                        }
+                        Need::Params(n) => {
+                            // Read without a control buffer: the kernel
+                            // closes fds riding on parameter bytes.
+                            drop(fds.take());
+                            let take = n.min(part.len());
+                            (take, Ok(d.feed_params(&part[..take])))
+                        }
+                    };
+                    part = &part[take..];
+                    match result {
+                        Err(Violation::MultipleFds(n)) => {
+                            assert!(window > 1 && n == window, "{n} {window}");
+                            // All of them closed, the request's first too.
+                            assert_eq!(toks.alive(), 0);
+                            refused += 1;
+                            break 'stream;
+                        }
+                        Err(_) => {
+                            assert!(window <= 1, "more than one fd accepted");
+                            break 'stream;
+                        }
+                        Ok(Progress::Complete(r)) => {
+                            assert!(window == 1, "a request completed with {window} fds");
+                            drop(r);
+                            window = 0;
+                            requests += 1;
+                        }
+                        Ok(Progress::Incomplete) => assert!(window <= 1),
+                    }
+                    // The decoder holds at most the one fd of the request.
+                    let pending = fds.as_ref().map_or(0, Vec::len);
+                    assert!(toks.alive() - pending <= 1, "decoder holds several fds");
+                }
+                drop(fds);
+            }
+            drop(d);
+            assert_eq!(toks.alive(), 0, "an fd was never closed");
+        }
+        assert!(requests > 500 && refused > 500, "{requests} {refused}");
     }
 
     #[test]

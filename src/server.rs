@@ -6,11 +6,12 @@
 //! drain: every connection task holds a clone of an mpsc sender, and the
 //! server waits until all clones are gone.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
@@ -26,6 +27,11 @@ pub struct ServerConfig {
     /// Most connections served at once (D10); further clients are accepted
     /// and closed immediately, so they fail fast instead of hanging.
     pub max_connections: usize,
+    /// Most connections served at once for one peer process (by its
+    /// SO_PEERCRED pid), so that one client cannot take every slot; 0 = no
+    /// limit. Further connections from that process are accepted and closed
+    /// immediately, like those over `max_connections`.
+    pub max_connections_per_client: usize,
     /// Per-connection settings.
     pub connection: ConnectionConfig,
     /// The worker threads that execute requests; their bound is the most
@@ -69,6 +75,7 @@ pub async fn run(
         listener,
         limit: Arc::new(Semaphore::new(config.max_connections)),
         max_connections: config.max_connections,
+        per_client: PerClient::new(config.max_connections_per_client),
         connection: Arc::new(config.connection),
         pool: config.pool,
         policy: config.policy,
@@ -78,6 +85,7 @@ pub async fn run(
         next_id: AtomicU64::new(1),
         reserve_fd: None,
         over_limit_log: RateLimited::new(Duration::from_secs(10)),
+        per_client_log: RateLimited::new(Duration::from_secs(10)),
         accept_error_log: RateLimited::new(Duration::from_secs(10)),
     };
     acceptor.reserve_fd = reserve_fd(&acceptor.listener);
@@ -102,6 +110,7 @@ struct Acceptor {
     listener: UnixListener,
     limit: Arc<Semaphore>,
     max_connections: usize,
+    per_client: PerClient,
     connection: Arc<ConnectionConfig>,
     pool: Pool,
     policy: AccessPolicy,
@@ -113,6 +122,7 @@ struct Acceptor {
     /// that a pending connection can still be accepted and refused cleanly.
     reserve_fd: Option<OwnedFd>,
     over_limit_log: RateLimited,
+    per_client_log: RateLimited,
     accept_error_log: RateLimited,
 }
 
@@ -169,6 +179,16 @@ impl Acceptor {
             }
             return;
         }
+        let Some(client_slot) = self.per_client.admit(peer.pid) else {
+            if let Some(suppressed) = self.per_client_log.allow() {
+                warn!(
+                    suppressed,
+                    "{peer}: refused: {} connections already open from this process (max_connections_per_client)",
+                    self.per_client.max
+                );
+            }
+            return;
+        };
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             if let Some(suppressed) = self.over_limit_log.allow() {
                 warn!(
@@ -187,6 +207,7 @@ impl Acceptor {
             tracing::debug!("{peer}: accepted");
             let end = connection::serve(stream, peer, config, pool, shutdown).await;
             connection::log_end(&peer, &end);
+            drop(client_slot);
             drop(permit);
             drop(drain);
         });
@@ -213,6 +234,62 @@ impl Acceptor {
             &self.listener,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )?)
+    }
+}
+
+/// Open connections per peer process, for `max_connections_per_client`.
+struct PerClient {
+    /// 0: no limit (nothing is counted).
+    max: usize,
+    open: Arc<Mutex<HashMap<i32, usize>>>,
+}
+
+/// One counted connection; dropping it (when the connection ends) frees the
+/// slot.
+struct ClientSlot {
+    pid: i32,
+    open: Arc<Mutex<HashMap<i32, usize>>>,
+}
+
+impl PerClient {
+    fn new(max: usize) -> Self {
+        PerClient {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection of process `pid`, None if it has
+    /// `max` open. Peers whose pid the helper cannot see are not counted: no
+    /// pid, or 0, which SO_PEERCRED reports for a process in a pid namespace
+    /// the helper's does not contain (all of them would share one count).
+    fn admit(&self, pid: Option<i32>) -> Option<Option<ClientSlot>> {
+        let pid = match pid {
+            Some(pid) if pid > 0 && self.max > 0 => pid,
+            _ => return Some(None),
+        };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(pid).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(ClientSlot {
+            pid,
+            open: self.open.clone(),
+        }))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.pid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.pid);
+            }
+        }
     }
 }
 
@@ -245,8 +322,9 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
-    /// A limiter that allows one message per `interval`.
-    pub fn new(interval: Duration) -> Self {
+    /// A limiter that allows one message per `interval` (const: a warning
+    /// site can keep its own in a `static`).
+    pub const fn new(interval: Duration) -> Self {
         RateLimited {
             interval,
             last: None,
@@ -274,6 +352,31 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_client_counts_open_connections_by_pid() {
+        let p = PerClient::new(2);
+        let a1 = p.admit(Some(10)).unwrap();
+        let a2 = p.admit(Some(10)).unwrap();
+        assert!(a1.is_some() && a2.is_some());
+        assert!(p.admit(Some(10)).is_none(), "a third from pid 10");
+        // Other processes have their own count; unknown pids none.
+        let b = p.admit(Some(11)).unwrap();
+        assert!(b.is_some());
+        for _ in 0..5 {
+            assert!(p.admit(Some(0)).unwrap().is_none());
+            assert!(p.admit(None).unwrap().is_none());
+        }
+        drop(a1);
+        let a3 = p.admit(Some(10)).unwrap();
+        assert!(p.admit(Some(10)).is_none());
+        drop((a2, a3, b));
+        assert!(p.open.lock().unwrap().is_empty(), "counts freed");
+        // 0: no limit, nothing counted.
+        let p = PerClient::new(0);
+        let all: Vec<_> = (0..100).map(|_| p.admit(Some(10)).unwrap()).collect();
+        assert!(all.iter().all(Option::is_none));
+    }
 
     #[test]
     fn rate_limit_counts_suppressed() {

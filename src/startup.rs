@@ -216,6 +216,7 @@ fn serve(
     };
     let server_config = ServerConfig {
         max_connections: config.max_connections,
+        max_connections_per_client: config.max_connections_per_client,
         pool,
         policy: crate::server::AccessPolicy {
             uids: config.allowed_uids.clone(),

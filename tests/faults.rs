@@ -167,7 +167,82 @@ fn set_nofile_soft_limit(pid: u32, soft: usize) {
     assert_eq!(rc, 0, "prlimit set: {}", io::Error::last_os_error());
 }
 
-/// Connects and reads the feature word: `true` if the helper took the
+/// A helper running as `uid` (no other task has it: RLIMIT_NPROC counts
+/// every task of the real uid) with RLIMIT_NPROC `nproc`, set before exec
+/// (the test has no CAP_SYS_RESOURCE to change another uid's limits).
+fn helper_as(uid: u32, nproc: Option<u64>) -> Helper {
+    let dir = tempfile::Builder::new()
+        .prefix("prh-test")
+        .tempdir()
+        .unwrap();
+    let socket = dir.path().join("helper.sock");
+    let id = uid.to_string();
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket).args(["-u", &id, "-g", &id]);
+    if let Some(n) = nproc {
+        let limit = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
+        // SAFETY: setrlimit is async-signal-safe and `limit` is a valid
+        // rlimit copied into the closure. Root (the helper until it drops
+        // to `uid`) is exempt from RLIMIT_NPROC.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    Helper::spawn(Which::Ours, cmd, dir, socket)
+}
+
+fn tasks(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// Issue 12 item 8c: when no thread can be started (RLIMIT_NPROC here),
+/// the pool's watchdog tries again every 5 ms while a request holds the only
+/// worker; its warning is rate-limited (one per 10 s, as D10's accept
+/// warning), and the helper keeps serving with the threads it has.
+#[test]
+fn thread_start_failures_are_warned_at_a_limited_rate() {
+    let dev = FakeDev::mount();
+    // How many tasks a helper has once it has served a request (its first
+    // worker and the watchdog run).
+    let probe = helper_as(54329, None);
+    probe.assert_serving();
+    let n = tasks(probe.pid());
+    drop(probe);
+    // The same helper, allowed exactly those tasks.
+    let h = helper_as(54330, Some(n as u64));
+    h.assert_serving();
+    assert_eq!(tasks(h.pid()), n);
+    // Two requests, 1.5 s each on a slow device, hold the only worker for
+    // 3 s: the watchdog fails to add a thread about 600 times.
+    let slow = dev.open("e0-d1500");
+    for _ in 0..2 {
+        let mut c = h.client();
+        let r = c.execute(&pr_in_cdb(0, 8), slow.as_fd(), &[]).unwrap();
+        assert_eq!(r.header.status, 0);
+    }
+    h.assert_serving();
+    let warnings = h
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("cannot start an SG_IO thread"))
+        .count();
+    eprintln!("{warnings} thread start warnings in 3 s (limit {n} tasks)");
+    assert_eq!(warnings, 1, "stderr:\n{}", h.stderr());
+    assert_eq!(tasks(h.pid()), n, "no thread was started");
+    h.assert_no_errors();
+}
+
+/// Connects and reads the feature word: `true` if the helper took the/// Connects and reads the feature word: `true` if the helper took the
 /// connection (the handshake is then completed: an idle client is never
 /// timed out), `false` if it closed it without a byte (a clean refusal).
 fn admitted(h: &Helper) -> (UnixStream, bool) {

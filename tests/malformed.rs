@@ -220,6 +220,26 @@ fn corpus() -> Vec<Row> {
         vec![send(&in8[..8], &[RwFile]), send(&in8[8..], &[RwFile])],
         closed(),
     );
+    // A second fd ends the request on the chunk that brings it, before the
+    // CDB is complete (issue 12 item 4): these rows never send byte 16.
+    row(
+        "sixteen fds on the first CDB byte, the rest never sent",
+        vec![send(&in8[..1], &[NullRw; 16])],
+        closed(),
+    );
+    row(
+        "an fd on CDB byte 0 and another on byte 1, the rest never sent",
+        vec![send(&in8[..1], &[RwFile]), send(&in8[1..2], &[Eventfd])],
+        closed(),
+    );
+    row(
+        "fifteen one-byte CDB chunks with sixteen fds each",
+        in8[..15]
+            .iter()
+            .map(|b| send(std::slice::from_ref(b), &[NullRw; 16]))
+            .collect(),
+        closed(),
+    );
     row(
         "the fd on the last CDB chunk",
         vec![send(&in8[..15], &[]), send(&in8[15..], &[RwFile])],

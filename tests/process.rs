@@ -289,6 +289,55 @@ fn trace_patterns_turn_on_trace_records() {
     );
 }
 
+/// Issue 12 item 8b: a client's command name (/proc/PID/comm) is its own
+/// choice. Here it comes from the name of the file the client executed, a
+/// link to pr-helper named with a newline and a terminal escape; the audit
+/// record and the connection log lines carry it escaped, one line each.
+#[test]
+fn client_command_names_are_escaped_in_logs() {
+    let h = Helper::ours(&["-vv"]);
+    drop(common::fds::rw_file(h.dir.path()));
+    let name = "x\nFAKE:\x1b[31mok";
+    let escaped = "x\\x0aFAKE:\\x1b[31mok";
+    let link = h.dir.path().join(name);
+    std::os::unix::fs::symlink(our_binary(), &link).unwrap();
+    let out = Command::new(&link)
+        .arg("persist")
+        .arg("-k")
+        .arg(&h.socket)
+        .arg("-d")
+        .arg(h.dir.path().join("regular-file"))
+        .args(["--register", "--sa-key", "0x1"])
+        .output()
+        .unwrap();
+    // Answered: SG_IO fails on a regular file, 0B/00/06, exit 11 (aborted).
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
+    let audit = h.wait_for_log("PR OUT REGISTER from pid", 1);
+    h.wait_for_log(": client closed the connection", 1);
+    let stderr = h.stderr();
+    assert!(
+        !stderr.contains('\x1b'),
+        "a raw escape reached the log:\n{stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(
+            line.starts_with("pr-helper: "),
+            "a log line not written by the helper: {line:?}"
+        );
+    }
+    assert!(
+        audit[0].contains(&format!("({escaped}, uid 0)")),
+        "{audit:?}"
+    );
+    let accepted = h.wait_for_log(": accepted", 1);
+    assert!(
+        accepted
+            .iter()
+            .any(|l| l.contains(&format!(", {escaped}): accepted"))),
+        "{accepted:?}"
+    );
+}
+
 #[test]
 fn socket_activation_serves_and_leaves_the_socket() {
     let dir = tempfile::tempdir().unwrap();

@@ -129,6 +129,73 @@ fn several_fds_close() {
     assert_violation(&h, baseline, c.stream(), "file descriptors in one request");
 }
 
+/// Issue 12 item 4: fds on the chunks of a CDB that never completes. A
+/// request with a second fd ends on the chunk that brings it, and every fd
+/// received is closed at once: a client cannot make the helper hold 16 fds
+/// per chunk until byte 16 (or the request timeout) arrives. The reference
+/// (`prh_read`) does the same; both are run.
+#[test]
+fn fds_beyond_the_first_end_the_request_at_once() {
+    const CONNECTIONS: usize = 4;
+    for which in [Which::Ours, Which::Reference] {
+        let h = Helper::start(which, &[]);
+        h.assert_serving();
+        let baseline = h.idle_fd_count();
+        let f = fds::rw_file(h.dir.path());
+        let cdb = pr_in_cdb(0, 8);
+        let sixteen: Vec<BorrowedFd<'_>> = (0..16).map(|_| f.as_fd()).collect();
+        // 15 one-byte chunks with 16 fds each, on several connections,
+        // which then stay open without sending the last byte.
+        let mut clients: Vec<_> = (0..CONNECTIONS).map(|_| h.client()).collect();
+        let start = Instant::now();
+        for c in &mut clients {
+            for byte in &cdb[..15] {
+                // Sends after the helper closed the connection fail (EPIPE,
+                // ECONNRESET): that is the point.
+                let _ = pr_helper::fdpass::send(
+                    c.stream().as_fd(),
+                    &[std::io::IoSlice::new(std::slice::from_ref(byte))],
+                    &sixteen,
+                );
+            }
+        }
+        let sent = start.elapsed();
+        // Nothing is held: the connections and every fd are closed well
+        // within the request timeout (30 s).
+        h.assert_fds_return_to(baseline);
+        let held_for = start.elapsed();
+        for c in &mut clients {
+            assert_closed_silently(c.stream());
+        }
+        eprintln!(
+            "{which:?}: {CONNECTIONS} connections x 15 chunks x 16 fds sent in {sent:?}; \
+             fds back to the baseline ({baseline}) after {held_for:?}"
+        );
+        assert!(held_for < Duration::from_secs(5), "{held_for:?}");
+        // One fd per chunk: the second one (byte 1 of 16) ends the request.
+        let mut c = h.client();
+        send_with_fds(c.stream(), &cdb[..1], &[f.as_fd()]);
+        std::thread::sleep(Duration::from_millis(50));
+        send_with_fds(c.stream(), &cdb[1..2], &[f.as_fd()]);
+        assert_closed_silently(c.stream());
+        h.assert_fds_return_to(baseline);
+        // A single fd on the first byte is the request's fd: it is held
+        // while the rest arrives, and the request is answered.
+        let mut c = h.client();
+        send_with_fds(c.stream(), &cdb[..1], &[f.as_fd()]);
+        std::thread::sleep(Duration::from_millis(50));
+        c.stream().write_all(&cdb[1..]).unwrap();
+        assert_eq!(read_reply(c.stream()).to_bytes(), io_error());
+        drop(c);
+        h.assert_serving();
+        h.assert_fds_return_to(baseline);
+        if which == Which::Ours {
+            h.wait_for_log("16 file descriptors in one request", CONNECTIONS);
+            h.wait_for_log("2 file descriptors in one request", 1);
+        }
+    }
+}
+
 #[test]
 fn invalid_opcode_closes_and_closes_the_fd() {
     let (h, baseline) = helper(&[]);
@@ -449,6 +516,68 @@ fn connection_limit_refuses_then_recovers() {
     }
     drop(b);
     h.assert_fds_return_to(baseline);
+}
+
+/// Issue 12 item 8d: `--max-connections-per-client` bounds the connections
+/// of one peer process (SO_PEERCRED pid). One more is accepted and closed
+/// at once, before the handshake, with a rate-limited warning naming the
+/// peer; other processes and the connections already open are unaffected.
+#[test]
+fn connections_per_client_process_are_bounded() {
+    let (h, baseline) = helper(&["--max-connections-per-client", "3"]);
+    let f = fds::rw_file(h.dir.path());
+    let mut mine: Vec<_> = (0..3).map(|_| h.client()).collect();
+    for _ in 0..10 {
+        let mut s = h.raw();
+        let (bytes, closed) = read_until_close(&mut s, Duration::from_secs(5));
+        assert_eq!(
+            (bytes.len(), closed),
+            (0, true),
+            "refused before the handshake"
+        );
+    }
+    let warned = h.wait_for_log("max_connections_per_client", 1);
+    assert!(
+        warned[0].contains("pr-helper: warning: ")
+            && warned[0].contains(&format!("(pid {}, uid 0", std::process::id()))
+            && warned[0].contains("3 connections already open from this process"),
+        "{warned:?}"
+    );
+    // Another process connects as usual.
+    let out = std::process::Command::new(our_binary())
+        .arg("ping")
+        .arg("-k")
+        .arg(&h.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The connections already open are served.
+    for c in &mut mine {
+        let r = c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
+        assert_eq!(r.to_bytes(), io_error());
+    }
+    // Ten refusals, one warning (rate-limited like D18's).
+    let lines = h
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("max_connections_per_client"))
+        .count();
+    assert_eq!(lines, 1, "{}", h.stderr());
+    // A closed connection frees its slot.
+    drop(mine.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = h.raw();
+        let (bytes, _) = read_until_close(&mut s, Duration::from_millis(200));
+        if bytes.len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed");
+    }
+    drop(mine);
+    h.assert_fds_return_to(baseline);
+    h.assert_serving();
+    h.assert_no_errors();
 }
 
 #[test]

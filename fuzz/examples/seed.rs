@@ -128,6 +128,24 @@ fn decoder_seeds() -> Corpus {
         vec![Chunk::new(&in8[..4], 1), Chunk::new(&in8[4..], 1)],
     );
     add("seventeen-fds-truncated", vec![Chunk::new(&in8, 17)]);
+    // Issue 12 item 4: fds on chunks of a CDB that never completes. The
+    // second fd ends the request at once; nothing waits for byte 16.
+    add(
+        "fds-on-two-one-byte-chunks-cdb-never-completes",
+        vec![Chunk::new(&in8[..1], 1), Chunk::new(&in8[1..2], 1)],
+    );
+    add(
+        "violation-fifteen-one-byte-chunks-sixteen-fds-each",
+        (0..15).map(|i| Chunk::new(&in8[i..i + 1], 16)).collect(),
+    );
+    add(
+        "violation-second-fd-on-last-byte-then-new-connection",
+        vec![
+            Chunk::new(&in8[..15], 1),
+            Chunk::new(&in8[15..], 1),
+            Chunk::new(&in8, 1).after_reconnect(),
+        ],
+    );
     add("twenty-one-fds", vec![Chunk::new(&in8, 21)]);
     add(
         "fd-with-params-discarded-next-has-none",

@@ -34,6 +34,8 @@
 //!   and `is_idle()` is true exactly at request boundaries;
 //! * every request and every violation is the one the model predicts, and
 //!   every completed request has exactly one fd (the one fed with its CDB),
+//!   a second fd ends the request on the chunk that brings it (so the
+//!   decoder never holds more than one fd),
 //!   opcode 0x5e/0x5f, transfer length (CDB bytes 7-8) <= 8192, and
 //!   parameters of exactly the transfer length for PR OUT, none for PR IN;
 //! * every fd token is dropped exactly once: never twice, never while the
@@ -220,19 +222,23 @@ impl Model {
         }
     }
 
-    /// Spec §3.4 written out plainly: fd count, opcode, length, in that order.
+    /// Spec §3.4 written out plainly: fd count, opcode, length, in that
+    /// order; the fd count on every chunk (as the reference's `prh_read`
+    /// does), the others once the 16 bytes are in.
     fn feed_cdb(&mut self, bytes: &[u8], fds: &[usize]) -> Expect {
-        self.cdb.extend_from_slice(bytes);
         self.cdb_fds.extend_from_slice(fds);
+        if self.cdb_fds.len() > 1 {
+            self.cdb.clear();
+            let n = std::mem::take(&mut self.cdb_fds).len();
+            return Expect::Violation(Violation::MultipleFds(n));
+        }
+        self.cdb.extend_from_slice(bytes);
         if self.cdb.len() < CDB_SIZE {
             return Expect::Incomplete;
         }
         let cdb: [u8; CDB_SIZE] = self.cdb[..].try_into().unwrap();
         self.cdb.clear();
         let fds = std::mem::take(&mut self.cdb_fds);
-        if fds.len() > 1 {
-            return Expect::Violation(Violation::MultipleFds(fds.len()));
-        }
         if fds.is_empty() {
             return Expect::Violation(Violation::NoFd);
         }
@@ -306,6 +312,9 @@ impl Conn {
     /// that must be alive are, and that all the others were dropped.
     fn check_ownership(&self, completed_alive: Option<usize>) {
         let mut alive = self.model.held();
+        // A request's fd, or none: a second one is refused on arrival, so a
+        // client cannot make the helper hold fds by sending many.
+        assert!(alive.len() <= 1, "the decoder holds fds {alive:?}");
         alive.extend(completed_alive);
         for &id in &alive {
             assert_eq!(drop_count(id), 0, "fd token {id} dropped while still owned");

@@ -47,7 +47,7 @@ _pr__helper() {
 
     case "${cmd}" in
         pr__helper)
-            opts="-d -f -k -T -u -g -v -q -h -V --daemon --pidfile --socket --trace --user --group --verbose --quiet --config --print-config --log-target --sgio-timeout --request-timeout --max-connections --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --allowed-uids --allowed-gids --audit --help --version ping persist probe help"
+            opts="-d -f -k -T -u -g -v -q -h -V --daemon --pidfile --socket --trace --user --group --verbose --quiet --config --print-config --log-target --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --allowed-uids --allowed-gids --audit --help --version ping persist probe help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -110,6 +110,10 @@ _pr__helper() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections-per-client)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

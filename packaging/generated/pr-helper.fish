@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pr_helper_global_optspecs
-    string join \n d/daemon f/pidfile= k/socket= T/trace= u/user= g/group= v/verbose q/quiet config= print-config log-target= sgio-timeout= request-timeout= max-connections= sgio-threads= socket-mode= socket-group= multipath= seccomp= landlock= allowed-uids= allowed-gids= audit= h/help V/version
+    string join \n d/daemon f/pidfile= k/socket= T/trace= u/user= g/group= v/verbose q/quiet config= print-config log-target= sgio-timeout= request-timeout= max-connections= max-connections-per-client= sgio-threads= socket-mode= socket-group= multipath= seccomp= landlock= allowed-uids= allowed-gids= audit= h/help V/version
 end
 
 function __fish_pr_helper_needs_command
@@ -36,6 +36,7 @@ journald\t'Always journald'"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l sgio-timeout -d 'SG_IO timeout in seconds [default: 30]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l request-timeout -d 'Seconds a started request may take to arrive completely [default: 30]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l max-connections -d 'Most simultaneous client connections [default: 1024]' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l max-connections-per-client -d 'Most simultaneous connections from one client process (by its pid); 0: no limit [default: 0]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l sgio-threads -d 'Most SG_IO commands executing at once [default: 64]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l socket-mode -d 'Permissions of the created socket, in octal [default: from the umask]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l socket-group -d 'Group owning the created socket (name or number)' -r
