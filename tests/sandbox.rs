@@ -20,7 +20,7 @@ const CHILD: &str = "PRH_SANDBOX_CHILD";
 
 /// Runs the test `name` of this binary in a child process with CHILD=mode.
 fn child(name: &str, mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
+    Command::new(runnable(std::env::current_exe().unwrap()))
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(CHILD, mode)
         .output()
