@@ -12,9 +12,18 @@
 #   packaging/build-image.sh BINARY [TAG]            (static musl binary)
 #   packaging/build-image.sh --mpath BINARY [TAG]    (glibc build with --features mpath,
 #                                                     base: $PRH_MPATH_BASE from setup.sh)
+#   packaging/build-image.sh --arch aarch64 BINARY [TAG]
+#                                                    (the static image for linux/arm64;
+#                                                     packaging/build-multiarch-image.sh
+#                                                     puts both in one index)
 # Prints "image TAG id ID digest DIGEST size BYTES".
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
+if [ "${1:-}" = --arch ]; then
+    [ $# -ge 2 ] || { echo "$0: --arch needs x86_64 or aarch64" >&2; exit 1; }
+    export PRH_ARCH=$2
+    shift 2
+fi
 . "$(dirname "$0")/lib.sh"
 prh_need buildah
 
@@ -27,6 +36,9 @@ bin=$1
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/prh-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
 
+if [ -n "$mpath" ] && [ "$PRH_ARCH" != "$(uname -m)" ]; then
+    prh_die "--mpath is built for the host's architecture only (its base image is the host's)"
+fi
 if [ -n "$mpath" ]; then
     tag=${2:-localhost/pr-helper:mpath}
     containerfile=$PRH_ROOT/Containerfile.mpath
@@ -57,6 +69,7 @@ grep -q '^COPY rootfs/ /$' "$ctx/Containerfile" ||
     prh_die "$containerfile: final stage marker or COPY --from=build line not found"
 
 prh_buildah bud --quiet --timestamp 0 --format "${PRH_IMAGE_FORMAT:-oci}" --layers=false \
+    --os linux --arch "$(prh_deb_arch "$PRH_ARCH")" \
     --build-arg VERSION="$PRH_VERSION" -f "$ctx/Containerfile" -t "$tag" "$ctx" 2>&1 >/dev/null |
     { grep -v 'HEALTHCHECK is not supported for OCI image format' >&2 || true; }
 id=$(prh_buildah inspect --type image --format '{{.FromImageID}}' "$tag")

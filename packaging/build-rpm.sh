@@ -4,6 +4,9 @@
 # network (unshare -n), so a missing crate fails the build.
 #
 #   packaging/build-rpm.sh [OUTDIR]     (default: target/rpm)
+#   packaging/build-rpm.sh --arch aarch64 [OUTDIR]
+#                                       (rpmbuild --target aarch64: the spec
+#                                        cross-builds the static musl binary)
 #
 # The tarball, pr-helper-VERSION.tar.gz, holds the tree (HEAD plus working
 # changes), vendor/ and .cargo/config.toml pointing cargo at vendor/; its
@@ -12,6 +15,11 @@
 # (--nodeps) when `rpm -q cargo` finds nothing.
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
+if [ "${1:-}" = --arch ]; then
+    [ $# -ge 2 ] || { echo "$0: --arch needs x86_64 or aarch64" >&2; exit 1; }
+    export PRH_ARCH=$2
+    shift 2
+fi
 . "$(dirname "$0")/lib.sh"
 prh_need rpmbuild cargo tar gzip unshare
 
@@ -40,7 +48,13 @@ echo "tarball $(sha256sum "$top/SOURCES/$name.tar.gz" | cut -d' ' -f1) $top/SOUR
 
 nodeps=()
 rpm -q cargo >/dev/null 2>&1 || nodeps=(--nodeps)
-unshare -n rpmbuild -ba "${nodeps[@]}" --quiet \
+cross=()
+if [ "$PRH_ARCH" != "$(uname -m)" ]; then
+    # The host's strip does not know the target's ELF (the release profile
+    # has stripped the binary already).
+    cross=(--target "$PRH_ARCH" --define "__strip /bin/true")
+fi
+unshare -n rpmbuild -ba "${nodeps[@]}" "${cross[@]}" --quiet \
     --define "_topdir $top" \
     --define "use_source_date_epoch_as_buildtime 1" \
     --define "clamp_mtime_to_source_date_epoch 1" \

@@ -5,13 +5,25 @@
 # reach the binary is remapped to a fixed prefix.
 #
 #   packaging/build-static.sh            -> target/static/x86_64-unknown-linux-musl/release/pr-helper
+#   packaging/build-static.sh --arch aarch64
+#                                        -> target/static/aarch64-unknown-linux-musl/release/pr-helper
 #   CARGO_TARGET_DIR=/tmp/t packaging/build-static.sh
+#
+# --arch (or PRH_ARCH): x86_64 (default) or aarch64. A target other than the
+# host's is linked with rust-lld, the linker rustup ships with the toolchain
+# (no cross gcc: the musl target brings its own crt objects and libc.a), so
+# the aarch64 binary is as reproducible as the x86_64 one.
 #
 # Extra arguments go to cargo build (e.g. --offline). A separate target
 # directory (target/static) keeps these RUSTFLAGS from invalidating the
 # normal builds in target/.
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
+if [ "${1:-}" = --arch ]; then
+    [ $# -ge 2 ] || { echo "$0: --arch needs x86_64 or aarch64" >&2; exit 1; }
+    export PRH_ARCH=$2
+    shift 2
+fi
 . "$(dirname "$0")/lib.sh"
 prh_need cargo rustc sha256sum
 
@@ -33,6 +45,10 @@ rustc --print target-libdir --target "$PRH_TARGET" >/dev/null 2>&1 &&
 export RUSTFLAGS="--remap-path-prefix=$rustup_home=/rustup --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$PRH_ROOT=/build/pr-helper --remap-path-prefix=$CARGO_TARGET_DIR=/build/target"
 unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
 export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
+if [ "$PRH_ARCH" != "$(uname -m)" ]; then
+    linker_var=CARGO_TARGET_$(echo "$PRH_TARGET" | tr 'a-z-' 'A-Z_')_LINKER
+    export "$linker_var=rust-lld"
+fi
 
 cargo build --release --locked --target "$PRH_TARGET" --bin pr-helper "$@" >&2
 bin=$CARGO_TARGET_DIR/$PRH_TARGET/release/pr-helper

@@ -3,8 +3,18 @@
 
 # The repository root (this file lives in packaging/).
 PRH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# The static target every artifact ships.
-PRH_TARGET=x86_64-unknown-linux-musl
+# The architecture the artifacts are for (x86_64 or aarch64; PRH_ARCH or a
+# script's --arch) and its static target.
+PRH_ARCH=${PRH_ARCH:-x86_64}
+case "$PRH_ARCH" in
+    x86_64 | aarch64) ;;
+    *) printf '%s: PRH_ARCH=%s: only x86_64 and aarch64 are built\n' "$(basename "$0")" "$PRH_ARCH" >&2; exit 1 ;;
+esac
+PRH_TARGET=$PRH_ARCH-unknown-linux-musl
+# Debian's and the OCI names of the architecture.
+prh_deb_arch() { case "$1" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac; }
+# Every architecture the packaging builds.
+PRH_ARCHES=(x86_64 aarch64)
 # Where packaging scripts keep downloaded tools (cargo-deb) and caches.
 PRH_PKG_CACHE=${PRH_PKG_CACHE:-${PRH_TEST_CACHE:-/var/cache/pr-helper}/packaging}
 # The crate version, from Cargo.toml's [package] section.

@@ -8,7 +8,9 @@
 #     (rpmbuild), lintian, nix-bin, mmdebstrap + multipath-tools (the
 #     multipath image's local base), systemd-container is not needed
 #     (systemd-analyze and systemd-socket-activate come with systemd);
-#   - the Rust target x86_64-unknown-linux-musl;
+#   - the Rust targets x86_64- and aarch64-unknown-linux-musl (aarch64 is
+#     linked with the toolchain's rust-lld) and qemu-user-static to run the
+#     aarch64 binary;
 #   - cargo-deb, installed with --locked into $PRH_PKG_CACHE/cargo-deb;
 #   - every crate of Cargo.lock (and of packaging/gen-docs) in the cargo
 #     registry cache, so `cargo vendor --offline` and `cargo build --offline`
@@ -26,7 +28,7 @@ prh_need apt-get cargo rustup
 
 CARGO_DEB_VERSION=3.8.0
 PKGS=(buildah podman runc rpm rpmlint lintian nix-bin mmdebstrap multipath-tools
-    dpkg-dev fakeroot)
+    dpkg-dev fakeroot qemu-user-static file)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -40,8 +42,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     TMPDIR=/var/tmp DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "setup: rust target $PRH_TARGET"
-rustup target add "$PRH_TARGET" >/dev/null
+echo "setup: rust targets ${PRH_ARCHES[*]/%/-unknown-linux-musl}"
+rustup target add "${PRH_ARCHES[@]/%/-unknown-linux-musl}" >/dev/null
 
 mkdir -p "$PRH_PKG_CACHE"
 if ! "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then

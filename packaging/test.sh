@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every packaging test, offline, after packaging/setup.sh (as root, Debian 12):
 #
-#   static   two musl builds from two copies of the tree in two directories: same sha256
+#   static   two musl builds from two copies of the tree in two directories: same sha256;
+#            the same for aarch64 (rust-lld), which then serves a ping under qemu-aarch64-static
 #   docs     packaging/generated/ is what gen-docs makes from the clap definition
 #   systemd  systemd-analyze verify (plain and with the mpath drop-in), exposure <= 2.0,
 #            and the unit's execution environment without PID 1: non-root uid, only
@@ -9,8 +10,12 @@
 #   image    buildah image from the static binary twice: same digest; podman run
 #            --cap-drop ALL --cap-add SYS_RAWIO serves a host client (ping, PR IN with an fd);
 #            the multipath variant on the local base image
-#   rpm      rpmbuild -ba offline from the vendored tarball, file list, scratch rpm db, rpmlint
-#   deb      two builds byte-identical, file list, lintian, dpkg -i (socket enabled), dpkg -P
+#   image    ... and the OCI index for linux/amd64 + linux/arm64 twice: same index digest; the
+#            arm64 image serves a host client under podman with qemu-aarch64-static
+#   rpm      rpmbuild -ba offline from the vendored tarball, file list, scratch rpm db, rpmlint;
+#            rpmbuild --target aarch64: file list, architecture, the binary runs under qemu-user
+#   deb      two builds byte-identical, file list, lintian, dpkg -i (socket enabled), dpkg -P;
+#            arm64: two builds identical, Architecture, files, binary, lintian
 #   nix      parse, evaluation against a stub nixpkgs, nix flake check --no-build
 #
 #   packaging/test.sh [SECTION...]     (default: all, in the order above)
@@ -41,10 +46,11 @@ trap cleanup EXIT
 [ "$(id -u)" = 0 ] || prh_die "run as root (podman, dpkg -i, setpriv)"
 prh_need cargo rustc sha256sum git tar gzip unshare setpriv systemd-analyze \
     systemd-socket-activate buildah podman runc rpm rpmbuild rpmlint lintian dpkg-deb \
-    nix nix-instantiate
+    nix nix-instantiate qemu-aarch64-static file
 [ -x "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" ] || prh_die "cargo-deb missing (run packaging/setup.sh)"
 
 BIN=$W/repro/a/target/$PRH_TARGET/release/pr-helper
+BIN_AARCH64=$W/repro/a/target/aarch64-unknown-linux-musl/release/pr-helper
 
 # -------------------------------------------------------------------- static
 t_static() {
@@ -60,6 +66,30 @@ t_static() {
     [ -n "$s1" ] && [ "$s1" = "$s2" ] || fail "the two builds differ: $s1 vs $s2"
     file -b "$BIN" | grep -q 'static-pie linked' || fail "not a static-pie binary: $(file -b "$BIN")"
     figure "static binary size: $(stat -c %s "$BIN") bytes, reproducible: yes"
+
+    # aarch64: the same two copies, linked with rust-lld.
+    s1=$(CARGO_TARGET_DIR=$a/target "$a/src/packaging/build-static.sh" --arch aarch64 --offline | awk '{print $2}')
+    s2=$(CARGO_TARGET_DIR=$b/target "$b/src/packaging/build-static.sh" --arch aarch64 --offline | awk '{print $2}')
+    figure "aarch64 static binary sha256 (copy 1): $s1"
+    figure "aarch64 static binary sha256 (copy 2): $s2"
+    [ -n "$s1" ] && [ "$s1" = "$s2" ] || fail "the two aarch64 builds differ: $s1 vs $s2"
+    # Static, but not static-pie: rustc's aarch64-unknown-linux-musl target
+    # does not support static-pie linking (README, Architectures).
+    file -b "$BIN_AARCH64" | grep -q 'ARM aarch64.*statically linked' ||
+        fail "not a static aarch64 binary: $(file -b "$BIN_AARCH64")"
+    # It runs (under qemu-user) and serves: a ping through its socket from
+    # the x86_64 client. seccomp off: qemu-user refuses guest seccomp filters.
+    local d=$W/aarch64-run pid
+    rm -rf "$d"
+    mkdir -p "$d"
+    qemu-aarch64-static "$BIN_AARCH64" -k "$d/s.sock" --seccomp false >"$d/log" 2>&1 &
+    pid=$!
+    CLEANUP+=("kill $pid 2>/dev/null")
+    for _ in $(seq 100); do [ -S "$d/s.sock" ] && break; sleep 0.1; done
+    "$BIN" ping --socket "$d/s.sock" >&2 || { cat "$d/log" >&2; fail "the aarch64 helper (qemu-user) does not answer"; }
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    figure "aarch64 static binary size: $(stat -c %s "$BIN_AARCH64") bytes, reproducible: yes; under qemu-aarch64-static it serves a ping"
 }
 need_bin() { [ -x "$BIN" ] || fail "no static binary at $BIN (run the static section first)"; }
 
@@ -164,6 +194,8 @@ t_image() {
     figure "podman run --cap-drop ALL --cap-add SYS_RAWIO: host client ping ok, PR IN answered (exit $rc: $out)"
     prh_podman rm -f prh-test >/dev/null
 
+    t_image_multiarch
+
     if [ -n "${PRH_SKIP_MPATH:-}" ]; then
         figure "multipath image: skipped (PRH_SKIP_MPATH)"
         return
@@ -186,6 +218,46 @@ t_image() {
     "$BIN" ping --socket "$d/pr-helper.sock" >&2 || fail "ping to the multipath container failed"
     figure "multipath image (local Debian 12 base + multipath-tools): digest $(awk '{print $6}' <<<"$l1") size $(awk '{print $8}' <<<"$l1") bytes; ping ok ($note)"
     prh_podman rm -f prh-test-mpath >/dev/null
+}
+
+# The OCI index for linux/amd64 and linux/arm64: built twice (same index
+# digest), both platforms listed, the arm64 image carries the reproducible
+# aarch64 binary, and it serves a host client from the image's root
+# filesystem (podman, with qemu-aarch64-static as the entrypoint since this
+# host has no binfmt_misc; seccomp off, which qemu-user cannot apply).
+t_image_multiarch() {
+    [ -x "$BIN_AARCH64" ] || fail "no aarch64 static binary at $BIN_AARCH64 (run the static section first)"
+    local m1 m2 o=$W/multiarch d=$W/image-sock-arm64 idx man layer out
+    rm -rf "$o"
+    mkdir -p "$o"
+    m1=$("$PRH_ROOT/packaging/build-multiarch-image.sh" "$BIN" "$BIN_AARCH64" localhost/pr-helper:multiarch-1 "$o/1")
+    m2=$("$PRH_ROOT/packaging/build-multiarch-image.sh" "$BIN" "$BIN_AARCH64" localhost/pr-helper:multiarch-2 "$o/2")
+    echo "$m1" >&2
+    echo "$m2" >&2
+    [ "$(sed 's/:multiarch-[12]//' <<<"$m1")" = "$(sed 's/:multiarch-[12]//' <<<"$m2")" ] ||
+        fail "two multi-arch builds differ: $m1 / $m2"
+    grep -q '^image linux/amd64 digest sha256:' <<<"$m1" && grep -q '^image linux/arm64 digest sha256:' <<<"$m1" ||
+        fail "the index lacks a platform: $m1"
+    idx=$(awk '/^index/ {print $4}' <<<"$m1")
+    man=$(awk '$2 == "linux/arm64" {print $4}' <<<"$m1")
+    layer=$(grep -o '"layers":\[{"mediaType":"[^"]*","digest":"sha256:[0-9a-f]*' "$o/1/blobs/sha256/${man#sha256:}" |
+        sed 's/.*sha256://')
+    [ -n "$layer" ] || fail "no layer in the arm64 manifest"
+    cmp <(tar -xzOf "$o/1/blobs/sha256/$layer" usr/bin/pr-helper) "$BIN_AARCH64" ||
+        fail "the arm64 image's binary is not the reproducible aarch64 build"
+    figure "multi-arch index digest $idx (rebuilt: same): $(awk '/^image/ {printf "%s %s; ", $2, $4}' <<<"$m1")arm64 binary = aarch64 static build"
+
+    rm -rf "$d"
+    mkdir -p "$d"
+    run_image localhost/pr-helper:multiarch-1-arm64 "$d" prh-test-arm64 --cap-drop ALL --cap-add SYS_RAWIO \
+        -v /usr/bin/qemu-aarch64-static:/usr/bin/qemu-aarch64-static:ro \
+        --entrypoint '["/usr/bin/qemu-aarch64-static", "/usr/bin/pr-helper"]' -e PR_HELPER_SECCOMP=false
+    "$BIN" ping --socket "$d/pr-helper.sock" >&2 || fail "ping to the arm64 container failed"
+    out=$("$BIN" persist --socket "$d/pr-helper.sock" --device /dev/null --read-keys 2>&1) || true
+    grep -q 'persistent reserve in' <<<"$out" || fail "PR IN through the arm64 container failed: $out"
+    figure "arm64 image under podman + qemu-aarch64-static: ping ok, PR IN answered ($out)"
+    prh_podman rm -f prh-test-arm64 >/dev/null
+    prh_buildah manifest rm localhost/pr-helper:multiarch-2 >/dev/null 2>&1 || true
 }
 
 # ----------------------------------------------------------------------- rpm
@@ -231,6 +303,21 @@ t_rpm() {
     unexplained=$(grep -vE ': (E: no-signature|E: no-packager-tag|W: invalid-license GPL-2.0-or-later|W: no-buildroot-tag|W: only-non-binary-in-usr-lib|W: no-manual-page-for-binary pr-helper|W: manpage-not-compressed bz2)' <<<"$lint" || true)
     [ -z "$unexplained" ] || fail "new rpmlint findings: $unexplained"
     figure "rpmlint: $(wc -l <<<"$lint") findings, all known (no-signature, no-packager-tag, invalid-license, no-buildroot-tag, only-non-binary-in-usr-lib, man page not bz2)"
+
+    # aarch64: rpmbuild --target aarch64 (the spec cross-builds the static
+    # musl binary with rust-lld); not installable here, so the file list,
+    # architecture and binary are checked.
+    local out64=$W/rpm-aarch64 rpm64 bin64=$W/rpm-aarch64.bin
+    "$PRH_ROOT/packaging/build-rpm.sh" --arch aarch64 "$out64" >&2
+    rpm64=$(find "$out64/rpmbuild/RPMS" -name "pr-helper-$PRH_VERSION-*.aarch64.rpm" | head -n1)
+    [ -n "$rpm64" ] || fail "no aarch64 binary rpm"
+    [ "$(rpm -qp --qf '%{ARCH}' "$rpm64")" = aarch64 ] || fail "rpm architecture: $(rpm -qp --qf '%{ARCH}' "$rpm64")"
+    diff <(echo "$RPM_FILES") <(rpm -qlp "$rpm64") >&2 || fail "unexpected aarch64 rpm file list"
+    rpm2archive - <"$rpm64" | tar -xzOf - ./usr/bin/pr-helper >"$bin64"
+    file -b "$bin64" | grep -q 'ARM aarch64' || fail "the aarch64 rpm's binary is $(file -b "$bin64")"
+    chmod 0755 "$bin64"
+    qemu-aarch64-static "$bin64" --version >&2 || fail "the aarch64 rpm's binary does not run under qemu-user"
+    figure "rpm $(basename "$rpm64"): $(wc -l < <(rpm -qlp "$rpm64")) paths as for x86_64, binary $(file -b "$bin64" | cut -d, -f1-2), runs under qemu-aarch64-static"
 }
 
 # ----------------------------------------------------------------------- deb
@@ -274,6 +361,22 @@ t_deb() {
         fail "files or the enablement link remain after dpkg -P"
     ! dpkg-query -W pr-helper >/dev/null 2>&1 || fail "dpkg still knows pr-helper after purge"
     figure "dpkg -i: units installed, pr-helper.socket enabled (service not); dpkg -P: nothing left"
+
+    # arm64: the same package around the aarch64 binary (not installable
+    # on this amd64 host; its content, metadata and lintian are checked).
+    [ -x "$BIN_AARCH64" ] || fail "no aarch64 static binary at $BIN_AARCH64 (run the static section first)"
+    s1=$("$PRH_ROOT/packaging/build-deb.sh" --arch aarch64 "$BIN_AARCH64" "$d/arm64-1.deb" | awk '{print $2}')
+    s2=$("$PRH_ROOT/packaging/build-deb.sh" --arch aarch64 "$BIN_AARCH64" "$d/arm64-2.deb" | awk '{print $2}')
+    cmp "$d/arm64-1.deb" "$d/arm64-2.deb" || fail "two arm64 .deb builds differ"
+    [ "$(dpkg-deb -f "$d/arm64-1.deb" Architecture)" = arm64 ] ||
+        fail "arm64 .deb has Architecture: $(dpkg-deb -f "$d/arm64-1.deb" Architecture)"
+    diff "$d/files" <(dpkg-deb -c "$d/arm64-1.deb" | awk '{print $6}' | grep -v '/$' | sort) >&2 ||
+        fail "the arm64 .deb's files differ from the amd64 one's"
+    cmp <(dpkg-deb --fsys-tarfile "$d/arm64-1.deb" | tar -xOf - ./usr/bin/pr-helper) "$BIN_AARCH64" ||
+        fail "the arm64 .deb's binary is not the reproducible aarch64 build"
+    lint=$(lintian "$d/arm64-1.deb" 2>&1 | grep -v 'running with root privileges' || true)
+    [ -z "$lint" ] || { echo "$lint" >&2; fail "lintian (arm64): $lint"; }
+    figure "deb arm64 sha256 $s1 (two builds identical; Architecture: arm64; same files; lintian clean, overridden: not a static PIE)"
 }
 
 # ----------------------------------------------------------------------- nix

@@ -20,7 +20,7 @@ const CHILD: &str = "PRH_SANDBOX_CHILD";
 
 /// Runs the test `name` of this binary in a child process with CHILD=mode.
 fn child(name: &str, mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
+    Command::new(runnable(std::env::current_exe().unwrap()))
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(CHILD, mode)
         .output()
@@ -33,7 +33,10 @@ fn seccomp_child() {
     if std::env::var(CHILD).as_deref() != Ok("seccomp") {
         return;
     }
-    sandbox::seccomp::install(Profile::Plain).unwrap();
+    assert_eq!(
+        sandbox::seccomp::install(Profile::Plain).unwrap(),
+        sandbox::seccomp::Outcome::Installed
+    );
     // Allowed: reading from a pipe, allocating.
     let (r, w) = nix::unistd::pipe().unwrap();
     nix::unistd::write(&w, b"ok").unwrap();
@@ -43,8 +46,17 @@ fn seccomp_child() {
         "before the forbidden call: {}",
         String::from_utf8_lossy(&buf)
     );
-    // Forbidden: mkdir (syscall 83).
-    let _ = std::fs::create_dir("/tmp/pr-helper-seccomp-must-not-exist");
+    // Forbidden: mkdirat, which every architecture has (std's create_dir
+    // is mkdir on x86_64, mkdirat elsewhere).
+    // SAFETY: a NUL-terminated path and plain integers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mkdirat,
+            libc::AT_FDCWD,
+            c"/tmp/pr-helper-seccomp-must-not-exist".as_ptr(),
+            0o755,
+        );
+    }
     eprintln!("STILL ALIVE");
 }
 
@@ -54,9 +66,14 @@ fn seccomp_blocks_a_forbidden_syscall_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(159), "stderr:\n{stderr}");
     assert!(stderr.contains("before the forbidden call: ok"), "{stderr}");
+    let expected = format!(
+        "the seccomp filter blocked system call {} ({})",
+        libc::SYS_mkdirat,
+        std::env::consts::ARCH
+    );
     assert!(
-        stderr.contains("the seccomp filter blocked system call 83"),
-        "{stderr}"
+        stderr.contains(&expected),
+        "want {expected:?} in:\n{stderr}"
     );
     assert!(!stderr.contains("STILL ALIVE"));
     assert!(!std::path::Path::new("/tmp/pr-helper-seccomp-must-not-exist").exists());

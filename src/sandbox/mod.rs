@@ -55,9 +55,19 @@ pub fn apply(settings: &Settings) -> Result<(), String> {
         }
     }
     if settings.seccomp {
-        seccomp::install(settings.profile)
-            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
-        tracing::info!("seccomp: system call allow-list installed");
+        match seccomp::install(settings.profile)
+            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?
+        {
+            seccomp::Outcome::Installed => tracing::info!(
+                "seccomp: system call allow-list installed ({})",
+                seccomp::ARCH
+            ),
+            seccomp::Outcome::Unavailable => tracing::warn!(
+                "seccomp: this build has no system call allow-list for {} (only x86_64 and aarch64); \
+                 system calls are not restricted (Landlock and no_new_privs still apply)",
+                seccomp::ARCH
+            ),
+        }
     }
     Ok(())
 }

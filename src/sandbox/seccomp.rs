@@ -1,4 +1,4 @@
-//! The seccomp allow-list (x86_64).
+//! The seccomp allow-list, per architecture.
 //!
 //! A system call outside the list raises SIGSYS; the handler writes one line
 //! naming the call to stderr (it is the journal under systemd) and ends the
@@ -6,251 +6,349 @@
 //! crash, never a silent malfunction. `ioctl` is limited to SG_IO and the
 //! fd-flag and terminal queries the runtime and libc make; `socket` to
 //! AF_UNIX.
-
-use std::collections::BTreeMap;
-
-use seccompiler::{
-    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
-};
+//!
+//! Every number comes from the target's own definitions: the system call
+//! numbers are libc's `SYS_*` for the architecture being compiled, the
+//! ioctl requests libc's (they differ on powerpc), the audit architecture
+//! the filter checks is seccompiler's for that target, and the SIGSYS
+//! handler reads `si_syscall` through a `#[repr(C)]` view of the kernel's
+//! siginfo layout. The tables are the calls common to the generic
+//! (asm-generic) system call table plus, on x86_64, the older calls musl and
+//! glibc still make there (open, stat, poll, ...), which aarch64 does not
+//! have.
+//!
+//! Architectures with a table: x86_64 and aarch64. Elsewhere (ppc64le,
+//! s390x, riscv64, ...) the crate builds, but [`install`] reports
+//! [`Outcome::Unavailable`]: start-up logs a warning that system calls are
+//! not restricted (Landlock and NO_NEW_PRIVS still apply).
 
 use super::Profile;
 
-/// SG_IO.
-const SG_IO: u64 = 0x2285;
-/// FIONBIO, FIOCLEX: set non-blocking / close-on-exec.
-const FIONBIO: u64 = 0x5421;
-const FIOCLEX: u64 = 0x5451;
-/// FIONREAD: bytes queued on a client's socket, read at shutdown.
-const FIONREAD: u64 = 0x541b;
-/// TCGETS (glibc's isatty), TIOCGWINSZ (musl's).
-const TCGETS: u64 = 0x5401;
-const TIOCGWINSZ: u64 = 0x5413;
-
-/// System calls every build needs once serving.
-const SERVING: &[i64] = &[
-    // I/O on sockets and fds.
-    libc::SYS_read,
-    libc::SYS_readv,
-    libc::SYS_write,
-    libc::SYS_writev,
-    libc::SYS_recvfrom,
-    libc::SYS_recvmsg,
-    libc::SYS_sendto,
-    libc::SYS_sendmsg,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_shutdown,
-    libc::SYS_getsockopt,
-    libc::SYS_getsockname,
-    libc::SYS_close,
-    libc::SYS_fcntl,
-    libc::SYS_dup,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_lseek,
-    // Reading /proc/PID/comm and sysfs (Landlock limits where); musl's
-    // libc uses the older open/stat calls.
-    libc::SYS_openat,
-    libc::SYS_open,
-    libc::SYS_stat,
-    libc::SYS_lstat,
-    // Removing the socket and pidfile at exit (Landlock limits where).
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-    libc::SYS_ftruncate,
-    // Event loop.
-    libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_epoll_pwait2,
-    libc::SYS_eventfd2,
-    // The runtime's signal wake-up pair.
-    libc::SYS_socketpair,
-    libc::SYS_pipe2,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    // Memory.
-    libc::SYS_brk,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    // Threads (the SG_IO pool grows on demand) and synchronisation.
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_set_robust_list,
-    libc::SYS_set_tid_address,
-    libc::SYS_rseq,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_membarrier,
-    libc::SYS_prctl,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-    libc::SYS_tgkill,
-    // Signals and time.
-    libc::SYS_rt_sigaction,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_getres,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_getrandom,
-    // journald's large messages.
-    libc::SYS_memfd_create,
-    // The end.
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-];
-
-/// What libmpathpersist adds (it opens path devices, scans sysfs, reads
-/// multipath.conf, talks to multipathd, and loads checker plugins).
-const MULTIPATH: &[i64] = &[
-    libc::SYS_access,
-    libc::SYS_faccessat,
-    libc::SYS_faccessat2,
-    libc::SYS_readlink,
-    libc::SYS_readlinkat,
-    libc::SYS_getdents64,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_connect,
-    libc::SYS_setsockopt,
-    libc::SYS_dup2,
-    libc::SYS_dup3,
-    libc::SYS_uname,
-    libc::SYS_sysinfo,
-    libc::SYS_getuid,
-    libc::SYS_geteuid,
-    libc::SYS_getgid,
-    libc::SYS_getegid,
-    libc::SYS_getppid,
-    libc::SYS_getrlimit,
-    libc::SYS_prlimit64,
-    libc::SYS_select,
-    libc::SYS_pselect6,
-    libc::SYS_timerfd_create,
-    libc::SYS_timerfd_settime,
-    libc::SYS_fadvise64,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_flock,
-    libc::SYS_mlock,
-    libc::SYS_munlock,
-    libc::SYS_mlockall,
-    libc::SYS_munlockall,
-    libc::SYS_sched_setaffinity,
-    libc::SYS_sched_getparam,
-    libc::SYS_sched_setscheduler,
-    libc::SYS_sched_getscheduler,
-    libc::SYS_getpriority,
-    libc::SYS_setpriority,
-    libc::SYS_ioprio_set,
-    libc::SYS_rt_sigtimedwait,
-    libc::SYS_rt_sigsuspend,
-    // libdevmapper's udev synchronisation (System V semaphores).
-    libc::SYS_semget,
-    libc::SYS_semop,
-    libc::SYS_semtimedop,
-    libc::SYS_semctl,
-    // libudev and libmultipath's sysfs and filesystem checks.
-    libc::SYS_statfs,
-    libc::SYS_fstatfs,
-    libc::SYS_getcwd,
-    // It creates its state directories (denied by Landlock outside /dev;
-    // the library carries on without them).
-    libc::SYS_mkdir,
-    libc::SYS_mkdirat,
-    libc::SYS_getxattr,
-    libc::SYS_lgetxattr,
-    libc::SYS_fgetxattr,
-    libc::SYS_umask,
-    libc::SYS_getpeername,
-    libc::SYS_getgroups,
-    libc::SYS_capget,
-    libc::SYS_getrusage,
-    libc::SYS_times,
-    libc::SYS_gettimeofday,
-    libc::SYS_time,
-    libc::SYS_setitimer,
-    // Lock timeouts on the prkeys file.
-    libc::SYS_alarm,
-    libc::SYS_getitimer,
-    // The directio path checker's asynchronous I/O.
-    libc::SYS_io_setup,
-    libc::SYS_io_destroy,
-    libc::SYS_io_submit,
-    libc::SYS_io_getevents,
-    libc::SYS_io_cancel,
-];
-
-fn cond(arg: u8, value: u64) -> Result<SeccompCondition, BackendError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+/// What [`install`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The filter is installed on the calling thread (and NO_NEW_PRIVS set).
+    Installed,
+    /// This build has no allow-list for its architecture: only NO_NEW_PRIVS
+    /// was set.
+    Unavailable,
 }
 
-/// The filter for `profile`.
-pub fn program(profile: Profile) -> Result<BpfProgram, BackendError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        SERVING.iter().map(|&s| (s, Vec::new())).collect();
-    if profile == Profile::Multipath {
-        rules.extend(MULTIPATH.iter().map(|&s| (s, Vec::new())));
-        // Device-mapper and block ioctls of every kind.
-        rules.insert(libc::SYS_ioctl, Vec::new());
-    } else {
-        rules.insert(
-            libc::SYS_ioctl,
-            [SG_IO, FIONBIO, FIOCLEX, FIONREAD, TCGETS, TIOCGWINSZ]
-                .into_iter()
-                .map(|req| SeccompRule::new(vec![cond(1, req)?]))
-                .collect::<Result<_, _>>()?,
-        );
-    }
-    // sd_notify's STOPPING=1 opens a Unix datagram socket.
-    rules.insert(
-        libc::SYS_socket,
-        vec![SeccompRule::new(vec![cond(0, libc::AF_UNIX as u64)?])?],
-    );
-    SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?
-    .try_into()
-}
+/// The architecture this build filters for, as Rust names it.
+pub const ARCH: &str = std::env::consts::ARCH;
 
-/// Number of system calls the filter for `profile` allows (for docs and
-/// the closing figures).
-pub fn allowed_count(profile: Profile) -> usize {
-    let extra = if profile == Profile::Multipath {
-        MULTIPATH.len()
-    } else {
-        0
+/// Whether this build has an allow-list for its architecture.
+pub const AVAILABLE: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod table {
+    use std::collections::BTreeMap;
+
+    use seccompiler::{
+        BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+        SeccompFilter, SeccompRule, TargetArch,
     };
-    SERVING.len() + extra + 2
+
+    use crate::sandbox::Profile;
+
+    #[cfg(target_arch = "x86_64")]
+    pub const TARGET: TargetArch = TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    pub const TARGET: TargetArch = TargetArch::aarch64;
+
+    /// The ioctl requests the plain build allows: SG_IO; FIONBIO, FIOCLEX
+    /// (set non-blocking / close-on-exec); FIONREAD (bytes queued on a
+    /// client's socket, read at shutdown); TCGETS (glibc's isatty),
+    /// TIOCGWINSZ (musl's).
+    /// (libc's request type is c_ulong on glibc, c_int on musl.)
+    #[allow(clippy::unnecessary_cast)]
+    pub const IOCTLS: [u64; 6] = [
+        crate::scsi::sgio::SG_IO as u64,
+        libc::FIONBIO as u64,
+        libc::FIOCLEX as u64,
+        libc::FIONREAD as u64,
+        libc::TCGETS as u64,
+        libc::TIOCGWINSZ as u64,
+    ];
+
+    /// System calls every build needs once serving, on every architecture.
+    pub const SERVING: &[i64] = &[
+        // I/O on sockets and fds.
+        libc::SYS_read,
+        libc::SYS_readv,
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+        libc::SYS_accept,
+        libc::SYS_accept4,
+        libc::SYS_shutdown,
+        libc::SYS_getsockopt,
+        libc::SYS_getsockname,
+        libc::SYS_close,
+        libc::SYS_fcntl,
+        libc::SYS_dup,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_lseek,
+        // Reading /proc/PID/comm and sysfs (Landlock limits where).
+        libc::SYS_openat,
+        // Removing the socket and pidfile at exit (Landlock limits where).
+        libc::SYS_unlinkat,
+        libc::SYS_ftruncate,
+        // Event loop.
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_eventfd2,
+        // The runtime's signal wake-up pair.
+        libc::SYS_socketpair,
+        libc::SYS_pipe2,
+        libc::SYS_ppoll,
+        // Memory.
+        libc::SYS_brk,
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_mprotect,
+        libc::SYS_madvise,
+        // Threads (the SG_IO pool grows on demand) and synchronisation.
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_set_robust_list,
+        libc::SYS_set_tid_address,
+        libc::SYS_rseq,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_membarrier,
+        libc::SYS_prctl,
+        libc::SYS_gettid,
+        libc::SYS_getpid,
+        libc::SYS_tgkill,
+        // Signals and time.
+        libc::SYS_rt_sigaction,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_sigaltstack,
+        libc::SYS_restart_syscall,
+        libc::SYS_clock_gettime,
+        libc::SYS_clock_getres,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_nanosleep,
+        libc::SYS_getrandom,
+        // journald's large messages.
+        libc::SYS_memfd_create,
+        // The end.
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+    ];
+
+    /// x86_64 only: the older calls musl and glibc make there for open,
+    /// stat, unlink, epoll_wait and poll (aarch64 has only the *at and
+    /// p* forms above).
+    #[cfg(target_arch = "x86_64")]
+    pub const SERVING_ARCH: &[i64] = &[
+        libc::SYS_open,
+        libc::SYS_stat,
+        libc::SYS_lstat,
+        libc::SYS_unlink,
+        libc::SYS_epoll_wait,
+        libc::SYS_poll,
+    ];
+    #[cfg(target_arch = "aarch64")]
+    pub const SERVING_ARCH: &[i64] = &[];
+
+    /// What libmpathpersist adds (it opens path devices, scans sysfs, reads
+    /// multipath.conf, talks to multipathd, and loads checker plugins).
+    pub const MULTIPATH: &[i64] = &[
+        libc::SYS_faccessat,
+        libc::SYS_faccessat2,
+        libc::SYS_readlinkat,
+        libc::SYS_getdents64,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_connect,
+        libc::SYS_setsockopt,
+        libc::SYS_dup3,
+        libc::SYS_uname,
+        libc::SYS_sysinfo,
+        libc::SYS_getuid,
+        libc::SYS_geteuid,
+        libc::SYS_getgid,
+        libc::SYS_getegid,
+        libc::SYS_getppid,
+        libc::SYS_getrlimit,
+        libc::SYS_prlimit64,
+        libc::SYS_pselect6,
+        libc::SYS_timerfd_create,
+        libc::SYS_timerfd_settime,
+        libc::SYS_fadvise64,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        libc::SYS_flock,
+        libc::SYS_mlock,
+        libc::SYS_munlock,
+        libc::SYS_mlockall,
+        libc::SYS_munlockall,
+        libc::SYS_sched_setaffinity,
+        libc::SYS_sched_getparam,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_getscheduler,
+        libc::SYS_getpriority,
+        libc::SYS_setpriority,
+        libc::SYS_ioprio_set,
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_rt_sigsuspend,
+        // libdevmapper's udev synchronisation (System V semaphores).
+        libc::SYS_semget,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_semctl,
+        // libudev and libmultipath's sysfs and filesystem checks.
+        libc::SYS_statfs,
+        libc::SYS_fstatfs,
+        libc::SYS_getcwd,
+        // It creates its state directories (denied by Landlock outside /dev;
+        // the library carries on without them).
+        libc::SYS_mkdirat,
+        libc::SYS_getxattr,
+        libc::SYS_lgetxattr,
+        libc::SYS_fgetxattr,
+        libc::SYS_umask,
+        libc::SYS_getpeername,
+        libc::SYS_getgroups,
+        libc::SYS_capget,
+        libc::SYS_getrusage,
+        libc::SYS_times,
+        libc::SYS_gettimeofday,
+        // Lock timeouts on the prkeys file (alarm is setitimer on aarch64).
+        libc::SYS_setitimer,
+        libc::SYS_getitimer,
+        // The directio path checker's asynchronous I/O.
+        libc::SYS_io_setup,
+        libc::SYS_io_destroy,
+        libc::SYS_io_submit,
+        libc::SYS_io_getevents,
+        libc::SYS_io_cancel,
+    ];
+
+    /// x86_64 only: the older forms glibc uses there.
+    #[cfg(target_arch = "x86_64")]
+    pub const MULTIPATH_ARCH: &[i64] = &[
+        libc::SYS_access,
+        libc::SYS_readlink,
+        libc::SYS_dup2,
+        libc::SYS_select,
+        libc::SYS_mkdir,
+        libc::SYS_time,
+        libc::SYS_alarm,
+    ];
+    #[cfg(target_arch = "aarch64")]
+    pub const MULTIPATH_ARCH: &[i64] = &[];
+
+    fn cond(arg: u8, value: u64) -> Result<SeccompCondition, BackendError> {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+    }
+
+    /// System call number -> the rules under which it is allowed (an empty
+    /// list: always).
+    pub fn rules(profile: Profile) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = SERVING
+            .iter()
+            .chain(SERVING_ARCH)
+            .map(|&s| (s, Vec::new()))
+            .collect();
+        if profile == Profile::Multipath {
+            rules.extend(
+                MULTIPATH
+                    .iter()
+                    .chain(MULTIPATH_ARCH)
+                    .map(|&s| (s, Vec::new())),
+            );
+            // Device-mapper and block ioctls of every kind.
+            rules.insert(libc::SYS_ioctl, Vec::new());
+        } else {
+            rules.insert(
+                libc::SYS_ioctl,
+                IOCTLS
+                    .into_iter()
+                    .map(|req| SeccompRule::new(vec![cond(1, req)?]))
+                    .collect::<Result<_, _>>()?,
+            );
+        }
+        // sd_notify's STOPPING=1 opens a Unix datagram socket.
+        rules.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![cond(0, libc::AF_UNIX as u64)?])?],
+        );
+        Ok(rules)
+    }
+
+    /// The filter for `profile`.
+    pub fn program(profile: Profile) -> Result<BpfProgram, BackendError> {
+        SeccompFilter::new(
+            rules(profile)?,
+            SeccompAction::Trap,
+            SeccompAction::Allow,
+            TARGET,
+        )?
+        .try_into()
+    }
 }
 
-/// SIGSYS handler: one line on stderr, then exit 159. Only
-/// async-signal-safe calls (write, _exit).
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // siginfo_t for SIGSYS: si_call_addr (pointer) at offset 16, si_syscall
-    // (int) at offset 24 on x86_64.
-    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS with SA_SIGINFO.
-    let nr = unsafe { *(info.cast::<u8>().add(24).cast::<i32>()) };
-    let mut buf = [0u8; 128];
-    let prefix = b"pr-helper: fatal: the seccomp filter blocked system call ";
-    let mut len = prefix.len();
-    buf[..len].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut n = nr.unsigned_abs();
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub use table::program;
+
+/// Number of system calls the filter for `profile` allows on this
+/// architecture (for docs and the closing figures); 0 where there is no
+/// allow-list.
+pub fn allowed_count(profile: Profile) -> usize {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        table::rules(profile).map(|r| r.len()).unwrap_or(0)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = profile;
+        0
+    }
+}
+
+/// The start of the kernel's `siginfo_t` as it is for SIGSYS
+/// (`<asm-generic/siginfo.h>`: three ints, then the union, whose SIGSYS
+/// member is `{ void *_call_addr; int _syscall; unsigned int _arch; }`).
+/// `#[repr(C)]` gives the union's alignment and offsets on every
+/// architecture (the union is pointer-aligned: `_syscall` is at 24 on 64-bit
+/// targets, 16 on 32-bit ones).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+// The view must fit in the kernel's siginfo_t (128 bytes).
+const _: () = assert!(std::mem::size_of::<SigsysInfo>() <= std::mem::size_of::<libc::siginfo_t>());
+
+/// Appends `n` in decimal to `buf` at `*len` (async-signal-safe).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+fn push_decimal(buf: &mut [u8], len: &mut usize, mut n: u32) {
+    let mut digits = [0u8; 10];
     let mut d = 0;
     loop {
         digits[d] = b'0' + (n % 10) as u8;
@@ -262,12 +360,46 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     }
     while d > 0 {
         d -= 1;
-        buf[len] = digits[d];
-        len += 1;
+        buf[*len] = digits[d];
+        *len += 1;
     }
-    let suffix = b"; exiting (see `ausyscall`; set seccomp = false to debug)\n";
-    buf[len..len + suffix.len()].copy_from_slice(suffix);
-    len += suffix.len();
+}
+
+/// Appends `s` to `buf` at `*len` (async-signal-safe).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+fn push(buf: &mut [u8], len: &mut usize, s: &[u8]) {
+    buf[*len..*len + s.len()].copy_from_slice(s);
+    *len += s.len();
+}
+
+/// SIGSYS handler: one line on stderr, then exit 159. Only
+/// async-signal-safe calls (write, _exit).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS with
+    // SA_SIGINFO; SigsysInfo is a prefix of its layout for SIGSYS.
+    let nr = unsafe { (*info.cast::<SigsysInfo>()).syscall };
+    let mut buf = [0u8; 192];
+    let mut len = 0;
+    push(
+        &mut buf,
+        &mut len,
+        b"pr-helper: fatal: the seccomp filter blocked system call ",
+    );
+    push_decimal(&mut buf, &mut len, nr.unsigned_abs());
+    push(&mut buf, &mut len, b" (");
+    push(&mut buf, &mut len, ARCH.as_bytes());
+    push(
+        &mut buf,
+        &mut len,
+        b"); exiting (see `ausyscall`; set seccomp = false to debug)\n",
+    );
     // SAFETY: write(2) and _exit(2) are async-signal-safe; `buf` is valid.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);
@@ -276,19 +408,33 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Installs the SIGSYS handler and the filter on the calling thread (every
-/// thread started afterwards inherits it).
-pub fn install(profile: Profile) -> Result<(), String> {
-    let prog = program(profile).map_err(|e| e.to_string())?;
-    // SAFETY: installs a handler that only calls async-signal-safe functions.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigsys as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO;
-        if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+/// thread started afterwards inherits it). Where this build has no
+/// allow-list, sets NO_NEW_PRIVS only and returns [`Outcome::Unavailable`].
+pub fn install(profile: Profile) -> Result<Outcome, String> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let prog = program(profile).map_err(|e| e.to_string())?;
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigsys as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+        }
+        seccompiler::apply_filter(&prog).map_err(|e| e.to_string())?;
+        Ok(Outcome::Installed)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = profile;
+        // SAFETY: prctl with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(std::io::Error::last_os_error().to_string());
         }
+        Ok(Outcome::Unavailable)
     }
-    seccompiler::apply_filter(&prog).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -296,9 +442,46 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn filters_compile() {
         assert!(program(Profile::Plain).is_ok());
         assert!(program(Profile::Multipath).is_ok());
         assert!(allowed_count(Profile::Plain) < allowed_count(Profile::Multipath));
+    }
+
+    /// No entry is listed twice or in both the common and the arch table
+    /// (a duplicate would hide a missing call in the count).
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn tables_have_no_duplicates() {
+        let all: Vec<i64> = table::SERVING
+            .iter()
+            .chain(table::SERVING_ARCH)
+            .chain(table::MULTIPATH)
+            .chain(table::MULTIPATH_ARCH)
+            .copied()
+            .chain([libc::SYS_ioctl, libc::SYS_socket])
+            .collect();
+        let set: std::collections::BTreeSet<i64> = all.iter().copied().collect();
+        assert_eq!(set.len(), all.len(), "duplicate entries");
+        assert_eq!(set.len(), allowed_count(Profile::Multipath));
+    }
+
+    /// The handler's view of siginfo puts si_syscall where the kernel does:
+    /// after three ints and a pointer-aligned pointer.
+    #[test]
+    fn sigsys_view_matches_the_kernel_layout() {
+        let ptr = std::mem::size_of::<*const u8>();
+        let union_offset = if ptr == 8 { 16 } else { 12 };
+        assert_eq!(std::mem::offset_of!(SigsysInfo, call_addr), union_offset);
+        assert_eq!(
+            std::mem::offset_of!(SigsysInfo, syscall),
+            std::mem::offset_of!(SigsysInfo, call_addr) + ptr
+        );
+    }
+
+    #[test]
+    fn availability_matches_the_architecture() {
+        assert_eq!(AVAILABLE, matches!(ARCH, "x86_64" | "aarch64"), "{ARCH}");
     }
 }

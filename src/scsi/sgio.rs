@@ -39,7 +39,8 @@ struct SgIoHdr {
     info: libc::c_uint,
 }
 
-const SG_IO: libc::c_ulong = 0x2285;
+/// SG_IO, from <scsi/sg.h>: the same number on every Linux architecture.
+pub(crate) const SG_IO: libc::c_ulong = 0x2285;
 const SG_DXFER_NONE: libc::c_int = -1;
 const SG_DXFER_TO_DEV: libc::c_int = -2;
 const SG_DXFER_FROM_DEV: libc::c_int = -3;

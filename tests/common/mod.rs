@@ -20,9 +20,53 @@ use pr_helper::protocol::RESPONSE_HEADER_SIZE;
 /// Path of the reference helper (Debian bookworm-backports 10.0.2).
 pub const REFERENCE_HELPER: &str = "/usr/bin/qemu-pr-helper";
 
-/// Our binary, built by cargo for the integration tests.
+/// Our binary, built by cargo for the integration tests (see [`runnable`]).
 pub fn our_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pr-helper"))
+    runnable(PathBuf::from(env!("CARGO_BIN_EXE_pr-helper")))
+}
+
+/// `bin` itself, or, when the tests run under user-mode emulation
+/// (`PRH_TEST_RUNNER`, e.g. `qemu-aarch64-static`: tests/run's aarch64
+/// step), a script that runs `bin` through the emulator with seccomp and
+/// Landlock off. The test binary
+/// is started by cargo's runner, but the programs it starts itself (the
+/// helper, a re-run of the test binary) are foreign ELF files the host
+/// kernel cannot execute without binfmt_misc.
+pub fn runnable(bin: PathBuf) -> PathBuf {
+    static SCRIPTS: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let runner = match std::env::var("PRH_TEST_RUNNER") {
+        Ok(r) if !r.is_empty() => r,
+        _ => return bin,
+    };
+    let mut scripts = SCRIPTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, script)) = scripts.iter().find(|(b, _)| *b == bin) {
+        return script.clone();
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runner");
+    std::fs::create_dir_all(&dir).expect("runner script directory");
+    let name = bin.file_name().expect("binary name").to_owned();
+    let script = dir.join(&name);
+    // qemu-user implements neither seccomp(2) nor Landlock: the helper
+    // runs without both there (set here, not in the caller's environment,
+    // because systemd-socket-activate starts it with a clean one).
+    let content = format!(
+        "#!/bin/sh\nexport PR_HELPER_SECCOMP=\"${{PR_HELPER_SECCOMP:-false}}\" \
+         PR_HELPER_LANDLOCK=\"${{PR_HELPER_LANDLOCK:-false}}\"\nexec '{runner}' '{}' \"$@\"\n",
+        bin.display()
+    );
+    // Written once per process, and only when missing or different: a
+    // file open for writing cannot be executed (ETXTBSY), and a child
+    // forked by another test thread meanwhile would hold it open. Written
+    // under a unique name, then renamed: nobody sees a partial script.
+    if std::fs::read_to_string(&script).ok().as_deref() != Some(content.as_str()) {
+        let tmp = dir.join(format!("{}.{}", name.to_string_lossy(), std::process::id()));
+        std::fs::write(&tmp, &content).expect("runner script");
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("runner script mode");
+        std::fs::rename(&tmp, &script).expect("runner script rename");
+    }
+    scripts.push((bin, script.clone()));
+    script
 }
 
 /// The reference binary; fails the test with a clear message when missing.
