@@ -40,6 +40,8 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::isolation::{Admission, DevKey, Devices, Waiting};
+
 /// How long a thread may stay on one piece of work, with no other thread
 /// waiting for work, before the watchdog adds a thread.
 pub const STALL: Duration = Duration::from_millis(5);
@@ -103,6 +105,8 @@ struct Inner {
     watchdog: Watchdog,
     max_threads: usize,
     name: String,
+    /// Commands executing and requests waiting, per device (D29).
+    devices: Mutex<Devices<Ticket>>,
 }
 
 #[derive(Default)]
@@ -224,6 +228,7 @@ impl Pool {
                 watchdog: Watchdog::default(),
                 max_threads: max_threads.max(1),
                 name: name.to_string(),
+                devices: Mutex::new(Devices::new(crate::isolation::bound_for(max_threads))),
             }),
         })
     }
@@ -297,6 +302,78 @@ impl Pool {
     /// Most threads that ever existed at once.
     pub fn peak_threads(&self) -> usize {
         lock(&self.inner.threads).peak
+    }
+
+    /// Takes a place to execute a command on `key` if the device has one
+    /// free (see [`crate::isolation`]); the command executes while the
+    /// ticket lives.
+    pub fn try_enter(&self, key: DevKey) -> Option<Ticket> {
+        lock(&self.inner.devices)
+            .try_enter(key)
+            .then(|| Ticket::new(self, key))
+    }
+
+    /// Calls `waiting` with a ticket for `key`: at once, on the calling
+    /// thread, if the device has a place free; else, on a pool thread, as
+    /// soon as one of its commands ends. At shutdown ([`Pool::close_devices`])
+    /// it is called with [`Admission::Cancelled`] instead.
+    pub fn enter_or_wait(&self, key: DevKey, waiting: Waiting<Ticket>) {
+        let now = lock(&self.inner.devices).enter_or_wait(key, waiting);
+        match now {
+            Some((waiting, true)) => waiting(Admission::Run(Ticket::new(self, key))),
+            Some((waiting, false)) => waiting(Admission::Cancelled),
+            None => {}
+        }
+    }
+
+    /// Shutdown has waited long enough: cancels every request waiting for
+    /// a device (and any that comes later for a busy one), on the calling
+    /// thread. Returns how many were cancelled and how many commands are
+    /// still executing.
+    pub fn close_devices(&self) -> (usize, usize) {
+        let (cancelled, executing) = lock(&self.inner.devices).close();
+        let n = cancelled.len();
+        for waiting in cancelled {
+            if let Err(p) =
+                std::panic::catch_unwind(AssertUnwindSafe(|| waiting(Admission::Cancelled)))
+            {
+                tracing::error!("cancelling a request panicked: {}", panic_message(&*p));
+            }
+        }
+        (n, executing)
+    }
+}
+
+/// A place to execute one command on one device (D29). Dropping it gives
+/// the place to the first request waiting for the device, which then runs on
+/// a pool thread.
+pub struct Ticket {
+    pool: Pool,
+    key: DevKey,
+}
+
+impl Ticket {
+    fn new(pool: &Pool, key: DevKey) -> Ticket {
+        Ticket {
+            pool: pool.clone(),
+            key,
+        }
+    }
+
+    /// The pool the ticket belongs to, to run follow-up work for the same
+    /// command (the place stays taken while the ticket lives).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let next = lock(&self.pool.inner.devices).leave(self.key);
+        if let Some(next) = next {
+            let ticket = Ticket::new(&self.pool, self.key);
+            self.pool.run(move || next(Admission::Run(ticket)));
+        }
     }
 }
 
