@@ -102,14 +102,13 @@ impl Executor {
         match self.classify(request) {
             #[cfg(feature = "mpath")]
             Class::Answered(request, response) => Ran::Answered(request, response),
-            Class::Sgio(request) => match pool.try_enter(DevKey::of(request.fd.as_fd())) {
-                Some(ticket) => {
-                    let response = execute(&request, &self.config);
-                    drop(ticket);
-                    Ran::Answered(request, response)
+            Class::Sgio(request) => {
+                let fd = request.fd.as_fd();
+                match pool.run_on_device(fd, || execute(&request, &self.config)) {
+                    Some(response) => Ran::Answered(request, response),
+                    None => Ran::Queue(request),
                 }
-                None => Ran::Queue(request),
-            },
+            }
             #[cfg(feature = "mpath")]
             Class::Multipath(request, _) => Ran::Queue(request),
         }

@@ -107,7 +107,17 @@ struct Inner {
     name: String,
     /// Commands executing and requests waiting, per device (D29).
     devices: Mutex<Devices<Ticket>>,
+    /// Commands executing, plus [`UNKEYED`] while one executes whose
+    /// device was not looked up (it started while no other executed).
+    executing: AtomicUsize,
+    /// Whether unkeyed commands are allowed: only with a bound of two or
+    /// more, so that a device refused a place always has a keyed command
+    /// executing, whose end starts the next.
+    unkeyed_ok: bool,
 }
+
+/// See `Inner::executing`.
+const UNKEYED: usize = 1 << (usize::BITS - 1);
 
 #[derive(Default)]
 struct Threads {
@@ -229,6 +239,8 @@ impl Pool {
                 max_threads: max_threads.max(1),
                 name: name.to_string(),
                 devices: Mutex::new(Devices::new(crate::isolation::bound_for(max_threads))),
+                executing: AtomicUsize::new(0),
+                unkeyed_ok: crate::isolation::bound_for(max_threads) >= 2,
             }),
         })
     }
@@ -304,13 +316,67 @@ impl Pool {
         lock(&self.inner.threads).peak
     }
 
-    /// Takes a place to execute a command on `key` if the device has one
-    /// free (see [`crate::isolation`]); the command executes while the
-    /// ticket lives.
-    pub fn try_enter(&self, key: DevKey) -> Option<Ticket> {
-        lock(&self.inner.devices)
-            .try_enter(key)
-            .then(|| Ticket::new(self, key))
+    /// Runs `f` on the calling thread if `key` has a place free (see
+    /// [`crate::isolation`]), holding the place while `f` runs; None if the
+    /// device already executes its bound of commands.
+    pub fn run_on_device<R>(&self, fd: BorrowedFd<'_>, f: impl FnOnce() -> R) -> Option<R> {
+        let inner = &self.inner;
+        if inner.unkeyed_ok
+            && inner
+                .executing
+                .compare_exchange(0, UNKEYED | 1, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Alone: no need to know the device.
+            struct Unkeyed<'a>(&'a AtomicUsize);
+            impl Drop for Unkeyed<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(UNKEYED | 1, Ordering::SeqCst);
+                }
+            }
+            let _done = Unkeyed(&inner.executing);
+            return Some(f());
+        }
+        let key = DevKey::of(fd);
+        if !self.enter(key) {
+            return None;
+        }
+        struct Leave<'a>(&'a Pool, DevKey);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.leave(self.1);
+            }
+        }
+        let _leave = Leave(self, key);
+        Some(f())
+    }
+
+    /// Counts a command as executing, then takes a place on `key` for it;
+    /// uncounts it if there is none.
+    fn enter(&self, key: DevKey) -> bool {
+        let before = self.inner.executing.fetch_add(1, Ordering::SeqCst);
+        let unkeyed = usize::from(before & UNKEYED != 0);
+        if lock(&self.inner.devices).try_enter_beside(key, unkeyed) {
+            return true;
+        }
+        self.inner.executing.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+
+    /// A command on `key` has ended: its place (and its count) goes to the
+    /// first request waiting for the device, which starts on a pool thread,
+    /// or is freed.
+    fn leave(&self, key: DevKey) {
+        let next = lock(&self.inner.devices).leave(key);
+        match next {
+            Some(next) => {
+                let ticket = Ticket::new(self, key);
+                self.run(move || next(Admission::Run(ticket)));
+            }
+            None => {
+                self.inner.executing.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Calls `waiting` with a ticket for `key`: at once, on the calling
@@ -318,11 +384,19 @@ impl Pool {
     /// soon as one of its commands ends. At shutdown ([`Pool::close_devices`])
     /// it is called with [`Admission::Cancelled`] instead.
     pub fn enter_or_wait(&self, key: DevKey, waiting: Waiting<Ticket>) {
-        let now = lock(&self.inner.devices).enter_or_wait(key, waiting);
+        let executing = &self.inner.executing;
+        let before = executing.fetch_add(1, Ordering::SeqCst);
+        let unkeyed = usize::from(before & UNKEYED != 0);
+        let now = lock(&self.inner.devices).enter_or_wait(key, unkeyed, waiting);
         match now {
             Some((waiting, true)) => waiting(Admission::Run(Ticket::new(self, key))),
-            Some((waiting, false)) => waiting(Admission::Cancelled),
-            None => {}
+            Some((waiting, false)) => {
+                executing.fetch_sub(1, Ordering::SeqCst);
+                waiting(Admission::Cancelled)
+            }
+            None => {
+                executing.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -331,7 +405,10 @@ impl Pool {
     /// thread. Returns how many were cancelled and how many commands are
     /// still executing.
     pub fn close_devices(&self) -> (usize, usize) {
-        let (cancelled, executing) = lock(&self.inner.devices).close();
+        let (cancelled, mut executing) = lock(&self.inner.devices).close();
+        if self.inner.executing.load(Ordering::SeqCst) & UNKEYED != 0 {
+            executing += 1;
+        }
         let n = cancelled.len();
         for waiting in cancelled {
             if let Err(p) =
@@ -369,11 +446,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let next = lock(&self.pool.inner.devices).leave(self.key);
-        if let Some(next) = next {
-            let ticket = Ticket::new(&self.pool, self.key);
-            self.pool.run(move || next(Admission::Run(ticket)));
-        }
+        self.pool.leave(self.key);
     }
 }
 
