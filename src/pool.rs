@@ -15,6 +15,12 @@
 //! * **jobs** ([`Pool::run`]): closures queued by the event loop, counted by
 //!   an eventfd in semaphore mode, one count per job.
 //!
+//! Every command takes a place on its device first ([`Pool::run_on_device`],
+//! [`Pool::enter_or_wait`]; see [`crate::isolation`], D29): a device executes
+//! at most two at once, so one that never answers holds at most two threads.
+//! A parked connection whose request finds its device full is handed back to
+//! its task, which queues the request here to wait without a thread.
+//!
 //! The number of threads adapts, as QEMU's own thread pool does not:
 //!
 //! * one thread is started on demand and kept: under load it takes request
@@ -788,6 +794,64 @@ mod tests {
             rx.recv().unwrap();
         }
         assert_eq!(started.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn at_most_two_commands_per_device_unkeyed_or_not_and_waiting_ones_start_later() {
+        use std::os::fd::AsFd;
+        let pool = Pool::new("t", 4).unwrap();
+        let (a, b) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let wait = |gate: &Gate| {
+            let (lock, cond) = &**gate;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cond.wait(open).unwrap();
+            }
+        };
+        let started = Arc::new(AtomicUsize::new(0));
+        // Two commands on device a, each on its own thread: the first starts
+        // alone (unkeyed), the second beside it (keyed).
+        let holders: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, a, gate, started) = (
+                    pool.clone(),
+                    a.try_clone().unwrap(),
+                    gate.clone(),
+                    started.clone(),
+                );
+                std::thread::spawn(move || {
+                    pool.run_on_device(a.as_fd(), || {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        wait(&gate)
+                    })
+                })
+            })
+            .collect();
+        wait_for("two commands on a", || started.load(Ordering::SeqCst) == 2);
+        // A third on a is refused; b still has a place.
+        assert!(pool.run_on_device(a.as_fd(), || ()).is_none());
+        assert_eq!(pool.run_on_device(b.as_fd(), || 7), Some(7));
+        // A request queued for a starts, on a pool thread, when one of a's
+        // commands ends.
+        let (tx, rx) = mpsc::channel();
+        pool.enter_or_wait(
+            DevKey::of(a.as_fd()),
+            Box::new(move |admission| {
+                let _ = tx.send(matches!(admission, Admission::Run(_)));
+            }),
+        );
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+        for h in holders {
+            assert_eq!(h.join().unwrap(), Some(()));
+        }
+        // Everything has left, so the next command starts unkeyed again.
+        wait_for("every place freed", || {
+            pool.inner.executing.load(Ordering::SeqCst) == 0
+        });
     }
 
     /// A test gate: closed (false) holds whoever waits on it.
