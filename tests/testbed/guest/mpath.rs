@@ -606,6 +606,11 @@ fn hung_map(
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
+    // How many of them are still waiting. Here libmpathpersist answers a
+    // request on a map without a usable path at once (it finds no active
+    // path), so this is usually 0; what blocks on such a map is SG_IO on
+    // the map itself (the LIO boot's isolation suite, and the TEST UNIT
+    // READY probe, which runs on the SG_IO pool under the map's bound).
     let blocked = hung.iter().filter(|t| !t.is_finished()).count();
     let (mut on_map2, mut on_path, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..100 {
