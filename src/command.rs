@@ -2,7 +2,8 @@
 //! SG_IO call and the reply the client gets (spec §4).
 //!
 //! [`execute`] blocks for as long as the device takes (up to the SG_IO
-//! timeout); the connection code runs it on the bounded blocking pool.
+//! timeout, or for ever on a device that never answers); the connection
+//! code runs it on the SG_IO pool, at most two at once per device (D29).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use crate::connection::Responder;
+use crate::isolation::{Admission, DevKey};
+use crate::pool::Pool;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
@@ -51,28 +54,76 @@ impl Executor {
         }
     }
 
-    /// Runs `request` and sends its response through `responder`. Blocks
-    /// (call it on the SG_IO pool), except for multipath devices, whose
-    /// requests are queued to the multipath worker.
-    pub fn run(&self, request: Request<OwnedFd>, responder: Responder) {
-        match self.run_here(request) {
-            Ran::Answered(request, response) => responder.send(request, response),
+    /// Runs `request` and sends its response through `responder`, on the
+    /// calling pool thread, or later if its device already executes its
+    /// bound of commands (D29): then the request waits, without a thread,
+    /// and runs on a pool thread once the device has a place free (or is
+    /// answered CHECK CONDITION 0B/08/00 if shutdown gives up on the
+    /// device). Requests for dm-multipath devices go on to the multipath
+    /// worker, holding their place on the map until answered.
+    pub fn run(&self, request: Request<OwnedFd>, responder: Responder, pool: &Pool) {
+        match self.classify(request) {
             #[cfg(feature = "mpath")]
-            Ran::Multipath(request, multipath) => multipath.submit(request, responder),
+            Class::Answered(request, response) => responder.send(request, response),
+            Class::Sgio(request) => {
+                let key = DevKey::of(request.fd.as_fd());
+                let config = self.config.clone();
+                pool.enter_or_wait(
+                    key,
+                    Box::new(move |admission| match admission {
+                        Admission::Run(ticket) => {
+                            let response = execute(&request, &config);
+                            drop(ticket);
+                            responder.send(request, response);
+                        }
+                        Admission::Cancelled => responder.send(request, cancelled()),
+                    }),
+                );
+            }
+            #[cfg(feature = "mpath")]
+            Class::Multipath(request, multipath) => {
+                let key = DevKey::of(request.fd.as_fd());
+                pool.enter_or_wait(
+                    key,
+                    Box::new(move |admission| match admission {
+                        Admission::Run(ticket) => multipath.submit(request, responder, ticket),
+                        Admission::Cancelled => responder.send(request, cancelled()),
+                    }),
+                );
+            }
         }
     }
 
     /// Runs `request` on the calling thread (it blocks for as long as the
-    /// device takes), unless it is for a dm-multipath device: that request
-    /// is returned untouched, to be queued to the multipath worker.
-    pub fn run_here(&self, request: Request<OwnedFd>) -> Ran {
+    /// device takes) if its device has a place free (D29); otherwise, and
+    /// for a dm-multipath device, the request is returned untouched, to be
+    /// queued with [`Executor::run`].
+    pub fn run_here(&self, request: Request<OwnedFd>, pool: &Pool) -> Ran {
+        match self.classify(request) {
+            #[cfg(feature = "mpath")]
+            Class::Answered(request, response) => Ran::Answered(request, response),
+            Class::Sgio(request) => {
+                let fd = request.fd.as_fd();
+                match pool.run_on_device(fd, || execute(&request, &self.config)) {
+                    Some(response) => Ran::Answered(request, response),
+                    None => Ran::Queue(request),
+                }
+            }
+            #[cfg(feature = "mpath")]
+            Class::Multipath(request, _) => Ran::Queue(request),
+        }
+    }
+
+    /// Decides how `request` is executed; answers it at once when multipath
+    /// detection fails.
+    fn classify(&self, request: Request<OwnedFd>) -> Class {
         #[cfg(feature = "mpath")]
         if let Some(multipath) = &self.multipath {
             // The read-only check comes before multipath detection.
             if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
                 match multipath.detect(&request.fd) {
                     Ok(false) => {}
-                    Ok(true) => return Ran::Multipath(request, multipath.clone()),
+                    Ok(true) => return Class::Multipath(request, multipath.clone()),
                     Err(e) => {
                         // D6: the reference exits; only this request fails.
                         tracing::warn!("multipath detection failed: {e}");
@@ -80,23 +131,45 @@ impl Executor {
                             Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
                             Vec::new(),
                         );
-                        return Ran::Answered(request, response);
+                        return Class::Answered(request, response);
                     }
                 }
             }
         }
-        let response = execute(&request, &self.config);
-        Ran::Answered(request, response)
+        Class::Sgio(request)
     }
+}
+
+/// How a request is executed.
+enum Class {
+    /// Already answered (multipath detection failed).
+    #[cfg(feature = "mpath")]
+    Answered(Request<OwnedFd>, Response),
+    /// With SG_IO on a pool thread.
+    Sgio(Request<OwnedFd>),
+    /// By the multipath worker.
+    #[cfg(feature = "mpath")]
+    Multipath(Request<OwnedFd>, crate::mpath::Multipath),
 }
 
 /// What [`Executor::run_here`] did with a request.
 pub enum Ran {
     /// Executed: the request (its fd still open) and its response.
     Answered(Request<OwnedFd>, Response),
-    /// For a dm-multipath device: not executed; the multipath worker's.
-    #[cfg(feature = "mpath")]
-    Multipath(Request<OwnedFd>, crate::mpath::Multipath),
+    /// Not executed: its device already executes its bound of commands, or
+    /// it is for a dm-multipath device. Queue it with [`Executor::run`].
+    Queue(Request<OwnedFd>),
+}
+
+/// The answer to a request that waited for a device that did not answer
+/// before shutdown gave up on it (D29): CHECK CONDITION, LOGICAL UNIT
+/// COMMUNICATION FAILURE, what QEMU reports to the guest when it loses the
+/// helper.
+pub fn cancelled() -> Response {
+    response(
+        Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
+        Vec::new(),
+    )
 }
 
 /// Runs `request` with SG_IO and builds the response (which the caller sends).

@@ -150,9 +150,11 @@ pub enum End {
 /// the request timeout), a response the socket did not take at once, the
 /// end of the connection, or shutdown.
 ///
-/// A request for a dm-multipath device comes back with the connection,
-/// unexecuted; this task queues it to the pool, which passes it on to the
-/// multipath worker.
+/// A request that the worker cannot execute at once comes back with the
+/// connection, unexecuted: one for a device already executing its bound of
+/// commands (D29), or for a dm-multipath device. This task queues it with
+/// the pool, where it waits for its device without holding a thread (and a
+/// multipath request goes on to the multipath worker).
 ///
 /// When the pool cannot take the connection (it cannot watch the socket or
 /// start a thread), requests are read here and executed on the pool, whose
@@ -192,8 +194,7 @@ pub async fn serve(
             let done = match returned {
                 Returned::Partial => Ok(()),
                 Returned::Pending(rest) => conn.write_rest(&rest).await,
-                #[cfg(feature = "mpath")]
-                Returned::Multipath(request) => conn.answer(request).await,
+                Returned::Queue(request) => conn.answer(request).await,
                 Returned::End(end) => Err(end),
                 Returned::Refused => {
                     parking = false;
@@ -384,10 +385,9 @@ enum Returned {
     Partial,
     /// The socket did not take the whole response: the task writes the rest.
     Pending(Vec<u8>),
-    /// A request for a dm-multipath device, read but not executed: the task
-    /// queues it for the multipath worker.
-    #[cfg(feature = "mpath")]
-    Multipath(Request<OwnedFd>),
+    /// A request read but not executed (its device is busy, or it is for a
+    /// dm-multipath device): the task queues it with the pool.
+    Queue(Request<OwnedFd>),
     /// The connection ends.
     End(End),
     /// The pool could not take the connection: the task stops parking it.
@@ -404,6 +404,7 @@ struct ParkedConnection {
     buf: Vec<u8>,
     peer: Peer,
     config: Arc<ConnectionConfig>,
+    pool: Pool,
     /// Set by `readable` when it returns false.
     returned: Returned,
     back: oneshot::Sender<Back>,
@@ -435,12 +436,11 @@ impl Parked for ParkedConnection {
                 }
             };
             let started = std::time::Instant::now();
-            let (request, response) = match self.config.executor.run_here(request) {
+            let (request, response) = match self.config.executor.run_here(request, &self.pool) {
                 Ran::Answered(request, response) => (request, response),
-                // The multipath worker answers it; its task queues it there.
-                #[cfg(feature = "mpath")]
-                Ran::Multipath(request, _) => {
-                    self.returned = Returned::Multipath(request);
+                // Its task queues it, where it waits without a thread.
+                Ran::Queue(request) => {
+                    self.returned = Returned::Queue(request);
                     return false;
                 }
             };
@@ -571,6 +571,7 @@ impl Connection {
             buf: Vec::with_capacity(CDB_SIZE),
             peer,
             config: config.clone(),
+            pool: pool.clone(),
             returned: Returned::Partial,
             back: tx,
         }));
@@ -649,8 +650,9 @@ impl Connection {
             reply,
         };
         let config = self.config.clone();
+        let pool = self.pool.clone();
         self.pool
-            .run(move || config.executor.run(request, responder));
+            .run(move || config.executor.run(request, responder, &pool));
         in_flight
     }
 

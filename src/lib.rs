@@ -28,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod daemon;
 pub mod fdpass;
+pub mod isolation;
 pub mod listener;
 pub mod logging;
 pub mod mpath;

@@ -15,6 +15,12 @@
 //! * **jobs** ([`Pool::run`]): closures queued by the event loop, counted by
 //!   an eventfd in semaphore mode, one count per job.
 //!
+//! Every command takes a place on its device first ([`Pool::run_on_device`],
+//! [`Pool::enter_or_wait`]; see [`crate::isolation`], D29): a device executes
+//! at most two at once, so one that never answers holds at most two threads.
+//! A parked connection whose request finds its device full is handed back to
+//! its task, which queues the request here to wait without a thread.
+//!
 //! The number of threads adapts, as QEMU's own thread pool does not:
 //!
 //! * one thread is started on demand and kept: under load it takes request
@@ -39,6 +45,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::isolation::{Admission, DevKey, Devices, Waiting};
 
 /// How long a thread may stay on one piece of work, with no other thread
 /// waiting for work, before the watchdog adds a thread.
@@ -103,7 +111,19 @@ struct Inner {
     watchdog: Watchdog,
     max_threads: usize,
     name: String,
+    /// Commands executing and requests waiting, per device (D29).
+    devices: Mutex<Devices<Ticket>>,
+    /// Commands executing, plus [`UNKEYED`] while one executes whose
+    /// device was not looked up (it started while no other executed).
+    executing: AtomicUsize,
+    /// Whether unkeyed commands are allowed: only with a bound of two or
+    /// more, so that a device refused a place always has a keyed command
+    /// executing, whose end starts the next.
+    unkeyed_ok: bool,
 }
+
+/// See `Inner::executing`.
+const UNKEYED: usize = 1 << (usize::BITS - 1);
 
 #[derive(Default)]
 struct Threads {
@@ -224,6 +244,9 @@ impl Pool {
                 watchdog: Watchdog::default(),
                 max_threads: max_threads.max(1),
                 name: name.to_string(),
+                devices: Mutex::new(Devices::new(crate::isolation::bound_for(max_threads))),
+                executing: AtomicUsize::new(0),
+                unkeyed_ok: crate::isolation::bound_for(max_threads) >= 2,
             }),
         })
     }
@@ -297,6 +320,139 @@ impl Pool {
     /// Most threads that ever existed at once.
     pub fn peak_threads(&self) -> usize {
         lock(&self.inner.threads).peak
+    }
+
+    /// Runs `f` on the calling thread if `key` has a place free (see
+    /// [`crate::isolation`]), holding the place while `f` runs; None if the
+    /// device already executes its bound of commands.
+    pub fn run_on_device<R>(&self, fd: BorrowedFd<'_>, f: impl FnOnce() -> R) -> Option<R> {
+        let inner = &self.inner;
+        if inner.unkeyed_ok
+            && inner
+                .executing
+                .compare_exchange(0, UNKEYED | 1, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Alone: no need to know the device.
+            struct Unkeyed<'a>(&'a AtomicUsize);
+            impl Drop for Unkeyed<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(UNKEYED | 1, Ordering::SeqCst);
+                }
+            }
+            let _done = Unkeyed(&inner.executing);
+            return Some(f());
+        }
+        let key = DevKey::of(fd);
+        if !self.enter(key) {
+            return None;
+        }
+        struct Leave<'a>(&'a Pool, DevKey);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.leave(self.1);
+            }
+        }
+        let _leave = Leave(self, key);
+        Some(f())
+    }
+
+    /// Counts a command as executing, then takes a place on `key` for it;
+    /// uncounts it if there is none.
+    fn enter(&self, key: DevKey) -> bool {
+        let before = self.inner.executing.fetch_add(1, Ordering::SeqCst);
+        let unkeyed = usize::from(before & UNKEYED != 0);
+        if lock(&self.inner.devices).try_enter_beside(key, unkeyed) {
+            return true;
+        }
+        self.inner.executing.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+
+    /// A command on `key` has ended: its place (and its count) goes to the
+    /// first request waiting for the device, which starts on a pool thread,
+    /// or is freed.
+    fn leave(&self, key: DevKey) {
+        let next = lock(&self.inner.devices).leave(key);
+        match next {
+            Some(next) => {
+                let ticket = Ticket::new(self, key);
+                self.run(move || next(Admission::Run(ticket)));
+            }
+            None => {
+                self.inner.executing.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Calls `waiting` with a ticket for `key`: at once, on the calling
+    /// thread, if the device has a place free; else, on a pool thread, as
+    /// soon as one of its commands ends. At shutdown ([`Pool::close_devices`])
+    /// it is called with [`Admission::Cancelled`] instead.
+    pub fn enter_or_wait(&self, key: DevKey, waiting: Waiting<Ticket>) {
+        let executing = &self.inner.executing;
+        let before = executing.fetch_add(1, Ordering::SeqCst);
+        let unkeyed = usize::from(before & UNKEYED != 0);
+        let now = lock(&self.inner.devices).enter_or_wait(key, unkeyed, waiting);
+        match now {
+            Some((waiting, true)) => waiting(Admission::Run(Ticket::new(self, key))),
+            Some((waiting, false)) => {
+                executing.fetch_sub(1, Ordering::SeqCst);
+                waiting(Admission::Cancelled)
+            }
+            None => {
+                executing.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Shutdown has waited long enough: cancels every request waiting for
+    /// a device (and any that comes later for a busy one), on the calling
+    /// thread. Returns how many were cancelled and how many commands are
+    /// still executing.
+    pub fn close_devices(&self) -> (usize, usize) {
+        let (cancelled, mut executing) = lock(&self.inner.devices).close();
+        if self.inner.executing.load(Ordering::SeqCst) & UNKEYED != 0 {
+            executing += 1;
+        }
+        let n = cancelled.len();
+        for waiting in cancelled {
+            if let Err(p) =
+                std::panic::catch_unwind(AssertUnwindSafe(|| waiting(Admission::Cancelled)))
+            {
+                tracing::error!("cancelling a request panicked: {}", panic_message(&*p));
+            }
+        }
+        (n, executing)
+    }
+}
+
+/// A place to execute one command on one device (D29). Dropping it gives
+/// the place to the first request waiting for the device, which then runs on
+/// a pool thread.
+pub struct Ticket {
+    pool: Pool,
+    key: DevKey,
+}
+
+impl Ticket {
+    fn new(pool: &Pool, key: DevKey) -> Ticket {
+        Ticket {
+            pool: pool.clone(),
+            key,
+        }
+    }
+
+    /// The pool the ticket belongs to, to run follow-up work for the same
+    /// command (the place stays taken while the ticket lives).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.pool.leave(self.key);
     }
 }
 
@@ -645,6 +801,64 @@ mod tests {
             rx.recv().unwrap();
         }
         assert_eq!(started.load(Ordering::SeqCst), 5);
+    }
+
+    #[test]
+    fn at_most_two_commands_per_device_unkeyed_or_not_and_waiting_ones_start_later() {
+        use std::os::fd::AsFd;
+        let pool = Pool::new("t", 4).unwrap();
+        let (a, b) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let wait = |gate: &Gate| {
+            let (lock, cond) = &**gate;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cond.wait(open).unwrap();
+            }
+        };
+        let started = Arc::new(AtomicUsize::new(0));
+        // Two commands on device a, each on its own thread: the first starts
+        // alone (unkeyed), the second beside it (keyed).
+        let holders: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, a, gate, started) = (
+                    pool.clone(),
+                    a.try_clone().unwrap(),
+                    gate.clone(),
+                    started.clone(),
+                );
+                std::thread::spawn(move || {
+                    pool.run_on_device(a.as_fd(), || {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        wait(&gate)
+                    })
+                })
+            })
+            .collect();
+        wait_for("two commands on a", || started.load(Ordering::SeqCst) == 2);
+        // A third on a is refused; b still has a place.
+        assert!(pool.run_on_device(a.as_fd(), || ()).is_none());
+        assert_eq!(pool.run_on_device(b.as_fd(), || 7), Some(7));
+        // A request queued for a starts, on a pool thread, when one of a's
+        // commands ends.
+        let (tx, rx) = mpsc::channel();
+        pool.enter_or_wait(
+            DevKey::of(a.as_fd()),
+            Box::new(move |admission| {
+                let _ = tx.send(matches!(admission, Admission::Run(_)));
+            }),
+        );
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+        for h in holders {
+            assert_eq!(h.join().unwrap(), Some(()));
+        }
+        // Everything has left, so the next command starts unkeyed again.
+        wait_for("every place freed", || {
+            pool.inner.executing.load(Ordering::SeqCst) == 0
+        });
     }
 
     /// A test gate: closed (false) holds whoever waits on it.

@@ -96,15 +96,47 @@ pub async fn run(
     // Stop accepting: close the listening socket, then let the caller unlink
     // its path, before waiting for requests in flight (as the reference).
     let Acceptor {
-        listener, drain_tx, ..
+        listener,
+        drain_tx,
+        pool,
+        connection,
+        ..
     } = acceptor;
     drop(listener);
     on_stop();
     drop(notify_shutdown);
     drop(drain_tx);
-    let _ = drain_rx.recv().await;
-    info!("all connections closed");
+    // Requests in flight get up to the SG_IO timeout, by which any device
+    // that answers at all has answered (D29). After it, requests waiting for
+    // a device that did not answer are answered CHECK CONDITION 0B/08/00,
+    // and the helper exits without waiting for commands that still execute:
+    // they cannot be interrupted, and exiting ends them (a fatal signal
+    // stops the kernel's retries on a multipath map); their clients see the
+    // connection close.
+    let grace = connection.executor.config.sgio_timeout;
+    if tokio::time::timeout(grace, drain_rx.recv()).await.is_ok() {
+        info!("all connections closed");
+        return;
+    }
+    let (cancelled, executing) = pool.close_devices();
+    // The cancelled requests' answers need only be written.
+    let closed = tokio::time::timeout(FINAL_WRITES, drain_rx.recv())
+        .await
+        .is_ok();
+    warn!(
+        "exiting after {grace:?} of shutdown: {cancelled} requests waiting for a device were \
+         answered with an error; {executing} commands still executing are abandoned{}",
+        if closed {
+            ""
+        } else {
+            " (some connections still open)"
+        }
+    );
 }
+
+/// At shutdown, after the grace period: how long the answers to cancelled
+/// requests may take to be written before the helper exits anyway.
+const FINAL_WRITES: Duration = Duration::from_secs(1);
 
 struct Acceptor {
     listener: UnixListener,

@@ -98,12 +98,13 @@ fn read_only_pr_out_never_reaches_the_device() {
 fn a_slow_device_delays_nobody_else() {
     let dev = FakeDev::mount();
     let h = Helper::ours(&[]);
-    let slow = dev.open("e0-hold");
     let fast = dev.open("e25");
-    // Four hung commands: more than the threads the SG_IO pool keeps (one
-    // per CPU), so the pool has to grow for the others to be served.
+    // Four hung commands on four devices (one device executes at most two
+    // at once, D29): more than the threads the SG_IO pool keeps (one), so
+    // the pool has to grow for the others to be served.
+    let slow: Vec<_> = (0..4).map(|i| dev.open(&FakeDev::hold_name(i))).collect();
     let mut stuck: Vec<_> = (0..4).map(|_| h.client()).collect();
-    for c in stuck.iter_mut() {
+    for (c, slow) in stuck.iter_mut().zip(&slow) {
         c.send(&pr_in_cdb(0, 8), slow.as_fd(), &[]).unwrap();
     }
     dev.wait_held(4);
@@ -135,9 +136,11 @@ fn a_slow_device_delays_nobody_else() {
 fn sgio_pool_is_bounded() {
     let dev = FakeDev::mount();
     let h = Helper::ours(&["--sgio-threads", "2"]);
-    let slow = dev.open("e0-hold");
+    // Three devices, so that only the thread bound limits (one device
+    // would execute one command at a time with two threads, D29).
+    let slow: Vec<_> = (0..3).map(|i| dev.open(&FakeDev::hold_name(i))).collect();
     let mut clients: Vec<_> = (0..3).map(|_| h.client()).collect();
-    for c in clients.iter_mut() {
+    for (c, slow) in clients.iter_mut().zip(&slow) {
         c.send(&pr_in_cdb(0, 8), slow.as_fd(), &[]).unwrap();
     }
     dev.wait_held(2);
@@ -155,10 +158,11 @@ fn sgio_pool_is_bounded() {
 fn sigterm_with_requests_in_flight_answers_every_one() {
     let dev = FakeDev::mount();
     let mut h = Helper::ours(&[]);
-    let slow = dev.open("e0-hold");
+    // Eight devices: each executes at most two commands at once (D29).
+    let slow: Vec<_> = (0..8).map(|i| dev.open(&FakeDev::hold_name(i))).collect();
     let mut busy: Vec<_> = (0..8).map(|_| h.client()).collect();
     let mut idle = h.client();
-    for c in busy.iter_mut() {
+    for (c, slow) in busy.iter_mut().zip(&slow) {
         c.send(&pr_out_cdb(0, 0, 0, 24), slow.as_fd(), &PARAMS)
             .unwrap();
     }

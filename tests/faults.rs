@@ -20,6 +20,8 @@
 //!   queued requests, a half-sent request and busy clients);
 //! * a hung device delays nobody else: `execution.rs`,
 //!   `a_slow_device_delays_nobody_else`;
+//! * a multipath map with `queue_if_no_path` and every path failed (D29):
+//!   the test bed (`tests/testbed.rs`, `isolation`);
 //! * a LUN deleted while a request is outstanding: the test bed
 //!   (`tests/testbed.rs`, `faults`), which needs a real SCSI target.
 
@@ -99,14 +101,15 @@ fn clients_vanishing_mid_handshake_cdb_or_parameters_disturb_nobody() {
 fn client_vanishing_while_its_request_executes_costs_only_a_warning() {
     let dev = FakeDev::mount();
     let (h, baseline) = started(&[]);
-    let held = dev.open("e0-hold");
+    // Four devices: one executes at most two commands at once (D29).
+    let held: Vec<_> = (0..4).map(|i| dev.open(&FakeDev::hold_name(i))).collect();
     let fast = dev.open(&format!("e{}", libc::ENOTTY));
     let mut gone: Vec<_> = (0..4).map(|_| h.client()).collect();
     for (i, c) in gone.iter_mut().enumerate() {
         if i % 2 == 0 {
-            c.send(&pr_in_cdb(0, 8192), held.as_fd(), &[]).unwrap();
+            c.send(&pr_in_cdb(0, 8192), held[i].as_fd(), &[]).unwrap();
         } else {
-            c.send(&pr_out_cdb(0, 0, 0, 24), held.as_fd(), &PARAMS)
+            c.send(&pr_out_cdb(0, 0, 0, 24), held[i].as_fd(), &PARAMS)
                 .unwrap();
         }
     }
@@ -401,7 +404,12 @@ fn replies_until_close(stream: &mut UnixStream) -> usize {
 fn sigterm_under_full_load_answers_every_request_read() {
     let dev = FakeDev::mount();
     let (mut h, baseline) = started(&["--sgio-threads", "2"]);
-    let held = dev.open("e0-hold");
+    // Two hung devices: with two threads, one device executes one command
+    // at a time (D29).
+    let held = [
+        dev.open(&FakeDev::hold_name(0)),
+        dev.open(&FakeDev::hold_name(1)),
+    ];
     let f = fds::rw_file(h.dir.path());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let answered = AtomicUsize::new(0);
@@ -441,14 +449,19 @@ fn sigterm_under_full_load_answers_every_request_read() {
             assert!(Instant::now() < deadline, "busy clients not served");
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Six requests on a hung device: two execute and hold both SG_IO
+        // Six requests on two hung devices: two execute and hold both SG_IO
         // threads; the other four, and then every busy client's next
         // request, wait unread in their sockets (a worker reads a request
         // only when it can execute it). One client is half-way through a
         // CDB.
-        for c in waiting.iter_mut() {
-            c.send(&pr_out_cdb(0, 0, 0, 24), held.as_fd(), &PARAMS)
+        for (i, c) in waiting.iter_mut().enumerate() {
+            c.send(&pr_out_cdb(0, 0, 0, 24), held[i % 2].as_fd(), &PARAMS)
                 .unwrap();
+            // One on each device first, so that no thread is free when the
+            // others arrive.
+            if i < 2 {
+                dev.wait_held(i + 1);
+            }
         }
         send_with_fds(half.stream(), &pr_in_cdb(0, 8)[..9], &[f.as_fd()]);
         dev.wait_held(2);
@@ -828,4 +841,133 @@ fn sigterm_ends_the_helper_while_clients_keep_sending() {
     });
     eprintln!("exit {took:?} after SIGTERM");
     h.assert_no_errors();
+}
+
+/// Threads of `pid` named `name` (/proc/PID/task/*/comm).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn a_hung_device_holds_two_threads_and_delays_no_other_device() {
+    // D29. Eight requests (twice --sgio-threads) on a device that never
+    // answers: two execute, the other six wait in the helper without a
+    // thread. Before, each took a thread until all four were held and every
+    // other device waited.
+    let dev = FakeDev::mount();
+    let (h, _) = started(&["--sgio-threads", "4"]);
+    let hung = dev.open("e0-hold");
+    let mut stuck: Vec<_> = (0..8).map(|_| h.client()).collect();
+    for c in stuck.iter_mut() {
+        c.send(&pr_in_cdb(0, 8), hung.as_fd(), &[]).unwrap();
+    }
+    dev.wait_held(2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dev.held(), 2, "at most two commands execute on one device");
+    assert_eq!(dev.ioctls(), 2);
+    // Two threads hung, at most one more (the watchdog's, which took the
+    // other requests and queued them).
+    let sgio = threads_named(h.pid(), "prh-sgio");
+    assert!(sgio <= 3, "{sgio} SG_IO threads for one hung device");
+    // Meanwhile other devices (another fake device and a regular file) are
+    // served as usual: 4 clients x 100 requests, each timed.
+    let other = dev.open("e25");
+    let file = fds::rw_file(h.dir.path());
+    let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|i| {
+                let (h, other, file) = (&h, &other, &file);
+                s.spawn(move || {
+                    let mut c = h.client();
+                    let fd = if i % 2 == 0 {
+                        other.as_fd()
+                    } else {
+                        file.as_fd()
+                    };
+                    (0..100)
+                        .map(|_| {
+                            let t = Instant::now();
+                            let r = c.execute(&pr_in_cdb(0, 8), fd, &[]).unwrap();
+                            assert_eq!(r.to_bytes(), io_error());
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = *latencies.last().unwrap();
+    eprintln!(
+        "other devices while one hangs: p50 {:?}, p99 {p99:?}, max {max:?}; {} SG_IO threads",
+        latencies[latencies.len() / 2],
+        threads_named(h.pid(), "prh-sgio"),
+    );
+    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
+    assert_eq!(dev.held(), 2);
+    // Once the device answers, every waiting request is answered in turn.
+    let before = dev.ioctls();
+    dev.release();
+    for (i, c) in stuck.iter_mut().enumerate() {
+        let r = c
+            .receive()
+            .unwrap_or_else(|e| panic!("response {i} lost: {e}"));
+        assert_eq!(r.to_bytes(), reply(0, [0; 96], 8), "request {i}");
+    }
+    assert_eq!(dev.ioctls() - before, 6);
+    h.assert_no_errors();
+}
+
+#[test]
+fn sigterm_with_a_hung_device_exits_after_the_sgio_timeout() {
+    // D29: SIGTERM waits for requests in flight at most --sgio-timeout (1 s
+    // here), then answers the requests waiting for the hung device with
+    // CHECK CONDITION 0B/08/00 and exits without the two commands still
+    // executing (they cannot be interrupted). The fake device, like the
+    // kernel's retry loop on a multipath map, ends a held ioctl when its
+    // thread is killed, as at process exit; their connections then close
+    // without a reply.
+    let dev = FakeDev::mount();
+    let (mut h, _) = started(&["--sgio-threads", "4", "--sgio-timeout", "1"]);
+    let hung = dev.open("e0-hold");
+    let mut stuck: Vec<_> = (0..6).map(|_| h.client()).collect();
+    for c in stuck.iter_mut() {
+        c.send(&pr_out_cdb(0, 0, 0, 24), hung.as_fd(), &PARAMS)
+            .unwrap();
+    }
+    dev.wait_held(2);
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    h.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = h.wait(Duration::from_secs(10));
+    let exited = start.elapsed();
+    eprintln!("exited {exited:?} after SIGTERM with a hung device");
+    assert!(status.success(), "{status:?}\n{}", h.stderr());
+    assert!(exited < Duration::from_secs(4), "{exited:?}");
+    assert!(exited >= Duration::from_millis(900), "{exited:?}");
+    let (mut answered, mut closed) = (0, 0);
+    for c in stuck.iter_mut() {
+        let (bytes, eof) = read_until_close(c.stream(), Duration::from_secs(5));
+        assert!(eof);
+        if bytes.is_empty() {
+            closed += 1;
+        } else {
+            assert_eq!(bytes, reply(2, sense(0x0b, 0x08, 0x00), 0));
+            answered += 1;
+        }
+    }
+    assert_eq!((answered, closed), (4, 2));
+    assert_eq!(dev.ioctls(), 2);
+    assert!(h
+        .stderr()
+        .contains("4 requests waiting for a device were answered with an error"));
 }

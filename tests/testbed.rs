@@ -345,4 +345,12 @@ fn multipath_map_through_libmpathpersist() {
     let run = boot("mpath", Image::Mpath, "1G", Duration::from_secs(600));
     run.assert_all_passed(20);
     assert!(run.figure("mpath-slow-library-call-ms").is_some());
+    for figure in [
+        "mpath-hang-requests-blocked",
+        "mpath-hang-other-map-p99-us",
+        "mpath-hang-path-device-p99-us",
+        "mpath-hang-sigterm-exit-ms",
+    ] {
+        assert!(run.figure(figure).is_some(), "figure {figure} missing");
+    }
 }

@@ -1,10 +1,27 @@
 //! The multipath worker: one dedicated thread makes every libmpathpersist
-//! call (D8). The library is not known to be thread-safe, so calls stay
-//! serialised as in the reference, but they never block the event loop or
-//! the SG_IO pool: other clients' requests and new connections go on while
-//! a library call waits for a slow path or for multipathd.
+//! call (D8). The library is not known to be thread-safe (it keeps global
+//! state: its configuration, udev context, the prkeys file and its
+//! semaphores), so calls stay serialised as in the reference, but they never
+//! block the event loop or the SG_IO pool: other clients' requests and new
+//! connections go on while a library call waits for a slow path or for
+//! multipathd.
+//!
+//! What can hang for ever on a map is SG_IO on the map itself: with
+//! `queue_if_no_path` and no usable path, the kernel retries it every 10 ms
+//! until a path returns. The library does not do that (it sends its
+//! commands to path devices, which fail at once when the path is down), but
+//! the TEST UNIT READY probe after a library error does. So the probe does
+//! not run here: it runs on the SG_IO pool, holding the map's place there
+//! (D29), and a map that hangs holds at most two pool threads while this
+//! thread serves the other maps. Requests for a map that has its two places
+//! taken wait in the pool without reaching this thread.
+//!
+//! A panic while handling a request is caught, as on the pool: the request
+//! is dropped unanswered (its connection ends with an internal error) and
+//! the thread goes on with the next one.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +33,7 @@ use super::ffi;
 use super::translate::{self, Mapped};
 use crate::command::response;
 use crate::connection::Responder;
+use crate::pool::Ticket;
 use crate::protocol::{Direction, Request, Response};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, status, Completion, SenseCode, TEST_UNIT_READY};
@@ -60,12 +78,7 @@ impl Prepared {
         };
         std::thread::Builder::new()
             .name("prh-mpath".into())
-            .spawn(move || {
-                for job in jobs {
-                    let response = execute(&job.request, &settings);
-                    job.responder.send(job.request, response);
-                }
-            })
+            .spawn(move || work(jobs, |job| handle(job, &settings)))
             .map_err(InitError::Thread)?;
         Ok(Multipath {
             control: Arc::new(self.control),
@@ -83,6 +96,49 @@ struct Settings {
 struct Job {
     request: Request<OwnedFd>,
     responder: Responder,
+    /// The request's place on its map (D29), held until it is answered.
+    ticket: Ticket,
+}
+
+/// The worker's loop: `handle` for each job, in order, until every sender
+/// is gone. A panic in `handle` is logged and drops that job (as the SG_IO
+/// pool does with a panicking request), and the loop goes on.
+fn work<J>(jobs: mpsc::Receiver<J>, mut handle: impl FnMut(J)) {
+    for job in jobs {
+        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| handle(job))) {
+            let message = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            tracing::error!("a request panicked on the multipath worker: {message}");
+        }
+    }
+}
+
+/// One library call; the probe, if the library's answer needs one, goes to
+/// the SG_IO pool.
+fn handle(job: Job, s: &Settings) {
+    let Job {
+        request,
+        responder,
+        ticket,
+    } = job;
+    match execute(&request, s) {
+        Outcome::Answer(response) => {
+            drop(ticket);
+            responder.send(request, response);
+        }
+        Outcome::Probe(generic) => {
+            let timeout = s.sgio_timeout;
+            let pool = ticket.pool().clone();
+            pool.run(move || {
+                let completion = probe(&request, generic, timeout);
+                drop(ticket);
+                responder.send(request, response(completion, Vec::new()));
+            });
+        }
+    }
 }
 
 /// Handle to running multipath support; cheap to clone.
@@ -104,9 +160,15 @@ impl Multipath {
         self.control.is_multipath(fd)
     }
 
-    /// Queues a request for the worker, which answers it.
-    pub fn submit(&self, request: Request<OwnedFd>, responder: Responder) {
-        if let Err(mpsc::SendError(job)) = self.queue.send(Job { request, responder }) {
+    /// Queues a request for the worker, which answers it; `ticket` is its
+    /// place on the map, released once it is answered.
+    pub fn submit(&self, request: Request<OwnedFd>, responder: Responder, ticket: Ticket) {
+        let job = Job {
+            request,
+            responder,
+            ticket,
+        };
+        if let Err(mpsc::SendError(job)) = self.queue.send(job) {
             // The worker is gone (it panicked): answer as a failed library call.
             tracing::error!("the multipath worker is not running");
             let response = response(
@@ -118,60 +180,108 @@ impl Multipath {
     }
 }
 
+/// What a library call leads to.
+enum Outcome {
+    /// The response.
+    Answer(Response),
+    /// The library dropped the device's sense: probe the device with TEST
+    /// UNIT READY, answering with this generic sense if that is GOOD.
+    Probe(SenseCode),
+}
+
 /// One library call and its translation (spec §7.3–§7.5).
-fn execute(request: &Request<OwnedFd>, s: &Settings) -> Response {
+fn execute(request: &Request<OwnedFd>, s: &Settings) -> Outcome {
     let fd = request.fd.as_fd();
     match request.direction {
         Direction::In => {
             let sa = match translate::parse_pr_in(&request.cdb) {
                 Ok(sa) => sa,
-                Err(sense) => return response(Completion::check_condition(sense), Vec::new()),
+                Err(sense) => return refused(sense),
             };
             let (rc, reply) = ffi::reserve_in(fd, sa, s.noisy, s.verbose);
-            match finish(rc, request, s) {
-                Some(completion) => response(completion, Vec::new()),
-                None => Response {
+            finish(rc).unwrap_or_else(|| {
+                Outcome::Answer(Response {
                     status: status::GOOD,
                     sense: [0; crate::protocol::SENSE_SIZE],
                     data: translate::build_pr_in(&reply, request.transfer_len),
-                },
-            }
+                })
+            })
         }
         Direction::Out => {
             let prout = match translate::parse_pr_out(&request.cdb, &request.params) {
                 Ok(p) => p,
-                Err(sense) => return response(Completion::check_condition(sense), Vec::new()),
+                Err(sense) => return refused(sense),
             };
             let rc = ffi::reserve_out(fd, &prout, s.noisy, s.verbose);
-            match finish(rc, request, s) {
-                Some(completion) => response(completion, Vec::new()),
-                None => Response::status_only(status::GOOD),
-            }
+            finish(rc).unwrap_or_else(|| Outcome::Answer(Response::status_only(status::GOOD)))
         }
     }
 }
 
-/// `None` for success, else the completion to answer with.
-fn finish(rc: i32, request: &Request<OwnedFd>, s: &Settings) -> Option<Completion> {
+fn refused(sense: SenseCode) -> Outcome {
+    Outcome::Answer(response(Completion::check_condition(sense), Vec::new()))
+}
+
+/// `None` for success, else what to answer with.
+fn finish(rc: i32) -> Option<Outcome> {
     match translate::map_result(rc) {
         Mapped::Status(status::GOOD, _) => None,
-        Mapped::Status(st, sense) => Some(Completion {
-            status: st,
-            sense: sense
-                .map(|c| c.fixed_buffer())
-                .unwrap_or([0; crate::protocol::SENSE_SIZE]),
-            transferred: 0,
-        }),
-        Mapped::ProbeTur(generic) => {
-            // The library dropped the device's sense; ask the device.
-            let tur = [TEST_UNIT_READY, 0, 0, 0, 0, 0];
-            let outcome = sgio::execute(request.fd.as_fd(), &tur, DataPhase::None, s.sgio_timeout);
-            let c = scsi::complete(outcome, 0);
-            Some(if c.status != status::GOOD {
-                c
-            } else {
-                Completion::check_condition(generic)
+        Mapped::Status(st, sense) => Some(Outcome::Answer(response(
+            Completion {
+                status: st,
+                sense: sense
+                    .map(|c| c.fixed_buffer())
+                    .unwrap_or([0; crate::protocol::SENSE_SIZE]),
+                transferred: 0,
+            },
+            Vec::new(),
+        ))),
+        Mapped::ProbeTur(generic) => Some(Outcome::Probe(generic)),
+    }
+}
+
+/// The library dropped the device's sense; ask the device (on a pool
+/// thread: on a map with `queue_if_no_path` and no path this blocks until a
+/// path returns).
+fn probe(request: &Request<OwnedFd>, generic: SenseCode, timeout: Duration) -> Completion {
+    let tur = [TEST_UNIT_READY, 0, 0, 0, 0, 0];
+    let outcome = sgio::execute(request.fd.as_fd(), &tur, DataPhase::None, timeout);
+    let c = scsi::complete(outcome, 0);
+    if c.status != status::GOOD {
+        c
+    } else {
+        Completion::check_condition(generic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_request_is_dropped_and_the_worker_goes_on() {
+        // The injection point is the handler the loop is given: this one
+        // panics on request 1, as a bug in translation or the binding would.
+        let (queue, jobs) = mpsc::channel::<(u32, mpsc::Sender<u32>)>();
+        let worker = std::thread::spawn(move || {
+            work(jobs, |(n, reply)| {
+                assert_ne!(n, 1, "injected panic");
+                reply.send(n * 10).unwrap();
             })
-        }
+        });
+        let ask = |n| {
+            let (tx, rx) = mpsc::channel();
+            queue.send((n, tx)).expect("the worker is running");
+            rx.recv_timeout(Duration::from_secs(5))
+        };
+        assert_eq!(ask(0), Ok(0));
+        // The panicking request is dropped unanswered (its reply channel
+        // closes, as a Responder's does) ...
+        assert_eq!(ask(1), Err(mpsc::RecvTimeoutError::Disconnected));
+        // ... and the worker serves the next ones.
+        assert_eq!(ask(2), Ok(20));
+        assert_eq!(ask(3), Ok(30));
+        drop(queue);
+        worker.join().unwrap();
     }
 }

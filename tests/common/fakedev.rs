@@ -76,6 +76,12 @@ impl Behaviour {
 #[derive(Default)]
 struct Shared {
     released: Mutex<bool>,
+    /// Held ioctls (by FUSE unique) whose thread is being killed: they end
+    /// with EINTR, as the kernel's retry loop on a multipath map ends when
+    /// its caller gets a fatal signal.
+    killed: Mutex<std::collections::HashSet<u64>>,
+    /// Held ioctls: FUSE unique -> the calling thread's id.
+    callers: Mutex<HashMap<u64, u32>>,
     cond: Condvar,
     held: AtomicUsize,
     ioctls: AtomicUsize,
@@ -149,6 +155,12 @@ impl FakeDev {
             .unwrap_or_else(|e| panic!("open fake device {name}: {e}"))
     }
 
+    /// The name of the `i`th of several distinct devices that hold their
+    /// ioctls (each a file of its own: a device of its own to the helper).
+    pub fn hold_name(i: usize) -> String {
+        format!("e0-hold{}", "-d0".repeat(i))
+    }
+
     /// Opens a fake device read-only.
     pub fn open_ro(&self, name: &str) -> File {
         File::open(self.path(name)).unwrap_or_else(|e| panic!("open fake device {name}: {e}"))
@@ -197,6 +209,21 @@ impl Drop for FakeDev {
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         let _ = &self.dir;
     }
+}
+
+/// True if thread `tid` has SIGKILL pending (it is being killed).
+fn being_killed(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -278,7 +305,20 @@ fn serve(dev: File, shared: Arc<Shared>) {
             }
             FUSE_OPEN | FUSE_OPENDIR => reply(&dev, unique, 0, &[0u8; 16]),
             FUSE_RELEASE | FUSE_RELEASEDIR | FUSE_FLUSH => reply(&dev, unique, 0, &[]),
-            FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => {}
+            FUSE_FORGET | FUSE_BATCH_FORGET => {}
+            FUSE_INTERRUPT => {
+                // The kernel asks to interrupt a request whose caller got a
+                // signal. Only a fatal one (SIGKILL, as at process exit)
+                // ends a hold; any other leaves it waiting, as a disk's
+                // uninterruptible wait would.
+                let target = u64_at(body, 0);
+                let tid = shared.callers.lock().unwrap().get(&target).copied();
+                if tid.is_some_and(being_killed) {
+                    shared.killed.lock().unwrap().insert(target);
+                    let _guard = shared.released.lock().unwrap();
+                    shared.cond.notify_all();
+                }
+            }
             FUSE_DESTROY => {
                 reply(&dev, unique, 0, &[]);
                 return;
@@ -292,6 +332,13 @@ fn serve(dev: File, shared: Arc<Shared>) {
                 });
                 let dev = dev.clone();
                 let shared = shared.clone();
+                if b.hold {
+                    shared
+                        .callers
+                        .lock()
+                        .unwrap()
+                        .insert(unique, u32_at(req, 32));
+                }
                 let answer = move || {
                     if b.hold {
                         let released = shared.released.lock().unwrap();
@@ -300,9 +347,16 @@ fn serve(dev: File, shared: Arc<Shared>) {
                         // helper thread stuck in the kernel for good.
                         let _ = shared
                             .cond
-                            .wait_timeout_while(released, HOLD_LIMIT, |released| !*released)
+                            .wait_timeout_while(released, HOLD_LIMIT, |released| {
+                                !*released && !shared.killed.lock().unwrap().contains(&unique)
+                            })
                             .unwrap();
                         shared.held.fetch_sub(1, Ordering::SeqCst);
+                        shared.callers.lock().unwrap().remove(&unique);
+                        if shared.killed.lock().unwrap().remove(&unique) {
+                            reply(&dev, unique, libc::EINTR, &[]);
+                            return;
+                        }
                     }
                     std::thread::sleep(b.delay);
                     // fuse_ioctl_out: result, flags, in_iovs, out_iovs.

@@ -542,5 +542,155 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             (a, b) => Err(format!("{a} and {b} registrations left")),
         },
     );
+    let plain_paths = [plain.paths[0].block.clone(), plain.paths[1].block.clone()];
+    hung_map(&map, &serial, &paths, index + 1, &plain_paths, state)
+}
+
+/// D29: the map with `no_path_retry queue` (queue_if_no_path) and both its
+/// paths offline, several PR requests sent to it through a second
+/// pr-helper; meanwhile PR commands to a second multipath map (over the
+/// plain LUN) and to one of its path devices are timed; then SIGTERM.
+fn hung_map(
+    map: &Path,
+    serial: &str,
+    paths: &[PathBuf; 2],
+    index: usize,
+    plain_paths: &[PathBuf; 2],
+    state: impl Fn(&Path) -> PathBuf,
+) -> Result<(), String> {
+    const HANG_SOCKET: &str = "/run/pr-helper-hang.sock";
+    let serial2 = format!("prhtestbed{index:04}");
+    for p in plain_paths {
+        udev_entry(p, &serial2)?;
+    }
+    let mut map2 = None;
+    wait_for("second multipath map", Duration::from_secs(30), || {
+        let _ = run("/sbin/multipath", &["-v0"]);
+        map2 = map_device(&serial2);
+        map2.is_some()
+    })?;
+    // READ KEYS through the library needs no prkey, so multipathd need not
+    // have adopted this map.
+    let map2 = map2.unwrap_or_default();
+    let mut helper = Command::new("/bin/pr-helper-mpath")
+        .args(["-k", HANG_SOCKET, "--sgio-timeout", "3"])
+        .env("DM_DISABLE_UDEV", "1")
+        .spawn()
+        .map_err(|e| format!("pr-helper-mpath: {e}"))?;
+    wait_for("second helper socket", Duration::from_secs(20), || {
+        Path::new(HANG_SOCKET).exists()
+    })?;
+    for p in paths {
+        std::fs::write(state(p), "offline\n").map_err(|e| format!("offline: {e}"))?;
+    }
+    let failed = wait_for("both paths failed", Duration::from_secs(30), || {
+        run("/sbin/multipath", &["-ll", serial])
+            .1
+            .lines()
+            .filter(|l| l.contains("failed"))
+            .count()
+            >= 2
+    });
+    let hung: Vec<_> = (0..4)
+        .map(|_| {
+            let map = map.to_path_buf();
+            std::thread::spawn(move || {
+                exec::run_socket(
+                    HANG_SOCKET,
+                    &map,
+                    &pr_in_cdb(sa_in::READ_KEYS, 64),
+                    &[],
+                    false,
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // How many of them are still waiting. Here libmpathpersist answers a
+    // request on a map without a usable path at once (it finds no active
+    // path), so this is usually 0; what blocks on such a map is SG_IO on
+    // the map itself (the LIO boot's isolation suite, and the TEST UNIT
+    // READY probe, which runs on the SG_IO pool under the map's bound).
+    let blocked = hung.iter().filter(|t| !t.is_finished()).count();
+    let (mut on_map2, mut on_path, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..100 {
+        let (dev, lat) = if i % 2 == 0 {
+            (&map2, &mut on_map2)
+        } else {
+            (&plain_paths[0], &mut on_path)
+        };
+        let t = Instant::now();
+        match exec::run_socket(
+            HANG_SOCKET,
+            dev,
+            &pr_in_cdb(sa_in::READ_KEYS, 64),
+            &[],
+            false,
+        ) {
+            Ok(o) if o.status == 0 => {}
+            other => errors.push(format!("{}: {other:?}", dev.display())),
+        }
+        lat.push(t.elapsed());
+    }
+    let p99 = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v[(v.len() * 99 / 100).min(v.len() - 1)]
+    };
+    let (p99_map2, p99_path) = (p99(&mut on_map2), p99(&mut on_path));
+    let start = Instant::now();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut status = None;
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(s)) = helper.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let exit = start.elapsed();
+    if status.is_none() {
+        let _ = helper.kill();
+        let _ = helper.wait();
+    }
+    for p in paths {
+        let _ = std::fs::write(state(p), "running\n");
+    }
+    let answers: Vec<_> = hung.into_iter().map(|t| t.join()).collect();
+    println!("FIGURE mpath-hang-requests-blocked {blocked}");
+    println!(
+        "FIGURE mpath-hang-other-map-p99-us {}",
+        p99_map2.as_micros()
+    );
+    println!(
+        "FIGURE mpath-hang-path-device-p99-us {}",
+        p99_path.as_micros()
+    );
+    println!("FIGURE mpath-hang-sigterm-exit-ms {}", exit.as_millis());
+    check(
+        "hung-map-delays-no-other-device",
+        if failed.is_ok()
+            && errors.is_empty()
+            && p99_map2 < Duration::from_millis(500)
+            && p99_path < Duration::from_millis(500)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "paths failed: {failed:?}; {blocked} of 4 blocked; p99 second map {p99_map2:?}, path {p99_path:?}; errors {errors:?}"
+            ))
+        },
+    );
+    check(
+        "sigterm-with-a-hung-map-exits-in-bounded-time",
+        match status {
+            Some(s) if s.success() && exit < Duration::from_secs(8) => Ok(()),
+            other => Err(format!(
+                "exit {other:?} after {exit:?}; hung requests: {answers:?}"
+            )),
+        },
+    );
     Ok(())
 }
