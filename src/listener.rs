@@ -19,13 +19,13 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, RenameFlags};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::{FchmodatFlags, Mode};
 use nix::unistd::{Gid, UnlinkatFlags};
@@ -167,9 +167,9 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
     // checked to be the one probed (else exchanged back and checked again).
     // What was displaced ends up in the private directory, removed with it.
     let rename = |flags| {
-        nix::fcntl::renameat2(
+        renameat2(
             private.fd.as_fd(),
-            PRIVATE_NAME,
+            PRIVATE_NAME.as_ref(),
             parent_fd.as_fd(),
             name,
             flags,
@@ -178,8 +178,8 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
     let mut attempts = 0;
     loop {
         let renamed = match existing {
-            None => rename(RenameFlags::RENAME_NOREPLACE),
-            Some(stale) => match rename(RenameFlags::RENAME_EXCHANGE) {
+            None => rename(libc::RENAME_NOREPLACE),
+            Some(stale) => match rename(libc::RENAME_EXCHANGE) {
                 Ok(()) => {
                     let displaced = nix::sys::stat::fstatat(
                         private.fd.as_fd(),
@@ -188,7 +188,7 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
                     );
                     match displaced {
                         Ok(st) if st.st_dev == stale.dev && st.st_ino == stale.ino => Ok(()),
-                        _ => match rename(RenameFlags::RENAME_EXCHANGE) {
+                        _ => match rename(libc::RENAME_EXCHANGE) {
                             Ok(()) => Err(Errno::EEXIST),
                             Err(e) => Err(e),
                         },
@@ -198,7 +198,7 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
                 // right after checking again.
                 Err(Errno::EINVAL) => {
                     if check_existing(path)? == Some(stale) {
-                        rename(RenameFlags::empty())
+                        rename(0)
                     } else {
                         Err(Errno::EEXIST)
                     }
@@ -213,8 +213,7 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
                 if check_existing(path)?.is_some() {
                     return Err(ListenerError::Bind(shown, Errno::EEXIST.into()));
                 }
-                rename(RenameFlags::empty())
-                    .map_err(|e| ListenerError::Bind(shown.clone(), e.into()))?;
+                rename(0).map_err(|e| ListenerError::Bind(shown.clone(), e.into()))?;
                 break;
             }
             // The path changed since the check: check again.
@@ -432,6 +431,36 @@ pub fn remove_if_ours(path: &Path, id: FileId) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("cannot remove socket {}: {e}", path.display()),
     }
+}
+
+/// renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE or 0).
+///
+/// nix offers it only for glibc targets and musl's wrapper is recent, so
+/// the system call is made directly: the static musl binaries need it too.
+fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old: &std::ffi::OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &std::ffi::OsStr,
+    flags: libc::c_uint,
+) -> nix::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let old = std::ffi::CString::new(old.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let new = std::ffi::CString::new(new.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: both directory fds are borrowed for the call and both names
+    // are NUL-terminated strings that outlive it; renameat2 reads nothing
+    // else and writes no memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 #[cfg(test)]
