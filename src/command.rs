@@ -10,9 +10,11 @@ use std::time::Duration;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use crate::connection::Responder;
+use crate::device;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
+use crate::server::RateLimited;
 
 /// Settings that shape command execution.
 #[derive(Debug, Clone)]
@@ -65,13 +67,25 @@ impl Executor {
     /// Runs `request` on the calling thread (it blocks for as long as the
     /// device takes), unless it is for a dm-multipath device: that request
     /// is returned untouched, to be queued to the multipath worker.
+    ///
+    /// Order: a PR OUT on a read-only fd is refused first (spec §4.1, as
+    /// the reference); then the fd itself is checked ([`device::check`]:
+    /// O_PATH, partitions, partial dm targets; D27, D28), for SG_IO and
+    /// multipath alike; then multipath detection. READ FULL STATUS on a
+    /// multipath map is answered here with SG_IO on the map, which dm
+    /// forwards to a path (D14), not through libmpathpersist.
     pub fn run_here(&self, request: Request<OwnedFd>) -> Ran {
-        #[cfg(feature = "mpath")]
-        if let Some(multipath) = &self.multipath {
-            // The read-only check comes before multipath detection.
-            if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
+        if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
+            if let Err(refused) = device::check(request.fd.as_fd()) {
+                log_refusal(&refused);
+                let response = response(refused.completion(), Vec::new());
+                return Ran::Answered(request, response);
+            }
+            #[cfg(feature = "mpath")]
+            if let Some(multipath) = &self.multipath {
                 match multipath.detect(&request.fd) {
                     Ok(false) => {}
+                    Ok(true) if is_read_full_status(&request) => {}
                     Ok(true) => return Ran::Multipath(request, multipath.clone()),
                     Err(e) => {
                         // D6: the reference exits; only this request fails.
@@ -87,6 +101,30 @@ impl Executor {
         }
         let response = execute(&request, &self.config);
         Ran::Answered(request, response)
+    }
+}
+
+/// READ FULL STATUS exactly (the whole CDB byte 1, as the multipath
+/// worker compares it: reserved bits set go to the worker, which refuses).
+#[cfg(feature = "mpath")]
+fn is_read_full_status(request: &Request<OwnedFd>) -> bool {
+    request.direction == Direction::In && request.cdb[1] == crate::pr::sa_in::READ_FULL_STATUS
+}
+
+/// Refusals are logged at warning level, at most one line every 10 s (a
+/// client could send thousands a second).
+fn log_refusal(refused: &device::Refused) {
+    static LIMIT: std::sync::Mutex<Option<RateLimited>> = std::sync::Mutex::new(None);
+    let mut limit = LIMIT.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = limit.get_or_insert_with(|| RateLimited::new(Duration::from_secs(10)));
+    if let Some(suppressed) = limit.allow() {
+        if suppressed > 0 {
+            tracing::warn!(
+                "refused a persistent-reservation command: {refused} ({suppressed} more refusals not logged)"
+            );
+        } else {
+            tracing::warn!("refused a persistent-reservation command: {refused}");
+        }
     }
 }
 

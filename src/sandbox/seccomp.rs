@@ -104,6 +104,11 @@ const SERVING: &[i64] = &[
     libc::SYS_getrandom,
     // journald's large messages.
     libc::SYS_memfd_create,
+    // The per-request device check (src/device.rs) walks sysfs: a dm
+    // device's slaves/ directory and the name of a refused device.
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
     // The end.
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -115,9 +120,6 @@ const MULTIPATH: &[i64] = &[
     libc::SYS_access,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
-    libc::SYS_readlink,
-    libc::SYS_readlinkat,
-    libc::SYS_getdents64,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_connect,
