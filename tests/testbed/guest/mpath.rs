@@ -542,5 +542,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             (a, b) => Err(format!("{a} and {b} registrations left")),
         },
     );
+    // D14, D28: READ FULL STATUS with 42 registrations, O_PATH on the map.
+    crate::mpath_many::run(index, &map, &lun, SOCKET);
     Ok(())
 }
