@@ -81,7 +81,27 @@ fn sg_persist_full_status(dev: &Path) -> Result<Vec<u8>, String> {
             String::from_utf8_lossy(&o.stderr)
         ));
     }
-    parse_hex(&text)
+    let hex = parse_hex(&text)?;
+    // sg_persist prints the header as text ("PR generation=0x..") and the
+    // descriptors in hex; rebuild the reply it received.
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if hex.len() >= 8 && be32(&hex[4..8]) == hex.len() - 8 {
+        return Ok(hex);
+    }
+    let generation = text
+        .split("generation=0x")
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect::<String>()
+        })
+        .and_then(|g| u32::from_str_radix(&g, 16).ok())
+        .ok_or_else(|| format!("no PR generation in sg_persist output: {text}"))?;
+    let mut reply = generation.to_be_bytes().to_vec();
+    reply.extend_from_slice(&(hex.len() as u32).to_be_bytes());
+    reply.extend_from_slice(&hex);
+    Ok(reply)
 }
 
 /// Runs the scenario on `map` (over `lun`, LIO LUN number `index`), served
