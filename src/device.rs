@@ -117,20 +117,33 @@ pub fn check_in(fd: BorrowedFd<'_>, sysfs: &Path) -> Result<(), Refused> {
 }
 
 /// The kernel's rule for the block device whose sysfs directory is `dir`.
+///
+/// The common case (a whole disk) costs one path walk: the directory is
+/// opened once (O_PATH) and `partition` and `dm` are looked up relative to
+/// it.
 fn whole_unit(dir: &Path, dev: &str, depth: usize) -> Result<(), Refused> {
-    if !dir.exists() {
+    // No sysfs entry (the disk went away, or no sysfs at all): left to the
+    // kernel, as before this check existed.
+    let Ok(dir_fd) = nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
         return Ok(());
-    }
+    };
+    let has = |name: &str| {
+        nix::sys::stat::fstatat(&dir_fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    };
     let name = || {
         std::fs::read_link(dir)
             .ok()
             .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
             .map_or_else(|| dev.to_string(), |n| format!("{n} ({dev})"))
     };
-    if dir.join("partition").exists() {
+    if has("partition") {
         return Err(Refused::Partition(name()));
     }
-    if !dir.join("dm").exists() {
+    if !has("dm") {
         return Ok(());
     }
     // Anything unreadable from here on refuses: the device exists and is a
