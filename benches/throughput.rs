@@ -8,7 +8,10 @@
 //!
 //! Run: `cargo bench --bench throughput` (add `-- --seconds N` to change the
 //! time per measurement, `-- --levels 1,8,64` for other connection counts,
-//! `-- --only ours` to skip the reference).
+//! `-- --only ours` to skip the reference, `-- --device PATH` to send a
+//! block device's fd instead of a regular file's: a whole disk or loop
+//! device whose SG_IO also fails at once, so the difference is the cost of
+//! the per-request device check, D27).
 //!
 //! `-- --sandbox-cost N` instead measures what the sandbox costs: for each
 //! level, N rounds alternating pr-helper as configured by default (Landlock
@@ -34,6 +37,7 @@ struct Args {
     only: Option<String>,
     extra: Vec<String>,
     sandbox_rounds: usize,
+    device: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +47,7 @@ fn parse_args() -> Args {
         only: None,
         extra: Vec::new(),
         sandbox_rounds: 0,
+        device: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -59,6 +64,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--only" => args.only = it.next(),
+            "--device" => args.device = it.next().map(PathBuf::from),
             "--sandbox-cost" => {
                 args.sandbox_rounds = it
                     .next()
@@ -224,6 +230,11 @@ fn main() {
         .unwrap();
     let file = dir.path().join("device-stand-in");
     std::fs::write(&file, b"").unwrap();
+    let what = match &args.device {
+        Some(d) => format!("on {}", d.display()),
+        None => "on a regular-file fd".to_string(),
+    };
+    let file = args.device.clone().unwrap_or(file);
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_pr-helper"));
     if args.sandbox_rounds > 0 {
         sandbox_cost(&args, &ours, dir.path(), &file);
@@ -240,7 +251,7 @@ fn main() {
         helpers.push(("qemu-pr-helper", reference, Vec::new()));
     }
     println!(
-        "PR IN (READ KEYS) on a regular-file fd, {} s per measurement, {} CPUs",
+        "PR IN (READ KEYS) {what}, {} s per measurement, {} CPUs",
         args.seconds,
         std::thread::available_parallelism()
             .map(|n| n.get())

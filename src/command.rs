@@ -11,11 +11,13 @@ use std::time::Duration;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use crate::connection::Responder;
+use crate::device;
 use crate::isolation::{Admission, DevKey};
 use crate::pool::Pool;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
+use crate::server::RateLimited;
 
 /// Settings that shape command execution.
 #[derive(Debug, Clone)]
@@ -63,7 +65,6 @@ impl Executor {
     /// worker, holding their place on the map until answered.
     pub fn run(&self, request: Request<OwnedFd>, responder: Responder, pool: &Pool) {
         match self.classify(request) {
-            #[cfg(feature = "mpath")]
             Class::Answered(request, response) => responder.send(request, response),
             Class::Sgio(request) => {
                 let key = DevKey::of(request.fd.as_fd());
@@ -100,7 +101,6 @@ impl Executor {
     /// queued with [`Executor::run`].
     pub fn run_here(&self, request: Request<OwnedFd>, pool: &Pool) -> Ran {
         match self.classify(request) {
-            #[cfg(feature = "mpath")]
             Class::Answered(request, response) => Ran::Answered(request, response),
             Class::Sgio(request) => {
                 let fd = request.fd.as_fd();
@@ -114,15 +114,27 @@ impl Executor {
         }
     }
 
-    /// Decides how `request` is executed; answers it at once when multipath
-    /// detection fails.
+    /// Decides how `request` is executed; answers it at once when its fd is
+    /// refused or multipath detection fails.
+    ///
+    /// Order: a PR OUT on a read-only fd goes on to SG_IO, whose read-only
+    /// check refuses it (spec §4.1, as the reference); then the fd itself is
+    /// checked ([`device::check`]: O_PATH, partitions, partial dm targets;
+    /// D27, D28), for SG_IO and multipath alike; then multipath detection.
+    /// READ FULL STATUS on a multipath map is executed with SG_IO on the
+    /// map, which dm forwards to a path (D14), not through libmpathpersist.
     fn classify(&self, request: Request<OwnedFd>) -> Class {
-        #[cfg(feature = "mpath")]
-        if let Some(multipath) = &self.multipath {
-            // The read-only check comes before multipath detection.
-            if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
+        if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
+            if let Err(refused) = device::check(request.fd.as_fd()) {
+                log_refusal(&refused);
+                let response = response(refused.completion(), Vec::new());
+                return Class::Answered(request, response);
+            }
+            #[cfg(feature = "mpath")]
+            if let Some(multipath) = &self.multipath {
                 match multipath.detect(&request.fd) {
                     Ok(false) => {}
+                    Ok(true) if is_read_full_status(&request) => {}
                     Ok(true) => return Class::Multipath(request, multipath.clone()),
                     Err(e) => {
                         // D6: the reference exits; only this request fails.
@@ -140,10 +152,33 @@ impl Executor {
     }
 }
 
+/// READ FULL STATUS exactly (the whole CDB byte 1, as the multipath
+/// worker compares it: reserved bits set go to the worker, which refuses).
+#[cfg(feature = "mpath")]
+fn is_read_full_status(request: &Request<OwnedFd>) -> bool {
+    request.direction == Direction::In && request.cdb[1] == crate::pr::sa_in::READ_FULL_STATUS
+}
+
+/// Refusals are logged at warning level, at most one line every 10 s (a
+/// client could send thousands a second).
+fn log_refusal(refused: &device::Refused) {
+    static LIMIT: std::sync::Mutex<RateLimited> =
+        std::sync::Mutex::new(RateLimited::new(Duration::from_secs(10)));
+    let mut limit = LIMIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(suppressed) = limit.allow() {
+        if suppressed > 0 {
+            tracing::warn!(
+                "refused a persistent-reservation command: {refused} ({suppressed} more refusals not logged)"
+            );
+        } else {
+            tracing::warn!("refused a persistent-reservation command: {refused}");
+        }
+    }
+}
+
 /// How a request is executed.
 enum Class {
-    /// Already answered (multipath detection failed).
-    #[cfg(feature = "mpath")]
+    /// Already answered (the fd is refused, or multipath detection failed).
     Answered(Request<OwnedFd>, Response),
     /// With SG_IO on a pool thread.
     Sgio(Request<OwnedFd>),

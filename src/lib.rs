@@ -8,6 +8,7 @@
 //! * [`protocol`]: the wire format, pure encode/decode;
 //! * [`scsi`]: status and sense rules, and the one SG_IO ioctl;
 //! * [`command`]: executing one request;
+//! * [`device`]: which fds may carry a PR command (O_PATH, partitions, partial dm targets);
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
 //! * [`pool`]: the bounded worker threads that run SG_IO off the event loop;
 //! * [`mpath`]: dm-multipath devices through libmpathpersist (feature `mpath`);
@@ -27,6 +28,7 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod device;
 pub mod fdpass;
 pub mod isolation;
 pub mod listener;

@@ -226,3 +226,46 @@ fn responses_the_socket_cannot_take_at_once_are_finished_later() {
     assert_eq!(dev.ioctls(), 41);
     h.assert_no_errors();
 }
+
+/// D28: an O_PATH fd is refused before anything reaches the device, as the
+/// kernel refuses SG_IO on one (EBADF: CHECK CONDITION 0B/00/06). A PR OUT
+/// on it is refused by the read-only check first (its access mode reads as
+/// O_RDONLY), as in the reference. On a multipath map, where
+/// libmpathpersist would have served it, the VM test bed checks the same
+/// reply (testbed `devices/o-path-*`).
+#[test]
+fn o_path_fds_are_refused_d28() {
+    use std::os::fd::OwnedFd;
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let mut c = h.client();
+    let o_path: OwnedFd = nix::fcntl::open(
+        &dev.path("e0"),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let before = dev.ioctls();
+    for alloc in [0u16, 8, 8192] {
+        let r = c
+            .execute(&pr_in_cdb(0, alloc), o_path.as_fd(), &[])
+            .unwrap();
+        assert_eq!(
+            r.to_bytes(),
+            expect(2, sense(0x0b, 0, 6), 0),
+            "alloc {alloc}"
+        );
+    }
+    for sa in [0u8, 1, 3, 5] {
+        let r = c
+            .execute(&pr_out_cdb(sa, 0, 5, 24), o_path.as_fd(), &PARAMS)
+            .unwrap();
+        assert_eq!(r.to_bytes(), expect(2, sense(5, 0x20, 0), 0), "PR OUT {sa}");
+    }
+    assert_eq!(dev.ioctls(), before, "nothing reached the device");
+    // The connection and the helper go on: the same file opened normally
+    // works.
+    let f = dev.open("e0");
+    let r = c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
+    assert_eq!(r.to_bytes(), expect(0, [0; 96], 8));
+}

@@ -339,11 +339,24 @@ fn nested_guest_through_pr_helper() {
 }
 
 /// Multipath: a dm-multipath map over two LIO paths with multipathd, and
-/// pr-helper built with `--features mpath` going through libmpathpersist.
+/// pr-helper built with `--features mpath` going through libmpathpersist
+/// (READ FULL STATUS with 42 registrations through SG_IO, D14). Then the
+/// `devices` suite (D27, D28): a partition and dm-linear maps on a LIO
+/// disk, through the plain and the multipath build.
 #[test]
 fn multipath_map_through_libmpathpersist() {
-    let run = boot("mpath", Image::Mpath, "1G", Duration::from_secs(600));
-    run.assert_all_passed(20);
+    let run = boot(
+        "mpath,devices",
+        Image::Mpath,
+        "1G",
+        Duration::from_secs(600),
+    );
+    run.assert_all_passed(20 + 8 + 2 * 16 + 2);
+    assert_eq!(
+        run.figure("mpath-full-status-registrations"),
+        Some("42"),
+        "READ FULL STATUS must see 42 registrations"
+    );
     assert!(run.figure("mpath-slow-library-call-ms").is_some());
     for figure in [
         "mpath-hang-requests-blocked",

@@ -541,41 +541,6 @@ fn mpath_seeds() -> Corpus {
         "capabilities",
         reply(8, reply_kind::CAPABILITIES, &[0, 8, 0x01, 0x81, 0xea, 0x01]),
     );
-    let descriptor = |protocol: u8, name: &[u8]| {
-        let mut d = vec![0x44; 8];
-        d.extend_from_slice(&[0x01, 0x15, 0, 1, 0, protocol]);
-        d.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        d.extend_from_slice(name);
-        d
-    };
-    let mut full = vec![0, 0, 0, 3];
-    full.extend(descriptor(0, &[0x21; 8]));
-    full.extend(descriptor(6, &[0x50; 8]));
-    full.extend(descriptor(5, b"iqn.2026-01.org.example:vm1\0"));
-    full.extend(descriptor(9, b""));
-    add(
-        "full-status-four-kinds",
-        reply(8192, reply_kind::FULL_STATUS, &full),
-    );
-    add(
-        "full-status-alloc-40",
-        reply(40, reply_kind::FULL_STATUS, &full),
-    );
-    let mut many = vec![0, 0, 0, 1];
-    for _ in 0..200 {
-        many.extend(descriptor(0, &[0x21; 8]));
-    }
-    add(
-        "full-status-overflows-8192",
-        reply(8192, reply_kind::FULL_STATUS, &many),
-    );
-    let mut long_name = vec![0, 0, 0, 1];
-    long_name.extend(descriptor(5, &[b'n'; 1000]));
-    add(
-        "full-status-iscsi-1000",
-        reply(8192, reply_kind::FULL_STATUS, &long_name),
-    );
-
     // Library results (first four bytes, big-endian; mode 0 with a short
     // input is an empty PR OUT).
     for result in [-1i32, 0, 1, 2, 5, 6, 7, 8, 9, 11, 15, 16] {

@@ -30,18 +30,16 @@
 //!   them; a fault (declared length too long, an unknown protocol, an
 //!   iSCSI name with a bad length or without NUL, too many IDs) gives
 //!   05/26/00;
-//! * `parse_pr_in` accepts exactly service actions 0–3 in the whole byte 1;
+//! * `parse_pr_in` accepts exactly service actions 0–2 in the whole byte 1
+//!   (READ FULL STATUS never goes to the library, D14);
 //! * `build_pr_in` returns exactly min(alloc, 8192) bytes, a prefix of the
 //!   8192-byte reply; that reply is well-formed: header fields, body copied
-//!   up to the ADDITIONAL LENGTH, zeros after it; READ FULL STATUS
-//!   descriptors decode back (with `pr::decode::full_status`) to the input
-//!   descriptors in order, with well-formed TransportIDs, and stop only when
-//!   the next one does not fit in 8192 bytes;
+//!   up to the ADDITIONAL LENGTH, zeros after it;
 //! * `map_result` follows the table of spec §7.5 for every value.
 
 use pr_helper::mpath::translate::{
-    build_pr_in, map_result, parse_pr_in, parse_pr_out, FullDescriptor, Mapped, PrinReply,
-    TransportId, MAX_ISCSI_TID_LEN, MAX_TRANSPORT_IDS, PR_OUT_FIXED_PARAM_SIZE,
+    build_pr_in, map_result, parse_pr_in, parse_pr_out, Mapped, PrinReply, TransportId,
+    MAX_ISCSI_TID_LEN, MAX_TRANSPORT_IDS, PR_OUT_FIXED_PARAM_SIZE,
 };
 use pr_helper::pr;
 use pr_helper::protocol::{CDB_SIZE, MAX_TRANSFER};
@@ -408,69 +406,30 @@ impl BuiltPrOut {
     }
 }
 
-/// Reply kinds of mode 2 (`kind % 3`).
+/// Reply kinds of mode 2 (`kind % 2`).
 pub mod reply_kind {
     /// READ KEYS / READ RESERVATION: `generation(4) additional_length(4) body`.
     pub const KEYS: u8 = 0;
     /// REPORT CAPABILITIES: `length(2) flags(2) type_mask(2)`.
     pub const CAPABILITIES: u8 = 1;
-    /// READ FULL STATUS: `generation(4)` then descriptors `key(8) flags(1)
-    /// scope_type(1) rtpi(2) format_code(1) protocol_id(1) name_len(2) name`
-    /// (name_len is taken modulo 1024).
-    pub const FULL_STATUS: u8 = 2;
 }
 
 /// The library reply an input describes.
 pub fn reply_from(kind: u8, data: &[u8]) -> PrinReply {
     let mut input = Bytes { data };
-    match kind % 3 {
-        reply_kind::KEYS => PrinReply::Keys {
+    if kind % 2 == reply_kind::KEYS {
+        PrinReply::Keys {
             generation: u32::from_be_bytes(input.array()),
             additional_length: u32::from_be_bytes(input.array()),
             body: input.rest().to_vec(),
-        },
-        reply_kind::CAPABILITIES => PrinReply::Capabilities {
+        }
+    } else {
+        PrinReply::Capabilities {
             length: u16::from_be_bytes(input.array()),
             flags: input.array(),
             type_mask: u16::from_be_bytes(input.array()),
-        },
-        _ => {
-            let generation = u32::from_be_bytes(input.array());
-            let mut descriptors = Vec::new();
-            while !input.data.is_empty() {
-                let key = input.array();
-                let flags = input.u8();
-                let scope_type = input.u8();
-                let relative_target_port = u16::from_be_bytes(input.array());
-                let format_code = input.u8();
-                let protocol_id = input.u8();
-                let name_len = usize::from(u16::from_be_bytes(input.array())) % 1024;
-                descriptors.push(FullDescriptor {
-                    key,
-                    flags,
-                    scope_type,
-                    relative_target_port,
-                    format_code,
-                    protocol_id,
-                    name: input.take(name_len),
-                });
-            }
-            PrinReply::FullStatus {
-                generation,
-                descriptors,
-            }
         }
     }
-}
-
-/// The encoded TransportID size for `d` (spec §7.3: FC and SAS 24 bytes,
-/// iSCSI the NUL-terminated name padded to 4, at least 24 bytes in all).
-fn tid_size(d: &FullDescriptor) -> usize {
-    if d.protocol_id != 0x05 {
-        return 24;
-    }
-    let name_len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
-    4 + (name_len + 1).div_ceil(4).max(5) * 4
 }
 
 /// `build_pr_in` for `reply` at `alloc`.
@@ -511,62 +470,18 @@ fn check_pr_in_reply(reply: &PrinReply, alloc: usize) {
             assert_eq!(be16(&full, 4), usize::from(*type_mask));
             zeros_from(6);
         }
-        PrinReply::FullStatus {
-            generation,
-            descriptors,
-        } => {
-            assert_eq!(be32(&full, 0), *generation as usize);
-            let additional = be32(&full, 4);
-            assert!(8 + additional <= MAX_TRANSFER);
-            zeros_from(8 + additional);
-            let decoded = pr::decode::full_status(&full).expect("8192 bytes decode");
-            let k = decoded.registrations.len();
-            assert!(k <= descriptors.len());
-            let mut at = 8;
-            for (d, r) in descriptors.iter().zip(&decoded.registrations) {
-                let tid = &r.transport_id;
-                assert_eq!(&full[at..at + 8], &d.key[..]);
-                assert_eq!((full[at + 12], full[at + 13]), (d.flags, d.scope_type));
-                assert_eq!(r.relative_target_port, d.relative_target_port);
-                assert_eq!(tid.len(), tid_size(d));
-                assert_eq!(tid[0], (d.format_code << 6) | (d.protocol_id & 0x0f));
-                let name = |from: usize, n: usize| {
-                    let n = n.min(d.name.len());
-                    assert_eq!(&tid[from..from + n], &d.name[..n]);
-                    assert!(tid[from + n..].iter().all(|&b| b == 0));
-                };
-                match d.protocol_id {
-                    0x00 => name(8, 8),
-                    0x06 => name(4, 8),
-                    0x05 => {
-                        assert_eq!(be16(tid, 2), tid.len() - 4);
-                        let len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
-                        name(4, len);
-                    }
-                    _ => assert!(tid[1..].iter().all(|&b| b == 0)),
-                }
-                at += 24 + tid.len();
-            }
-            assert_eq!(at, 8 + additional, "descriptors fill the ADDITIONAL LENGTH");
-            if let Some(next) = descriptors.get(k) {
-                assert!(
-                    at + 24 + tid_size(next) > MAX_TRANSFER,
-                    "descriptor {k} dropped although it fits"
-                );
-            }
-        }
     }
 }
 
-/// `parse_pr_in`: service actions 0–3 in the whole byte 1.
+/// `parse_pr_in`: service actions 0–2 in the whole byte 1.
 fn check_pr_in(cdb: &[u8; CDB_SIZE]) {
     match parse_pr_in(cdb) {
         Ok(sa) => {
-            assert!(cdb[1] <= pr::sa_in::READ_FULL_STATUS);
+            assert!(cdb[1] <= pr::sa_in::REPORT_CAPABILITIES);
             assert_eq!(sa, cdb[1]);
         }
         Err(sense) => {
-            assert!(cdb[1] > pr::sa_in::READ_FULL_STATUS);
+            assert!(cdb[1] > pr::sa_in::REPORT_CAPABILITIES);
             assert_eq!(sense, SenseCode::INVALID_FIELD);
         }
     }

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use libc::{c_int, c_uint};
 
-use super::translate::{FullDescriptor, PrinReply, ProutRequest, TransportId, MAX_TRANSPORT_IDS};
+use super::translate::{PrinReply, ProutRequest, TransportId, MAX_TRANSPORT_IDS};
 
 /// MPATH_MAX_PARAM_LEN.
 pub const MAX_PARAM_LEN: usize = 8192;
@@ -43,33 +43,17 @@ struct Transportid {
     name: [u8; TID_NAME_LEN],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PrinFulldescr {
-    key: [u8; 8],
-    flag: u8,
-    scope_type: u8,
-    rtpi: u16,
-    trnptid: Transportid,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PrintFulldescrList {
-    prgeneration: u32,
-    number_of_descriptor: u32,
-    private_buffer: [u8; MAX_PARAM_LEN],
-    // Followed by `struct prin_fulldescr *descriptors[]`.
-    descriptors: [*mut PrinFulldescr; 0],
-}
-
 /// `struct prin_resp` (a union of the four reply layouts; the READ
 /// RESERVATION layout overlays READ KEYS, so it is read through that one).
+/// The READ FULL STATUS layout (`struct print_fulldescr_list`) is not
+/// declared: pr-helper never asks the library for READ FULL STATUS (D14;
+/// its decoding overruns `private_buffer` from about 31 descriptors). It is
+/// 8200 bytes like READ KEYS, so the union's size is unchanged; the buffer
+/// handed to the library is 8-byte aligned in any case.
 #[repr(C)]
 union PrinResp {
     readkeys: PrinReaddescr,
     readcap: PrinCapdescr,
-    readfd: PrintFulldescrList,
 }
 
 #[repr(C)]
@@ -123,23 +107,6 @@ pub fn layout() -> Vec<(&'static str, usize)> {
             offset_of!(PrinCapdescr, pr_type_mask),
         ),
         ("sizeof(struct transportid)", size_of::<Transportid>()),
-        ("sizeof(struct prin_fulldescr)", size_of::<PrinFulldescr>()),
-        (
-            "offsetof(struct prin_fulldescr, rtpi)",
-            offset_of!(PrinFulldescr, rtpi),
-        ),
-        (
-            "offsetof(struct prin_fulldescr, trnptid)",
-            offset_of!(PrinFulldescr, trnptid),
-        ),
-        (
-            "sizeof(struct print_fulldescr_list)",
-            size_of::<PrintFulldescrList>(),
-        ),
-        (
-            "offsetof(struct print_fulldescr_list, descriptors)",
-            offset_of!(PrintFulldescrList, descriptors),
-        ),
         ("sizeof(struct prin_resp)", size_of::<PrinResp>()),
         (
             "sizeof(struct prout_param_descriptor)",
@@ -189,24 +156,35 @@ pub fn init() -> Result<(), String> {
 }
 
 /// PERSISTENT RESERVE IN through the library; returns the result code and
-/// the reply (meaningful on success).
+/// the reply (meaningful on success). READ KEYS, READ RESERVATION and
+/// REPORT CAPABILITIES only: any other service action is refused here, as
+/// MPATH_PR_SYNTAX_ERROR, without calling the library (READ FULL STATUS is
+/// served with SG_IO, D14).
 pub fn reserve_in(
     fd: BorrowedFd<'_>,
     service_action: u8,
     noisy: bool,
     verbose: u8,
 ) -> (i32, PrinReply) {
-    // Room for the union plus the descriptor pointer array the library
-    // appends after READ FULL STATUS (one per 24 bytes of data at most).
-    let pointers = MAX_PARAM_LEN / 24;
-    let mut buf =
-        zeroed_words(std::mem::size_of::<PrinResp>() + pointers * std::mem::size_of::<usize>());
+    use super::translate::{code, sa_in};
+    let empty = PrinReply::Keys {
+        generation: 0,
+        additional_length: 0,
+        body: Vec::new(),
+    };
+    if !matches!(
+        service_action,
+        sa_in::READ_KEYS | sa_in::READ_RESERVATION | sa_in::REPORT_CAPABILITIES
+    ) {
+        return (code::SYNTAX_ERROR, empty);
+    }
+    let mut buf = zeroed_words(std::mem::size_of::<PrinResp>());
     let resp = buf.as_mut_ptr().cast::<PrinResp>();
-    // SAFETY: `resp` points to a zeroed, 8-byte aligned buffer larger than
-    // `struct prin_resp` by room for `pointers` descriptor pointers, which is
-    // where the library writes them for READ FULL STATUS (it writes at most
-    // one per decoded descriptor, and descriptors are at least 24 bytes of
-    // an 8192-byte reply). `fd` is open for the duration of the call.
+    // SAFETY: `resp` points to a zeroed, 8-byte aligned buffer of
+    // `sizeof(struct prin_resp)` bytes, all the library writes for READ
+    // KEYS, READ RESERVATION (at most MPATH_MAX_PARAM_LEN bytes of keys)
+    // and REPORT CAPABILITIES, the only service actions let through above.
+    // `fd` is open for the duration of the call.
     let rc = unsafe {
         mpath_persistent_reserve_in(
             fd.as_raw_fd(),
@@ -220,50 +198,19 @@ pub fn reserve_in(
     // filled by the library); every field is plain bytes/integers, so any
     // bit pattern is valid for the layout read below.
     let reply = unsafe {
-        match service_action {
-            super::translate::sa_in::REPORT_CAPABILITIES => {
-                let c = (*resp).readcap;
-                PrinReply::Capabilities {
-                    length: c.length,
-                    flags: c.flags,
-                    type_mask: c.pr_type_mask,
-                }
+        if service_action == sa_in::REPORT_CAPABILITIES {
+            let c = (*resp).readcap;
+            PrinReply::Capabilities {
+                length: c.length,
+                flags: c.flags,
+                type_mask: c.pr_type_mask,
             }
-            super::translate::sa_in::READ_FULL_STATUS => {
-                let fd_list = &(*resp).readfd;
-                let count = (fd_list.number_of_descriptor as usize).min(pointers);
-                let list = fd_list.descriptors.as_ptr();
-                let mut descriptors = Vec::with_capacity(count);
-                if rc == 0 {
-                    for i in 0..count {
-                        let p = *list.add(i);
-                        if p.is_null() {
-                            break;
-                        }
-                        let d = *p;
-                        descriptors.push(FullDescriptor {
-                            key: d.key,
-                            flags: d.flag,
-                            scope_type: d.scope_type,
-                            relative_target_port: d.rtpi,
-                            format_code: d.trnptid.format_code,
-                            protocol_id: d.trnptid.protocol_id,
-                            name: d.trnptid.name.to_vec(),
-                        });
-                    }
-                }
-                PrinReply::FullStatus {
-                    generation: fd_list.prgeneration,
-                    descriptors,
-                }
-            }
-            _ => {
-                let k = &(*resp).readkeys;
-                PrinReply::Keys {
-                    generation: k.prgeneration,
-                    additional_length: k.additional_length,
-                    body: k.key_list.to_vec(),
-                }
+        } else {
+            let k = &(*resp).readkeys;
+            PrinReply::Keys {
+                generation: k.prgeneration,
+                additional_length: k.additional_length,
+                body: k.key_list.to_vec(),
             }
         }
     };

@@ -3,9 +3,10 @@
 //! everything here is pure and unit-tested (and fuzzed), and compiled in
 //! every build; only the FFI that feeds it needs the `mpath` feature.
 //!
-//! The rules are the reference's, byte for byte, with decisions D2 (more
-//! than 32 TransportIDs is CHECK CONDITION 05/26/00, not an abort) and D14
-//! (READ FULL STATUS served through the library).
+//! The rules are the reference's, byte for byte, with decision D2 (more
+//! than 32 TransportIDs is CHECK CONDITION 05/26/00, not an abort). READ
+//! FULL STATUS never comes here: it is answered with SG_IO on the map
+//! (D14, `command::Executor::run_here`).
 
 use crate::protocol::{CDB_SIZE, MAX_TRANSFER};
 use crate::scsi::{status, SenseCode};
@@ -180,36 +181,18 @@ pub fn parse_pr_out(cdb: &[u8; CDB_SIZE], params: &[u8]) -> Result<ProutRequest,
     Ok(request)
 }
 
-/// Which PR IN service action to ask the library for (spec §7.3, D14: READ
-/// FULL STATUS is served). The whole CDB byte 1 is compared, so a valid
-/// service action with reserved bits set is refused, as in the reference.
+/// Which PR IN service action to ask the library for (spec §7.3): READ
+/// KEYS, READ RESERVATION, REPORT CAPABILITIES. The whole CDB byte 1 is
+/// compared, so a valid service action with reserved bits set is refused,
+/// as in the reference. READ FULL STATUS is refused here too, as by the
+/// reference: pr-helper serves it with SG_IO before a request reaches the
+/// library (D14), because libmpathpersist's decoding of it overruns its
+/// buffer from about 31 descriptors.
 pub fn parse_pr_in(cdb: &[u8; CDB_SIZE]) -> Result<u8, SenseCode> {
     match cdb[1] {
-        sa @ (sa_in::READ_KEYS
-        | sa_in::READ_RESERVATION
-        | sa_in::REPORT_CAPABILITIES
-        | sa_in::READ_FULL_STATUS) => Ok(sa),
+        sa @ (sa_in::READ_KEYS | sa_in::READ_RESERVATION | sa_in::REPORT_CAPABILITIES) => Ok(sa),
         _ => Err(SenseCode::INVALID_FIELD),
     }
-}
-
-/// One READ FULL STATUS descriptor as the library decodes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FullDescriptor {
-    /// RESERVATION KEY, raw bytes.
-    pub key: [u8; 8],
-    /// Byte 12 (ALL_TG_PT, R_HOLDER).
-    pub flags: u8,
-    /// Byte 13 (SCOPE, TYPE).
-    pub scope_type: u8,
-    /// RELATIVE TARGET PORT IDENTIFIER.
-    pub relative_target_port: u16,
-    /// Format code (0–3, as the library stores it).
-    pub format_code: u8,
-    /// Protocol identifier.
-    pub protocol_id: u8,
-    /// N_PORT_NAME / SAS address (first 8 bytes) or iSCSI name (NUL-terminated).
-    pub name: Vec<u8>,
 }
 
 /// What the library returned for a PR IN.
@@ -233,13 +216,6 @@ pub enum PrinReply {
         flags: [u8; 2],
         /// PERSISTENT RESERVATION TYPE MASK.
         type_mask: u16,
-    },
-    /// READ FULL STATUS.
-    FullStatus {
-        /// PRGENERATION.
-        generation: u32,
-        /// Decoded descriptors.
-        descriptors: Vec<FullDescriptor>,
     },
 }
 
@@ -269,62 +245,9 @@ pub fn build_pr_in(reply: &PrinReply, alloc: usize) -> Vec<u8> {
             out[3] = flags[1];
             out[4..6].copy_from_slice(&type_mask.to_be_bytes());
         }
-        PrinReply::FullStatus {
-            generation,
-            descriptors,
-        } => {
-            out[0..4].copy_from_slice(&generation.to_be_bytes());
-            let mut at = 8;
-            for d in descriptors {
-                let tid = encode_transport_id(d);
-                if at + 24 + tid.len() > MAX_TRANSFER {
-                    break;
-                }
-                out[at..at + 8].copy_from_slice(&d.key);
-                out[at + 12] = d.flags;
-                out[at + 13] = d.scope_type;
-                out[at + 18..at + 20].copy_from_slice(&d.relative_target_port.to_be_bytes());
-                out[at + 20..at + 24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
-                out[at + 24..at + 24 + tid.len()].copy_from_slice(&tid);
-                at += 24 + tid.len();
-            }
-            out[4..8].copy_from_slice(&((at - 8) as u32).to_be_bytes());
-        }
     }
     out.truncate(alloc.min(MAX_TRANSFER));
     out
-}
-
-/// The wire TransportID for a decoded full-status descriptor.
-fn encode_transport_id(d: &FullDescriptor) -> Vec<u8> {
-    let byte0 = (d.format_code << 6) | (d.protocol_id & 0x0f);
-    let name8 = |at: usize| {
-        let mut tid = vec![0u8; 24];
-        tid[0] = byte0;
-        let n = d.name.len().min(8);
-        tid[at..at + n].copy_from_slice(&d.name[..n]);
-        tid
-    };
-    match d.protocol_id {
-        0x00 => name8(8),
-        0x06 => name8(4),
-        0x05 => {
-            // The library keeps the name only: rebuild a NUL-terminated,
-            // 4-byte padded name of at least 20 bytes (a 24-byte TransportID).
-            let name_len = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
-            let padded = (name_len + 1).div_ceil(4).max(5) * 4;
-            let mut tid = vec![0u8; 4 + padded];
-            tid[0] = byte0;
-            tid[2..4].copy_from_slice(&(padded as u16).to_be_bytes());
-            tid[4..4 + name_len].copy_from_slice(&d.name[..name_len]);
-            tid
-        }
-        _ => {
-            let mut tid = vec![0u8; 24];
-            tid[0] = byte0;
-            tid
-        }
-    }
 }
 
 /// libmpathpersist result codes (MPATH_PR_*).
@@ -603,11 +526,12 @@ mod tests {
     fn pr_in_service_actions() {
         let mut cdb = [0u8; 16];
         cdb[0] = 0x5e;
-        for sa in 0..=3 {
+        for sa in 0..=2 {
             cdb[1] = sa;
             assert_eq!(parse_pr_in(&cdb), Ok(sa));
         }
-        for sa in [4u8, 0x1f, 0x20, 0x21] {
+        // READ FULL STATUS never reaches the library (D14).
+        for sa in [3u8, 4, 0x1f, 0x20, 0x21, 0x23] {
             cdb[1] = sa;
             assert_eq!(parse_pr_in(&cdb), Err(SenseCode::INVALID_FIELD));
         }
@@ -650,44 +574,6 @@ mod tests {
             vec![0, 8, 0x1d, 0x90, 0xea, 0x01, 0, 0]
         );
         assert_eq!(build_pr_in(&caps, 3), vec![0, 8, 0x1d]);
-    }
-
-    #[test]
-    fn read_full_status_rebuilt_d14() {
-        let d = |key: u64, flags, port, proto, name: &[u8]| FullDescriptor {
-            key: key.to_be_bytes(),
-            flags,
-            scope_type: 0x05,
-            relative_target_port: port,
-            format_code: 0,
-            protocol_id: proto,
-            name: name.to_vec(),
-        };
-        let reply = PrinReply::FullStatus {
-            generation: 2,
-            descriptors: vec![
-                d(0xa1, 0x01, 1, 6, &0x5001405bbbbbbbb1u64.to_be_bytes()),
-                d(0xb1, 0x00, 2, 0, &0x2100u64.to_be_bytes()),
-                d(0xc1, 0x02, 3, 5, b"iqn.x:y\0"),
-            ],
-        };
-        let r = build_pr_in(&reply, 8192);
-        let s = pr::decode::full_status(&r).unwrap();
-        assert_eq!(s.generation, 2);
-        assert_eq!(s.registrations.len(), 3);
-        assert_eq!(
-            s.registrations[0].transport_id,
-            pr::sas_transport_id(0x5001405bbbbbbbb1)
-        );
-        assert!(s.registrations[0].holder);
-        assert_eq!(s.registrations[1].transport_id, pr::fc_transport_id(0x2100));
-        assert_eq!(s.registrations[1].relative_target_port, 2);
-        assert!(s.registrations[2].all_tg_pt);
-        let tid = &s.registrations[2].transport_id;
-        assert_eq!(tid.len(), 24);
-        assert_eq!(&tid[..4], &[0x05, 0, 0, 20]);
-        assert_eq!(&tid[4..11], b"iqn.x:y");
-        assert_eq!(&r[4..8], &((3 * 48) as u32).to_be_bytes());
     }
 
     #[test]

@@ -143,16 +143,21 @@ mod table {
         libc::SYS_getrandom,
         // journald's large messages.
         libc::SYS_memfd_create,
+        // The per-request device check (src/device.rs) walks sysfs: a dm
+        // device's slaves/ directory and the name of a refused device.
+        libc::SYS_getdents64,
+        libc::SYS_readlinkat,
         // The end.
         libc::SYS_exit,
         libc::SYS_exit_group,
     ];
 
     /// x86_64 only: the older calls musl and glibc make there for open,
-    /// stat, unlink, epoll_wait and poll (aarch64 has only the *at and
-    /// p* forms above).
+    /// stat, unlink, readlink, epoll_wait and poll (aarch64 has only the
+    /// *at and p* forms above).
     #[cfg(target_arch = "x86_64")]
     pub const SERVING_ARCH: &[i64] = &[
+        libc::SYS_readlink,
         libc::SYS_open,
         libc::SYS_stat,
         libc::SYS_lstat,
@@ -168,8 +173,6 @@ mod table {
     pub const MULTIPATH: &[i64] = &[
         libc::SYS_faccessat,
         libc::SYS_faccessat2,
-        libc::SYS_readlinkat,
-        libc::SYS_getdents64,
         libc::SYS_pread64,
         libc::SYS_pwrite64,
         libc::SYS_connect,
@@ -241,7 +244,6 @@ mod table {
     #[cfg(target_arch = "x86_64")]
     pub const MULTIPATH_ARCH: &[i64] = &[
         libc::SYS_access,
-        libc::SYS_readlink,
         libc::SYS_dup2,
         libc::SYS_select,
         libc::SYS_mkdir,

@@ -146,3 +146,19 @@ pub fn remove(index: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Exports LUN number `index` (made by [`create`]) through one more
+/// tcm_loop target whose initiator is `initiator` (an naa. name), i.e. one
+/// more I_T nexus on the same logical unit; `slot` (2 and up, 0 and 1 are
+/// [`create`]'s) makes the target's name unique. Returns the new devices.
+pub fn add_initiator(index: usize, slot: usize, initiator: &str) -> Result<Path2, String> {
+    let backstore = format!("{TARGET}/core/fileio_{index}/disk{index}");
+    let tpg = tpg(index, slot);
+    mkdir(format!("{tpg}/lun/lun_0"))?;
+    write(format!("{tpg}/nexus"), initiator)?;
+    std::os::unix::fs::symlink(&backstore, format!("{tpg}/lun/lun_0/port0"))
+        .map_err(|e| format!("link LUN {index} in {tpg}: {e}"))?;
+    let address =
+        fs::read_to_string(format!("{tpg}/address")).map_err(|e| format!("{tpg}/address: {e}"))?;
+    wait_for_devices(address.trim())
+}

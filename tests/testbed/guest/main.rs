@@ -8,11 +8,13 @@
 //!
 //! Arguments name the suites to run.
 
+mod devices;
 mod exec;
 mod faults;
 mod isolation;
 mod lio;
 mod mpath;
+mod mpath_many;
 mod nested;
 mod scripts;
 mod tools;
@@ -41,6 +43,7 @@ fn main() {
             "tools" => tools::run_suite(&mut next_lun),
             "nested" => nested::run(&mut next_lun),
             "mpath" => mpath::run_suite(&mut next_lun),
+            "devices" => devices::run_suite(&mut next_lun),
             other => result(&format!("suite-{other}"), Err("unknown suite".into())),
         }
         println!(

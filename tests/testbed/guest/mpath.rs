@@ -542,6 +542,9 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             (a, b) => Err(format!("{a} and {b} registrations left")),
         },
     );
+    // D14, D28: READ FULL STATUS with 42 registrations, O_PATH on the map
+    // (before the map is made to hang below).
+    crate::mpath_many::run(index, &map, &lun, SOCKET);
     let plain_paths = [plain.paths[0].block.clone(), plain.paths[1].block.clone()];
     hung_map(&map, &serial, &paths, index + 1, &plain_paths, state)
 }
