@@ -35,6 +35,7 @@ if [ -n "$mpath" ]; then
     install -D -m 0755 "$bin" "$ctx/rootfs/usr/bin/pr-helper"
     install -D -m 0644 "$PRH_ROOT/LICENSE" "$ctx/rootfs/usr/share/licenses/pr-helper/LICENSE"
     install -d -m 0755 "$ctx/rootfs/run/pr-helper"
+    ln -s /usr/bin/pr-helper "$ctx/rootfs/entrypoint.sh"
 else
     tag=${2:-localhost/pr-helper:latest}
     containerfile=$PRH_ROOT/Containerfile
