@@ -4,8 +4,9 @@
 # with
 #   systemd-nspawn -D ROOT --boot --register=no --keep-unit --capability=CAP_SYS_RAWIO
 # and runs packaging/systemd-boot/guest.sh there as a oneshot unit once the
-# system is up: dpkg -i with systemd running (the socket must listen at once,
-# QEMU's own socket gives way), socket activation by a client, PR IN on a
+# system is up: the .deb installed in a chroot before the boot listens after
+# it; dpkg -P and dpkg -i with systemd running (the socket must listen at
+# once, QEMU's own socket gives way), socket activation by a client, PR IN on a
 # block device, /proc/PID/status of the service (dynamic user, CAP_SYS_RAWIO
 # only, seccomp, no_new_privs), systemd-analyze security, restart and stop
 # with a client connected. The guest writes its findings to a file, powers
@@ -46,6 +47,11 @@ mkdir -p "$root"
 tar -xf "$tarball" -C "$root"
 mkdir -p "$root/prh-test"
 cp "$deb" "$root/prh-test/pr-helper.deb"
+# Installed in a chroot first (no systemd running: enabled, not started);
+# the guest checks the socket listens after boot, purges and installs again
+# with systemd running.
+chroot "$root" dpkg -i /prh-test/pr-helper.deb >"$w/chroot-dpkg.log" 2>&1 ||
+    { cat "$w/chroot-dpkg.log" >&2; prh_die "dpkg -i in the chroot failed"; }
 install -m 0755 "$PRH_ROOT/packaging/systemd-boot/guest.sh" "$root/prh-test/guest.sh"
 cat >"$root/etc/systemd/system/prh-boot-test.service" <<'EOF'
 [Unit]

@@ -38,6 +38,16 @@ trap finish EXIT
 echo "== systemd $(systemctl --version | head -n1 | awk '{print $2}') as PID 1 ($(cat /proc/1/comm)), device $DEV"
 check "PID 1 is systemd" test "$(cat /proc/1/comm)" = systemd
 
+echo "== installed in a chroot before the boot: enabled, so listening after boot"
+check "pr-helper.socket enabled (dpkg -i in the chroot)" test "$(systemctl is-enabled pr-helper.socket)" = enabled
+check "pr-helper.socket listening after boot" systemctl -q is-active pr-helper.socket
+check "pr-helper ping after boot" timeout 10 pr-helper ping -k $SOCK
+echo "== dpkg -P pr-helper (systemd running)"
+dpkg -P pr-helper 2>&1 | show
+check "socket stopped and removed by the purge" \
+    test "$(systemctl is-active pr-helper.socket pr-helper.service | sort -u)" = inactive -a ! -e $SOCK
+check "no unit files left" test ! -e /lib/systemd/system/pr-helper.socket -a ! -e /usr/lib/systemd/system/pr-helper.socket
+
 # QEMU's own units, as Debian's qemu-system-common / Fedora's qemu-pr-helper
 # package ship them (contrib/systemd, in /lib/systemd/system), enabled and
 # listening first.
@@ -61,7 +71,7 @@ systemctl daemon-reload
 systemctl enable --now qemu-pr-helper.socket 2>&1 | show
 check "qemu-pr-helper.socket listening before the install" systemctl -q is-active qemu-pr-helper.socket
 
-echo "== dpkg -i pr-helper.deb (systemd running)"
+echo "== dpkg -i pr-helper.deb (systemd running, QEMU's socket listening)"
 dpkg -i $T/pr-helper.deb 2>&1 | show
 check "pr-helper.socket enabled by the install" test "$(systemctl is-enabled pr-helper.socket)" = enabled
 check "pr-helper.socket listening right after the install" systemctl -q is-active pr-helper.socket
