@@ -154,9 +154,36 @@ run_image() { # IMAGE SOCKDIR NAME EXTRA... : start, wait for the socket
 # the machine is not disturbed. Then a PR round trip through the socket
 # from the host; virt-handler's chown of socket and directory to 107 (the
 # relabel is a no-op without SELinux, as here); a uid-107 client again.
+# A stand-in for the host's multipathd on the pathname socket virt-handler
+# bind-mounts into the shared directory: it speaks libmpathcmd's framing (a
+# native size_t length, then the NUL-terminated text), logs each command and
+# answers it. (This machine's kernel has no device-mapper; the real
+# multipathd is the VM test bed's.)
+fake_multipathd() { # SOCKET LOG
+    perl -e '
+        use strict; use Socket;
+        my ($path, $log) = @ARGV;
+        socket(my $l, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+        unlink $path; bind($l, pack_sockaddr_un($path)) or die "bind: $!";
+        listen($l, 5) or die; chmod 0666, $path;
+        while (accept(my $c, $l)) {
+            my $n = sysread($c, my $len, 8); next if $n != 8;
+            $len = unpack("Q", $len); my $cmd = "";
+            while (length($cmd) < $len) { sysread($c, my $b, $len - length($cmd)) or last; $cmd .= $b; }
+            $cmd =~ s/\0$//;
+            open(my $f, ">>", $log); print $f "$cmd\n"; close $f;
+            my $reply = "fake multipathd answers: $cmd\n\0";
+            syswrite($c, pack("Q", length $reply) . $reply); close $c;
+        }' "$1" "$2" &
+    FAKE_MPD=$!
+    CLEANUP+=("kill $FAKE_MPD 2>/dev/null")
+    for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done
+    fail "stand-in multipathd did not start"
+}
 kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
-    local image=$1 name=$2 k=$W/kubevirt hd sock dev rc out
+    local image=$1 name=$2 k=$W/kubevirt hd sock dev rc out mpd=0 note=""
     shift 2
+    [ "${1:-}" = --multipathd ] && { mpd=1; shift; }
     hd=$k/daemons/pr
     sock=$hd/pr-helper.sock
     prh_podman rm -f "$name" >/dev/null 2>&1 || true
@@ -165,7 +192,8 @@ kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
     mkdir -p "$hd" "$k/etc-multipath"
     mount --bind "$k" "$k"
     mount --make-rshared "$k"
-    CLEANUP+=("umount -R $k 2>/dev/null")
+    CLEANUP+=("umount -R -l $k 2>/dev/null")
+    [ "$mpd" = 1 ] && fake_multipathd "$hd/multipathd.socket" "$k/multipathd.log"
     truncate -s 16M "$k/disk.img"
     dev=$(losetup -f --show "$k/disk.img")
     CLEANUP+=("losetup -d $dev 2>/dev/null")
@@ -200,6 +228,18 @@ kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
     echo "$out" >&2
     [ "$rc" != 1 ] && grep -q 'persistent reserve in' <<<"$out" ||
         fail "$image (KubeVirt spec): uid 107 client after the chown: no answer (exit $rc)"
+    if [ "$mpd" = 1 ]; then
+        # libmpathcmd inside the pod reaches "multipathd" (the stand-in
+        # below) through the socket in the shared directory.
+        local mout
+        mout=$(prh_podman exec "$name" multipathd show version 2>&1) || true
+        echo "$mout" >&2
+        grep -q 'fake multipathd answers: show version' <<<"$mout" ||
+            fail "$image (KubeVirt spec): multipathd show version in the pod did not reach the shared-directory socket: $mout"
+        grep -q '^show version *$' "$k/multipathd.log" ||
+            fail "$image (KubeVirt spec): the stand-in multipathd got no request"
+        note="$note; libmpathcmd in the pod reached the host-side multipathd socket in the shared directory (relay, no host network)"
+    fi
     prh_podman logs "$name" 2>&1 | grep -E 'error|warn' >&2 || true
     # Stopping: the root helper holds CAP_SYS_RAWIO only, so it cannot
     # unlink the socket in the 107-owned directory; it must still exit.
@@ -207,9 +247,10 @@ kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
     [ "$(prh_podman inspect --format '{{.State.ExitCode}}' "$name")" = 0 ] ||
         { prh_podman logs "$name" >&2; fail "$image (KubeVirt spec): exit code at stop not 0"; }
     prh_podman rm -f "$name" >/dev/null
-    figure "$image with KubeVirt's container spec (/entrypoint.sh -k /var/run/kubevirt/daemons/pr/pr-helper.sock, privileged, uid 0, /dev + /etc/multipath + socket dir, own netns${*:+; plus $*}): ping, PR IN on $dev ($(head -n1 <<<"$out")), after chown 107 a uid-107 client is answered, clean stop"
+    figure "$image with KubeVirt's container spec (/entrypoint.sh -k /var/run/kubevirt/daemons/pr/pr-helper.sock, privileged, uid 0, /dev + /etc/multipath + socket dir, own netns${*:+; plus $*}): ping, PR IN on $dev ($(head -n1 <<<"$out")), after chown 107 a uid-107 client is answered, clean stop$note"
     chown root:disk "$dev"
     losetup -d "$dev"
+    [ "$mpd" = 1 ] && { kill "$FAKE_MPD"; wait "$FAKE_MPD" 2>/dev/null || true; }
     umount -R "$k"
 }
 
@@ -263,7 +304,7 @@ t_image() {
     prh_podman rm -f prh-test-mpath >/dev/null
     # Same fallback as above: without device-mapper in the kernel the
     # multipath build refuses to start unless told to run without it.
-    kubevirt_spec localhost/pr-helper:mpath prh-test-kubevirt-mpath "${mp[@]}"
+    kubevirt_spec localhost/pr-helper:mpath prh-test-kubevirt-mpath --multipathd "${mp[@]}"
 }
 
 # ----------------------------------------------------------------------- rpm
