@@ -11,18 +11,23 @@
 # to that pathname socket (connected per connection, so a socket that
 # appears or is replaced later is picked up).
 #
-#   multipathd-relay.pl PATHNAME-SOCKET
+#   multipathd-relay.pl TARGET [LISTEN]
+#
+# LISTEN defaults to multipathd's abstract name; a name that starts with @
+# is abstract (so the test bed can also offer a host's multipathd, which
+# listens on the abstract name only, on a pathname socket, as
+# multipath-tools 0.12 does).
 # SPDX-License-Identifier: GPL-2.0-or-later
 use strict;
 use warnings;
 use Socket qw(AF_UNIX SOCK_STREAM SOMAXCONN pack_sockaddr_un);
 
-my $target = shift or die "usage: $0 PATHNAME-SOCKET\n";
-my $name = "\0/org/kernel/linux/storage/multipathd";
+my $target = shift or die "usage: $0 TARGET [LISTEN]\n";
+my $listen = shift // '@/org/kernel/linux/storage/multipathd';
+sub addr { my $n = shift; $n =~ s/^@/\0/; return pack_sockaddr_un($n); }
 
 socket(my $listener, AF_UNIX, SOCK_STREAM, 0) or die "multipathd-relay: socket: $!\n";
-bind($listener, pack_sockaddr_un($name))
-    or die "multipathd-relay: bind \@/org/kernel/linux/storage/multipathd: $!\n";
+bind($listener, addr($listen)) or die "multipathd-relay: bind $listen: $!\n";
 listen($listener, SOMAXCONN) or die "multipathd-relay: listen: $!\n";
 $SIG{CHLD} = 'IGNORE';
 
@@ -34,7 +39,7 @@ while (1) {
     if ($pid) { close $client; next; }
     close $listener;
     socket(my $upstream, AF_UNIX, SOCK_STREAM, 0) or exit 1;
-    connect($upstream, pack_sockaddr_un($target)) or exit 1;
+    connect($upstream, addr($target)) or exit 1;
     relay($client, $upstream);
     exit 0;
 }
