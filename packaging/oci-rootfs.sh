@@ -1,6 +1,8 @@
 #!/bin/sh
 # Lays out the root filesystem of the pr-helper image from a static binary:
 #   /usr/bin/pr-helper   /run/pr-helper/ (the socket directory)   /tmp/
+#   /entrypoint.sh -> /usr/bin/pr-helper (KubeVirt's container spec runs
+#   "/entrypoint.sh -k SOCKET"; the image has no shell, so it is a link)
 # plus the licence. Used by the Containerfile's build stage and by
 # packaging/build-image.sh (from a locally built binary), so both images
 # have the same content.
@@ -16,3 +18,4 @@ install -m 0755 "$bin" "$dest/usr/bin/pr-helper"
 install -m 0644 "$license" "$dest/usr/share/licenses/pr-helper/LICENSE"
 chmod 0755 "$dest/run/pr-helper"
 chmod 1777 "$dest/tmp"
+ln -s /usr/bin/pr-helper "$dest/entrypoint.sh"

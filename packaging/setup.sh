@@ -6,8 +6,8 @@
 #
 #   - Debian packages: buildah, podman + runc (containers), rpm + rpmlint
 #     (rpmbuild), lintian, nix-bin, mmdebstrap + multipath-tools (the
-#     multipath image's local base), systemd-container is not needed
-#     (systemd-analyze and systemd-socket-activate come with systemd);
+#     multipath image's local base), systemd-container (systemd-nspawn, for
+#     the boot test under systemd as PID 1);
 #   - the Rust targets x86_64- and aarch64-unknown-linux-musl (aarch64 is
 #     linked with the toolchain's rust-lld) and qemu-user-static to run the
 #     aarch64 binary;
@@ -17,7 +17,9 @@
 #     work later;
 #   - a local base image for the multipath variant (Debian bookworm with
 #     multipath-tools, made with mmdebstrap from the Debian mirror), since
-#     registries cannot be reached here.
+#     registries cannot be reached here;
+#   - a Debian 12 root with systemd for packaging/systemd-boot-test.sh
+#     (mmdebstrap, kept as $PRH_PKG_CACHE/nspawn-bookworm.tar).
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
@@ -28,7 +30,7 @@ prh_need apt-get cargo rustup
 
 CARGO_DEB_VERSION=3.8.0
 PKGS=(buildah podman runc rpm rpmlint lintian nix-bin mmdebstrap multipath-tools
-    dpkg-dev fakeroot qemu-user-static file)
+    dpkg-dev fakeroot qemu-user-static file systemd-container)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -69,5 +71,14 @@ if ! buildah --storage-driver vfs inspect --type image "$PRH_MPATH_BASE" >/dev/n
     buildah --storage-driver vfs commit --quiet --timestamp 0 "$ctr" "$PRH_MPATH_BASE" >/dev/null
     buildah --storage-driver vfs rm "$ctr" >/dev/null
     rm -f "$tarball"
+fi
+# The systemd boot test's root: systemd as PID 1 (systemd-sysv, dbus),
+# libnss-systemd (names of dynamic users), socat (a client that holds a
+# connection).
+if [ ! -f "$PRH_PKG_CACHE/nspawn-bookworm.tar" ]; then
+    echo "setup: Debian 12 root for the systemd boot test (mmdebstrap)"
+    mmdebstrap --quiet --variant=minbase --include=systemd,systemd-sysv,dbus,libnss-systemd,socat \
+        --mode=root bookworm "$PRH_PKG_CACHE/nspawn-bookworm.tar.tmp.tar"
+    mv "$PRH_PKG_CACHE/nspawn-bookworm.tar.tmp.tar" "$PRH_PKG_CACHE/nspawn-bookworm.tar"
 fi
 echo "setup: done"

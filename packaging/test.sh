@@ -9,13 +9,16 @@
 #            CAP_SYS_RAWIO (ambient + bounding), no_new_privs, socket-activated; a client pings
 #   image    buildah image from the static binary twice: same digest; podman run
 #            --cap-drop ALL --cap-add SYS_RAWIO serves a host client (ping, PR IN with an fd);
-#            the multipath variant on the local base image
+#            the multipath variant on the local base image; both images with KubeVirt's
+#            exact container spec (/entrypoint.sh, privileged, own netns), chown to 107
 #   image    ... and the OCI index for linux/amd64 + linux/arm64 twice: same index digest; the
 #            arm64 image serves a host client under podman with qemu-aarch64-static
 #   rpm      rpmbuild -ba offline from the vendored tarball, file list, scratch rpm db, rpmlint;
 #            rpmbuild --target aarch64: file list, architecture, the binary runs under qemu-user
 #   deb      two builds byte-identical, file list, lintian, dpkg -i (socket enabled), dpkg -P;
 #            arm64: two builds identical, Architecture, files, binary, lintian
+#   boot     the .deb under systemd as PID 1 (systemd-nspawn --boot of a Debian 12 root):
+#            packaging/systemd-boot-test.sh
 #   nix      parse, evaluation against a stub nixpkgs, nix flake check --no-build
 #
 #   packaging/test.sh [SECTION...]     (default: all, in the order above)
@@ -30,7 +33,7 @@ set -euo pipefail
 W=${PRH_TEST_DIR:-$PRH_PKG_CACHE/test}
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
-SECTIONS=(static docs systemd image rpm deb nix)
+SECTIONS=(static docs systemd image rpm deb boot nix)
 [ $# -gt 0 ] && SECTIONS=("$@")
 export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
 export CARGO_NET_OFFLINE=true
@@ -46,7 +49,7 @@ trap cleanup EXIT
 [ "$(id -u)" = 0 ] || prh_die "run as root (podman, dpkg -i, setpriv)"
 prh_need cargo rustc sha256sum git tar gzip unshare setpriv systemd-analyze \
     systemd-socket-activate buildah podman runc rpm rpmbuild rpmlint lintian dpkg-deb \
-    nix nix-instantiate qemu-aarch64-static file
+    nix nix-instantiate qemu-aarch64-static file systemd-nspawn losetup
 [ -x "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" ] || prh_die "cargo-deb missing (run packaging/setup.sh)"
 
 BIN=$W/repro/a/target/$PRH_TARGET/release/pr-helper
@@ -169,6 +172,118 @@ run_image() { # IMAGE SOCKDIR NAME EXTRA... : start, wait for the socket
     prh_podman logs "$name" >&2 || true
     fail "$image: no socket in $dir"
 }
+# KubeVirt's pr-helper container, exactly as virt-operator renders it
+# (RenderPrHelperContainer in kubevirt's
+# pkg/virt-operator/resource/generate/components/daemonsets.go): command
+# /entrypoint.sh, args "-k /var/run/kubevirt/daemons/pr/pr-helper.sock",
+# privileged, uid 0, hostPath mounts of the socket directory
+# (Bidirectional = rshared), /dev (HostToContainer = rslave) and
+# /etc/multipath (Bidirectional), the pod's own network namespace (no host
+# network). The host side of the socket directory is a scratch directory
+# here (made a shared mount, as on a Kubernetes node), so a real KubeVirt on
+# the machine is not disturbed. Then a PR round trip through the socket
+# from the host; virt-handler's chown of socket and directory to 107 (the
+# relabel is a no-op without SELinux, as here); a uid-107 client again.
+# A stand-in for the host's multipathd on the pathname socket virt-handler
+# bind-mounts into the shared directory: it speaks libmpathcmd's framing (a
+# native size_t length, then the NUL-terminated text), logs each command and
+# answers it. (This machine's kernel has no device-mapper; the real
+# multipathd is the VM test bed's.)
+fake_multipathd() { # SOCKET LOG
+    perl -e '
+        use strict; use Socket;
+        my ($path, $log) = @ARGV;
+        socket(my $l, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+        unlink $path; bind($l, pack_sockaddr_un($path)) or die "bind: $!";
+        listen($l, 5) or die; chmod 0666, $path;
+        while (accept(my $c, $l)) {
+            my $n = sysread($c, my $len, 8); next if $n != 8;
+            $len = unpack("Q", $len); my $cmd = "";
+            while (length($cmd) < $len) { sysread($c, my $b, $len - length($cmd)) or last; $cmd .= $b; }
+            $cmd =~ s/\0$//;
+            open(my $f, ">>", $log); print $f "$cmd\n"; close $f;
+            my $reply = "fake multipathd answers: $cmd\n\0";
+            syswrite($c, pack("Q", length $reply) . $reply); close $c;
+        }' "$1" "$2" &
+    FAKE_MPD=$!
+    CLEANUP+=("kill $FAKE_MPD 2>/dev/null")
+    for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done
+    fail "stand-in multipathd did not start"
+}
+kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
+    local image=$1 name=$2 k=$W/kubevirt hd sock dev rc out mpd=0 note=""
+    shift 2
+    [ "${1:-}" = --multipathd ] && { mpd=1; shift; }
+    hd=$k/daemons/pr
+    sock=$hd/pr-helper.sock
+    prh_podman rm -f "$name" >/dev/null 2>&1 || true
+    umount -R "$k" 2>/dev/null || true
+    rm -rf "$k"
+    mkdir -p "$hd" "$k/etc-multipath"
+    mount --bind "$k" "$k"
+    mount --make-rshared "$k"
+    CLEANUP+=("umount -R -l $k 2>/dev/null")
+    [ "$mpd" = 1 ] && fake_multipathd "$hd/multipathd.socket" "$k/multipathd.log"
+    truncate -s 16M "$k/disk.img"
+    dev=$(losetup -f --show "$k/disk.img")
+    CLEANUP+=("losetup -d $dev 2>/dev/null")
+    # The pod's own network namespace: a private one (podman's default
+    # bridge network needs CNI/netavark plugins this machine may lack; for
+    # Unix sockets only the namespace matters, not its interfaces).
+    prh_podman run -d --name "$name" --network none "${PRH_PODMAN_ULIMITS[@]}" \
+        --privileged --user 0 \
+        -v "$hd:/var/run/kubevirt/daemons/pr:rshared" \
+        -v /dev:/dev:rslave \
+        -v "$k/etc-multipath:/etc/multipath:rshared" \
+        --entrypoint /entrypoint.sh "$@" \
+        "$image" -k /var/run/kubevirt/daemons/pr/pr-helper.sock >/dev/null
+    CLEANUP+=("prh_podman rm -f $name >/dev/null 2>&1")
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || { prh_podman logs "$name" >&2 || true; fail "$image with KubeVirt's spec: no socket in the shared directory"; }
+    [ "$(prh_podman inspect --format '{{.HostConfig.NetworkMode}}' "$name")" != host ] ||
+        fail "$name runs in the host network namespace"
+    "$BIN" ping --socket "$sock" >&2 || fail "$image (KubeVirt spec): ping failed"
+    rc=0
+    out=$("$BIN" persist --socket "$sock" --device "$dev" --read-keys 2>&1) || rc=$?
+    echo "$out" >&2
+    [ "$rc" != 1 ] && grep -q 'persistent reserve in' <<<"$out" ||
+        fail "$image (KubeVirt spec): PR IN on $dev not answered (exit $rc)"
+    # virt-handler: chown socket and directory to QEMU's uid/gid 107.
+    chown 107:107 "$hd" "$sock"
+    chown 107:107 "$dev"
+    CLEANUP+=("chown root:disk $dev")
+    rc=0
+    out=$(setpriv --reuid 107 --regid 107 --clear-groups \
+        "$BIN" persist --socket "$sock" --device "$dev" --read-keys 2>&1) || rc=$?
+    echo "$out" >&2
+    [ "$rc" != 1 ] && grep -q 'persistent reserve in' <<<"$out" ||
+        fail "$image (KubeVirt spec): uid 107 client after the chown: no answer (exit $rc)"
+    if [ "$mpd" = 1 ]; then
+        # libmpathcmd inside the pod reaches "multipathd" (the stand-in
+        # below) through the socket in the shared directory.
+        local mout
+        mout=$(prh_podman exec "$name" multipathd show version 2>&1) || true
+        echo "$mout" >&2
+        grep -q 'fake multipathd answers: show version' <<<"$mout" ||
+            fail "$image (KubeVirt spec): multipathd show version in the pod did not reach the shared-directory socket: $mout"
+        grep -q '^show version *$' "$k/multipathd.log" ||
+            fail "$image (KubeVirt spec): the stand-in multipathd got no request"
+        note="$note; libmpathcmd in the pod reached the host-side multipathd socket in the shared directory (relay, no host network)"
+    fi
+    prh_podman logs "$name" 2>&1 | grep -E 'error|warn' >&2 || true
+    # Stopping: the root helper holds CAP_SYS_RAWIO only, so it cannot
+    # unlink the socket in the 107-owned directory; it must still exit.
+    prh_podman stop -t 10 "$name" >/dev/null
+    [ "$(prh_podman inspect --format '{{.State.ExitCode}}' "$name")" = 0 ] ||
+        { prh_podman logs "$name" >&2; fail "$image (KubeVirt spec): exit code at stop not 0"; }
+    prh_podman rm -f "$name" >/dev/null
+    figure "$image with KubeVirt's container spec (/entrypoint.sh -k /var/run/kubevirt/daemons/pr/pr-helper.sock, privileged, uid 0, /dev + /etc/multipath + socket dir, own netns${*:+; plus $*}): ping, PR IN on $dev ($(head -n1 <<<"$out")), after chown 107 a uid-107 client is answered, clean stop$note"
+    chown root:disk "$dev"
+    losetup -d "$dev"
+    [ "$mpd" = 1 ] && { kill "$FAKE_MPD"; wait "$FAKE_MPD" 2>/dev/null || true; }
+    umount -R "$k"
+}
+
 t_image() {
     need_bin
     local l1 l2 d=$W/image-sock out rc
@@ -193,6 +308,7 @@ t_image() {
         fail "PR IN through the container failed (exit $rc)"
     figure "podman run --cap-drop ALL --cap-add SYS_RAWIO: host client ping ok, PR IN answered (exit $rc: $out)"
     prh_podman rm -f prh-test >/dev/null
+    kubevirt_spec localhost/pr-helper:latest prh-test-kubevirt
 
     t_image_multiarch
 
@@ -218,6 +334,9 @@ t_image() {
     "$BIN" ping --socket "$d/pr-helper.sock" >&2 || fail "ping to the multipath container failed"
     figure "multipath image (local Debian 12 base + multipath-tools): digest $(awk '{print $6}' <<<"$l1") size $(awk '{print $8}' <<<"$l1") bytes; ping ok ($note)"
     prh_podman rm -f prh-test-mpath >/dev/null
+    # Same fallback as above: without device-mapper in the kernel the
+    # multipath build refuses to start unless told to run without it.
+    kubevirt_spec localhost/pr-helper:mpath prh-test-kubevirt-mpath --multipathd "${mp[@]}"
 }
 
 # The OCI index for linux/amd64 and linux/arm64: built twice (same index
@@ -377,6 +496,19 @@ t_deb() {
     lint=$(lintian "$d/arm64-1.deb" 2>&1 | grep -v 'running with root privileges' || true)
     [ -z "$lint" ] || { echo "$lint" >&2; fail "lintian (arm64): $lint"; }
     figure "deb arm64 sha256 $s1 (two builds identical; Architecture: arm64; same files; lintian clean, overridden: not a static PIE)"
+}
+
+# ---------------------------------------------------------------------- boot
+t_boot() {
+    need_bin
+    local d=$W/boot-deb out
+    rm -rf "$d"
+    mkdir -p "$d"
+    "$PRH_ROOT/packaging/build-deb.sh" "$BIN" "$d/pr-helper.deb" >&2
+    out=$("$PRH_ROOT/packaging/systemd-boot-test.sh" "$d/pr-helper.deb" "$W/boot") ||
+        { echo "$out"; fail "the .deb under systemd as PID 1: checks failed"; }
+    echo "$out"
+    figure "systemd as PID 1 (nspawn --boot): $(grep -c '^ok: ' <<<"$out") checks ok; $(grep -o 'Overall exposure level[^\n]*' <<<"$out" | head -n1); $(tail -n1 <<<"$out")"
 }
 
 # ----------------------------------------------------------------------- nix

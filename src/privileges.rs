@@ -130,10 +130,23 @@ pub fn drop_privileges(target: &Target) -> Result<(), PrivilegeError> {
             nix::unistd::setgroups(&[])
                 .map_err(|e| PrivilegeError::Identity(format!("setgroups: {e}")))?;
         } else {
-            tracing::warn!(
-                "cannot drop supplementary groups {groups:?} without CAP_SETGID; start pr-helper \
-                 without them (systemd: SupplementaryGroups= empty)"
-            );
+            // Without CAP_SETGID the list stays. If it holds nothing but the
+            // group pr-helper runs as, it gives no further access: that is
+            // what a service manager leaves when it starts a service as a
+            // user (systemd calls initgroups(), which puts the primary group
+            // in the list, DynamicUser= included). Only other groups are
+            // worth a warning.
+            let extra: Vec<u32> = groups
+                .into_iter()
+                .filter(|g| *g != gid)
+                .map(Gid::as_raw)
+                .collect();
+            if !extra.is_empty() {
+                tracing::warn!(
+                    "cannot drop supplementary groups {extra:?} without CAP_SETGID; start \
+                     pr-helper without them"
+                );
+            }
         }
     }
     if gid != Gid::current() || Gid::effective() != gid {

@@ -608,6 +608,57 @@ fn privileges_drop_to_nobody_and_keep_only_sys_rawio() {
     assert!(!socket.exists());
 }
 
+/// Starts the helper as systemd starts a service with `User=`/`DynamicUser=`
+/// and `AmbientCapabilities=CAP_SYS_RAWIO`: a non-root uid and gid, the
+/// group list from initgroups() (`groups`), CAP_SYS_RAWIO ambient and no
+/// CAP_SETGID. Returns its stderr once it serves.
+fn start_as_service_user(groups: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = dir.path().join("svc.sock");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "61534", "--regid", "61534", "--groups", groups])
+        .args([
+            "--inh-caps",
+            "-all,+sys_rawio",
+            "--ambient-caps",
+            "-all,+sys_rawio",
+        ])
+        .arg("--")
+        .arg(our_binary())
+        .arg("-k")
+        .arg(&socket)
+        .arg("-v");
+    let mut h = Helper::spawn(Which::Ours, cmd, dir, socket);
+    h.assert_serving();
+    h.wait_for_log("serving on", 1);
+    assert_eq!(status_field(h.pid(), "CapEff"), "0000000000020000");
+    let stderr = h.stderr();
+    assert!(h.terminate().success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn started_like_a_systemd_service_no_group_warning() {
+    // systemd leaves the service's own group in the list (initgroups()):
+    // nothing to drop, nothing to warn about.
+    let stderr = start_as_service_user("61534");
+    assert!(
+        !stderr.contains("supplementary groups"),
+        "a group list holding only the helper's own group is no reason to warn:\n{stderr}"
+    );
+    // A group beyond its own is kept (no CAP_SETGID) and named.
+    let stderr = start_as_service_user("61534,61535");
+    assert!(
+        stderr.contains("cannot drop supplementary groups [61535] without CAP_SETGID"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn without_root_the_helper_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -115,6 +115,17 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
         copy_with_libs "$I" "$plugin" "/lib/multipath/$(basename "$plugin")"
     done
     cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$I/usr/lib/x86_64-linux-gnu/"
+    # The multipath image's /entrypoint.sh and relay (KubeVirt pod stand-in:
+    # tests/testbed/guest/mpath.rs), with perl-base and unshare.
+    install -D -m 0755 "$HERE/../../packaging/mpath-image/entrypoint.sh" "$I/entrypoint.sh"
+    install -D -m 0755 "$HERE/../../packaging/mpath-image/multipathd-relay.pl" \
+        "$I/usr/lib/pr-helper/multipathd-relay.pl"
+    copy_with_libs "$I" /usr/bin/perl /usr/bin/perl
+    mkdir -p "$I/usr/lib/x86_64-linux-gnu"
+    cp -a /usr/lib/x86_64-linux-gnu/perl-base "$I/usr/lib/x86_64-linux-gnu/"
+    copy_with_libs "$I" /usr/bin/unshare /usr/bin/unshare
+    mkdir -p "$I/usr/bin"
+    ln -sf /bin/pr-helper-mpath "$I/usr/bin/pr-helper"
 fi
 
 if [ "${TESTBED_NESTED:-0}" = 1 ]; then
