@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Every packaging test, offline, after packaging/setup.sh (as root, Debian 12):
 #
+#   versions Cargo.toml is the one version source: every copy (spec, deb/changelog,
+#            Containerfiles, lock files, docs) equals it; rust-version is the locked
+#            dependency graph's highest rust-version
 #   static   two musl builds from two copies of the tree in two directories: same sha256
 #   docs     packaging/generated/ is what gen-docs makes from the clap definition
 #   systemd  systemd-analyze verify (plain and with the mpath drop-in), exposure <= 2.0,
@@ -25,7 +28,7 @@ set -euo pipefail
 W=${PRH_TEST_DIR:-$PRH_PKG_CACHE/test}
 mkdir -p "$W"
 W=$(cd "$W" && pwd)
-SECTIONS=(static docs systemd image rpm deb nix)
+SECTIONS=(versions static docs systemd image rpm deb nix)
 [ $# -gt 0 ] && SECTIONS=("$@")
 export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
 export CARGO_NET_OFFLINE=true
@@ -39,12 +42,63 @@ cleanup() { local c; for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
 trap cleanup EXIT
 
 [ "$(id -u)" = 0 ] || prh_die "run as root (podman, dpkg -i, setpriv)"
-prh_need cargo rustc sha256sum git tar gzip unshare setpriv systemd-analyze \
-    systemd-socket-activate buildah podman runc rpm rpmbuild rpmlint lintian dpkg-deb \
-    nix nix-instantiate
-[ -x "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" ] || prh_die "cargo-deb missing (run packaging/setup.sh)"
+prh_need cargo rustc python3
+if [ "${SECTIONS[*]}" != versions ]; then
+    prh_need sha256sum git tar gzip unshare setpriv systemd-analyze \
+        systemd-socket-activate buildah podman runc rpm rpmbuild rpmlint lintian dpkg-deb \
+        nix nix-instantiate
+    [ -x "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" ] || prh_die "cargo-deb missing (run packaging/setup.sh)"
+fi
 
 BIN=$W/repro/a/target/$PRH_TARGET/release/pr-helper
+
+# ------------------------------------------------------------------ versions
+# The minimum Rust version the locked graph needs: the highest rust-version
+# any locked crate declares (cargo metadata lists every platform's crates).
+locked_rust_floor() {
+    (cd "$PRH_ROOT" && cargo metadata --locked --offline --format-version 1) |
+        python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+vs = [(tuple(int(x) for x in p["rust_version"].split(".")), p["name"])
+      for p in d["packages"] if p.get("rust_version") and p["name"] != "pr-helper"]
+v = max(v for v, _ in vs)
+print(".".join(map(str, v[:2])), ",".join(sorted({n for w, n in vs if w[:2] == v[:2]})))'
+}
+t_versions() {
+    local v=$PRH_VERSION msrv floor who bad=() f got
+    [ -n "$v" ] || fail "no version in Cargo.toml"
+    check() { # WHAT GOT: one copy of the version
+        if [ "$2" = "$v" ]; then echo "  $1: $2" >&2; else bad+=("$1 has '$2'"); fi
+    }
+    check "rpm/pr-helper.spec Version" "$(sed -n 's/^Version: *//p' "$PRH_ROOT/rpm/pr-helper.spec")"
+    check "rpm/pr-helper.spec %changelog (newest)" \
+        "$(sed -n '/^%changelog/,${s/^\* .* - \([^ -]*\)-[^ -]*$/\1/p}' "$PRH_ROOT/rpm/pr-helper.spec" | head -n1)"
+    check "deb/changelog (newest)" "$(sed -n '1s/^pr-helper (\([^-)]*\)-[^)]*).*/\1/p' "$PRH_ROOT/deb/changelog")"
+    for f in Containerfile Containerfile.mpath; do
+        check "$f ARG VERSION" "$(sed -n 's/^ARG VERSION=//p' "$PRH_ROOT/$f")"
+    done
+    for f in Cargo.lock packaging/gen-docs/Cargo.lock; do
+        check "$f" "$(awk '/^name = "pr-helper"$/ { getline; gsub(/version = |"/, ""); print }' "$PRH_ROOT/$f")"
+    done
+    # nix/package.nix reads Cargo.toml (importTOML); the nix section checks
+    # the evaluated name. Versions quoted in the documentation:
+    while IFS= read -r got; do
+        check "documentation (${got%%:*})" "$(sed -E 's/.*pr-helper[-_:]([0-9]+\.[0-9]+\.[0-9]+).*/\1/' <<<"${got#*:}")"
+    done < <(cd "$PRH_ROOT" && grep -HoE 'pr-helper[-_:][0-9]+\.[0-9]+\.[0-9]+' README.md docs/*.md)
+    [ ${#bad[@]} -eq 0 ] || fail "version copies differ from Cargo.toml's $v: $(printf '%s; ' "${bad[@]}")"
+    figure "version $v: spec, deb/changelog, Containerfiles, lock files and docs agree with Cargo.toml"
+
+    msrv=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$PRH_ROOT/Cargo.toml")
+    read -r floor who < <(locked_rust_floor) || fail "cargo metadata failed"
+    [ "$msrv" = "$floor" ] ||
+        fail "Cargo.toml rust-version $msrv, but the locked graph needs $floor ($who): set rust-version = \"$floor\""
+    for f in "cargo >= $msrv" "rust >= $msrv"; do
+        grep -q "^BuildRequires: *$f\$" "$PRH_ROOT/rpm/pr-helper.spec" ||
+            fail "rpm/pr-helper.spec: BuildRequires $f missing (rust-version $msrv)"
+    done
+    figure "rust-version $msrv = highest rust-version in Cargo.lock ($who); the spec's BuildRequires agree"
+}
 
 # -------------------------------------------------------------------- static
 t_static() {
