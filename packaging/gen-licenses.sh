@@ -4,8 +4,8 @@
 # packaging/test.sh's licenses section regenerates them and fails when they
 # differ, so a dependency cannot be added without its notice):
 #
-#   THIRD-PARTY-NOTICES    every crate with its licence, and the licence texts
-#                          the crates ship (cargo-about)
+#   THIRD-PARTY-NOTICES    every crate linked into the binary with its licence,
+#                          and the licence files the crates ship
 #   copyright              Debian's copyright file (DEP-5): pr-helper, then one
 #                          stanza per crate licence, each licence's text
 #   license-expression     the SPDX expression of everything linked into the
@@ -22,9 +22,7 @@ prh_need cargo python3
 
 out=${1:-$PRH_ROOT/packaging/licenses}
 mkdir -p "$out"
-about=$PRH_PKG_CACHE/cargo-about/bin/cargo-about
 cyclonedx=$PRH_PKG_CACHE/cargo-cyclonedx/bin/cargo-cyclonedx
-[ -x "$about" ] || prh_die "cargo-about missing (run packaging/setup.sh)"
 [ -x "$cyclonedx" ] || prh_die "cargo-cyclonedx missing (run packaging/setup.sh)"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/prh-licenses.XXXXXX")
 trap 'rm -rf "$tmp" "$PRH_ROOT/pr-helper.cdx.json"' EXIT
@@ -34,8 +32,8 @@ cd "$PRH_ROOT"
 # counts them: no build, dev or proc-macro edges).
 cargo tree --locked --offline --edges no-build,no-dev,no-proc-macro \
     --target x86_64-unknown-linux-gnu --prefix none --format '{l}|{p}' >"$tmp/tree"
-"$about" about generate --frozen --fail --format json -o "$tmp/about.json" 2>"$tmp/about.log" ||
-    { cat "$tmp/about.log" >&2; prh_die "cargo about generate failed"; }
+cargo metadata --locked --offline --format-version 1 --filter-platform x86_64-unknown-linux-gnu >"$tmp/metadata.json"
+python3 "$PRH_ROOT/packaging/licenses.py" collect "$tmp/metadata.json" "$tmp/tree" >"$tmp/about.json"
 python3 "$PRH_ROOT/packaging/licenses.py" expression "$tmp/tree" >"$out/license-expression"
 python3 "$PRH_ROOT/packaging/licenses.py" notices "$tmp/about.json" "$tmp/tree" >"$out/THIRD-PARTY-NOTICES"
 python3 "$PRH_ROOT/packaging/licenses.py" copyright "$tmp/about.json" "$tmp/tree" >"$out/copyright"

@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
 # Renders the licence files of packaging/licenses/ from Cargo.lock's crates
-# (packaging/gen-licenses.sh runs it; nothing here is written by hand):
+# (packaging/gen-licenses.sh runs it; nothing there is written by hand):
 #
+#   licenses.py collect METADATA.json TREE -> ABOUT.json (crates, licence texts)
 #   licenses.py expression TREE            -> the SPDX expression of the binary
 #   licenses.py notices ABOUT.json TREE    -> THIRD-PARTY-NOTICES
 #   licenses.py copyright ABOUT.json TREE  -> debian/copyright (DEP-5)
 #
 # TREE is `cargo tree --edges no-build,no-dev,no-proc-macro --format '{l}|{p}'`
 # for a Linux target: the crates linked into the binary (as Fedora's
-# %cargo_license counts them). ABOUT.json is `cargo about generate --format
-# json`: every crate of the build (proc macros included) with the licence
-# texts its package ships, or the SPDX text where it ships none.
+# %cargo_license counts them). METADATA.json is `cargo metadata`: where each
+# crate's sources are. collect reads the licence files every crate ships
+# (LICENSE*, COPYING*, UNLICENSE, NOTICE*; copyright lines included) and
+# tells each text's licence from its content; a crate that ships none gets
+# the text another crate ships for its declared licence, marked as such.
 # SPDX-License-Identifier: GPL-2.0-or-later
+import glob
 import json
+import os
 import re
 import sys
 
@@ -62,6 +67,76 @@ def about(path):
     return json.load(open(path))
 
 
+NAMES = {
+    "MIT": "MIT License",
+    "Apache-2.0": "Apache License 2.0",
+    "Apache-2.0 WITH LLVM-exception": "Apache License 2.0 with LLVM Exception",
+    "BSD-3-Clause": "BSD 3-Clause License",
+    "BSD-2-Clause": "BSD 2-Clause License",
+    "Unlicense": "The Unlicense",
+    "Zlib": "zlib License",
+    "Unicode-3.0": "Unicode License v3",
+}
+
+
+def classify(text):
+    t = " ".join(text.split())
+    if "LLVM Exceptions" in t:
+        return "Apache-2.0 WITH LLVM-exception"
+    if "Apache License" in t and "Version 2.0" in t:
+        return "Apache-2.0"
+    if "Permission is hereby granted, free of charge" in t:
+        return "MIT"
+    if "This is free and unencumbered software" in t:
+        return "Unlicense"
+    if "Redistribution and use in source and binary forms" in t:
+        return "BSD-3-Clause" if "Neither the name" in t or "names of its contributors" in t else "BSD-2-Clause"
+    if "This software is provided 'as-is'" in t:
+        return "Zlib"
+    if "UNICODE LICENSE V3" in t.upper():
+        return "Unicode-3.0"
+    return None
+
+
+LICENSE_FILE = re.compile(r"^(LICEN[CS]E|COPYING|UNLICENSE|NOTICE|COPYRIGHT)", re.I)
+
+
+def collect(meta_path, tree_path):
+    meta = json.load(open(meta_path))
+    linked = {(c[0], c[1]) for c in tree(tree_path)}
+    crates, texts, missing = [], {}, []
+    for p in sorted(meta["packages"], key=lambda p: (p["name"], p["version"])):
+        if (p["name"], p["version"]) not in linked or p["name"] == "pr-helper":
+            continue
+        pkg = {k: p.get(k) for k in ("name", "version", "license", "authors")}
+        crates.append({"package": pkg, "license": norm(p.get("license") or "")})
+        d = os.path.dirname(p["manifest_path"])
+        files = sorted(f for f in os.listdir(d) if LICENSE_FILE.match(f) and os.path.isfile(os.path.join(d, f)))
+        if not files:
+            missing.append(pkg)
+        for f in files:
+            text = open(os.path.join(d, f), encoding="utf-8", errors="replace").read().replace("\r\n", "\n").strip()
+            lid = classify(text) or "LicenseRef-%s" % f
+            e = texts.setdefault(text, {"id": lid, "name": NAMES.get(lid, lid), "text": text, "used_by": []})
+            e["used_by"].append({"crate": pkg})
+    by_id = {}
+    for e in texts.values():
+        by_id.setdefault(e["id"], e)
+    for pkg in missing:
+        # No licence file in the crate: the declared licence's text as
+        # another crate ships it (the first alternative of a choice).
+        lid = norm(pkg["license"]).split(" OR ")[0]
+        if lid not in by_id:
+            sys.exit("licenses.py: %s %s ships no licence file and no other crate has a %s text" % (pkg["name"], pkg["version"], lid))
+        e = by_id[lid]
+        texts.setdefault(("fallback", lid), {"id": lid, "name": e["name"], "used_by": [],
+            "text": "[%s ships no licence file; its Cargo.toml declares %s. The %s text:]\n\n%s" % (
+                pkg["name"], pkg["license"], lid, e["text"])})["used_by"].append({"crate": pkg})
+    lic = sorted(texts.values(), key=lambda e: (e["id"], e["used_by"][0]["crate"]["name"]))
+    overview = [{"id": i, "text": by_id[i]["text"]} for i in sorted(by_id)]
+    return {"crates": crates, "licenses": lic, "overview": overview}
+
+
 def crate_key(p):
     return "%s %s" % (p["name"], p["version"])
 
@@ -81,10 +156,8 @@ def notices(ab, crates):
     w("contains musl libc (MIT, Copyright 2005-2020 Rich Felker, et al.); both")
     w("licence texts are among those below.")
     w("")
-    w("Crates marked [build] are used at build time only (procedural macros and")
-    w("their dependencies) and are not linked into the binary.")
-    w("")
-    w("Generated from Cargo.lock by packaging/gen-licenses.sh (cargo-about).")
+    w("Generated from Cargo.lock by packaging/gen-licenses.sh: the crates linked")
+    w("into the binary, each with the licence files it ships.")
     w("")
     w("Crates")
     w("------")
@@ -93,8 +166,7 @@ def notices(ab, crates):
         p = c["package"]
         if p["name"] == "pr-helper":
             continue
-        mark = "" if (p["name"], p["version"]) in linked else " [build]"
-        w("%s %s: %s%s" % (p["name"], p["version"], norm(p.get("license") or c["license"]), mark))
+        w("%s %s: %s" % (p["name"], p["version"], norm(p.get("license") or c["license"])))
     w("")
     w("Licence texts")
     w("-------------")
@@ -198,20 +270,23 @@ def copyright(ab, crates):
     for i in sorted(ids - {OURS}):
         w("")
         if i == "LLVM-exception":
+            # The Apache-2.0 text is in common-licenses (lintian rejects a
+            # full copy); the exception itself follows.
+            full = texts.get("Apache-2.0 WITH LLVM-exception", "")
+            k = full.find("--- LLVM Exceptions")
+            if k < 0:
+                sys.exit("licenses.py: no LLVM exception text among the crates' licence files")
             w("License: Apache-2.0 with LLVM-exception exception")
-            w(indent(texts.get("Apache-2.0 WITH LLVM-exception",
-                               "The Apache-2.0 licence (below) with the LLVM exception:\n"
-                               "As an exception, if, as a result of your compiling your source code, portions\n"
-                               "of this Software are embedded into an Object form of such source code, you\n"
-                               "may redistribute such embedded portions in such Object form without complying\n"
-                               "with the conditions of Sections 4(a), 4(b) and 4(d) of the License.")))
+            w(APACHE_TEXT)
+            w(" .")
+            w(indent(full[k:]))
             continue
         w("License: " + i)
         if i == "Apache-2.0":
             w(APACHE_TEXT)
         else:
             if i not in texts:
-                sys.exit("licenses.py: no text for %s in cargo-about's output" % i)
+                sys.exit("licenses.py: no text for %s in the crates' licence files" % i)
             w(indent(texts[i]))
     w("")
     return "\n".join(out)
@@ -219,7 +294,9 @@ def copyright(ab, crates):
 
 def main():
     cmd = sys.argv[1]
-    if cmd == "expression":
+    if cmd == "collect":
+        sys.stdout.write(json.dumps(collect(sys.argv[2], sys.argv[3]), indent=1, sort_keys=True))
+    elif cmd == "expression":
         print(expression(tree(sys.argv[2])))
     elif cmd == "notices":
         sys.stdout.write(notices(about(sys.argv[2]), tree(sys.argv[3])))

@@ -9,9 +9,9 @@
 #     multipath image's local base), systemd-container is not needed
 #     (systemd-analyze and systemd-socket-activate come with systemd);
 #   - the Rust target x86_64-unknown-linux-musl;
-#   - cargo-deb, cargo-auditable (dependency list in the binary), cargo-about
-#     (third-party notices) and cargo-cyclonedx (SBOM), pinned, installed
-#     with --locked into $PRH_PKG_CACHE/NAME;
+#   - cargo-deb, cargo-auditable (dependency list in the binary) and
+#     cargo-cyclonedx (SBOM), pinned, installed with --locked into
+#     $PRH_PKG_CACHE/NAME;
 #   - every crate of Cargo.lock (and of packaging/gen-docs) in the cargo
 #     registry cache, so `cargo vendor --offline` and `cargo build --offline`
 #     work later;
@@ -52,8 +52,7 @@ if ! "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "$
         --version "$CARGO_DEB_VERSION" cargo-deb
 fi
 
-for tool in "cargo-auditable $PRH_CARGO_AUDITABLE_VERSION" "cargo-about $PRH_CARGO_ABOUT_VERSION" \
-    "cargo-cyclonedx $PRH_CARGO_CYCLONEDX_VERSION"; do
+for tool in "cargo-auditable $PRH_CARGO_AUDITABLE_VERSION" "cargo-cyclonedx $PRH_CARGO_CYCLONEDX_VERSION"; do
     set -- $tool
     if ! cargo install --list --root "$PRH_PKG_CACHE/$1" 2>/dev/null | grep -qx "$1 v$2:"; then
         echo "setup: cargo install $1 $2"
