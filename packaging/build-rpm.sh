@@ -47,9 +47,7 @@ echo "tarball $(sha256sum "$src/$name.tar.gz" | cut -d' ' -f1) $src/$name.tar.gz
 nodeps=()
 rpm -q cargo >/dev/null 2>&1 || nodeps=(--nodeps)
 # rpmbuild TOPDIR ARGS...: offline (no network namespace), mtimes and build
-# time from SOURCE_DATE_EPOCH. _enable_debug_packages: Fedora's
-# redhat-rpm-config sets it (debuginfo and debugsource packages from
-# find-debuginfo); Debian's rpm does not, so it is set here.
+# time from SOURCE_DATE_EPOCH.
 build() {
     local top=$1
     shift
@@ -59,7 +57,6 @@ build() {
     cp "$PRH_ROOT/rpm/pr-helper.spec" "$top/SPECS/"
     unshare -n rpmbuild -ba "${nodeps[@]}" --quiet \
         --define "_topdir $top" \
-        --define "_enable_debug_packages 1" \
         --define "use_source_date_epoch_as_buildtime 1" \
         --define "clamp_mtime_to_source_date_epoch 1" \
         "$@" "$top/SPECS/pr-helper.spec" >&2
