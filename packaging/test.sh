@@ -372,13 +372,15 @@ t_rpm() {
         fail "rpm lacks the socket preset scriptlet"
     rm -rf "$root"
     mkdir -p "$root"
-    rpm2cpio "$rpmfile" | (cd "$root" && cpio -idm --quiet usr/bin/pr-helper)
+    rpm2cpio "$rpmfile" | (cd "$root" && cpio -idm --quiet ./usr/bin/pr-helper)
+    [ -f "$root/usr/bin/pr-helper" ] || fail "no /usr/bin/pr-helper in $rpmfile"
     readelf -d "$root/usr/bin/pr-helper" | grep -q 'NEEDED.*libmpathpersist' || fail "the mpath build does not link libmpathpersist"
     # Built with full debug information (the rpm profile); Debian's rpm
     # makes no debuginfo package and its brp-strip (strip -g) removes it.
     ! readelf -S "$root/usr/bin/pr-helper" | grep -q '\.debug_info' || fail "the rpm's binary still has .debug_info"
     rm -rf "$root"
-    rpm2cpio "$plain" | (mkdir -p "$root" && cd "$root" && cpio -idm --quiet usr/bin/pr-helper)
+    rpm2cpio "$plain" | (mkdir -p "$root" && cd "$root" && cpio -idm --quiet ./usr/bin/pr-helper)
+    [ -f "$root/usr/bin/pr-helper" ] || fail "no /usr/bin/pr-helper in $plain"
     ! readelf -d "$root/usr/bin/pr-helper" | grep -q 'NEEDED.*libmpathpersist' || fail "the --without mpath build links libmpathpersist"
     figure "rpm with mpath: binary linked to libmpathpersist.so.0, drop-in installed; --without mpath: neither"
     rm -rf "$root"
