@@ -36,7 +36,8 @@ rustPlatform.buildRustPackage {
   meta = {
     description = "Drop-in replacement for QEMU's qemu-pr-helper (SCSI persistent reservations)";
     homepage = "https://github.com/pr-helper/pr-helper";
-    license = lib.licenses.gpl2Plus;
+    # pr-helper and the crates linked into it (packaging/licenses/license-expression).
+    license = with lib.licenses; [ gpl2Plus mit asl20 bsd3 ];
     mainProgram = "pr-helper";
     platforms = lib.platforms.linux;
   };

@@ -3,8 +3,8 @@
 # Containerfile.mpath) from a binary built on this machine, with buildah and
 # no registry: the same instructions as the multi-stage build, with the
 # builder stage replaced by the local binary. The digest is reproducible
-# (--timestamp 0: image and file times are the epoch) in the default OCI
-# format. That format has no HEALTHCHECK (buildah notes it and drops it;
+# (--timestamp SOURCE_DATE_EPOCH: image and file times are the last
+# commit's) in the default OCI format. That format has no HEALTHCHECK (buildah notes it and drops it;
 # the probe is given at run time, docs/packaging.md). PRH_IMAGE_FORMAT=docker
 # keeps it, but the docker config records the random build container id
 # and hostname, so that digest differs from build to build.
@@ -46,6 +46,10 @@ if [ -n "$mpath" ]; then
         prh_die "base image $PRH_MPATH_BASE missing (run packaging/setup.sh)"
     install -D -m 0755 "$bin" "$ctx/rootfs/usr/bin/pr-helper"
     install -D -m 0644 "$PRH_ROOT/LICENSE" "$ctx/rootfs/usr/share/licenses/pr-helper/LICENSE"
+    install -D -m 0644 "$PRH_ROOT/packaging/licenses/THIRD-PARTY-NOTICES" \
+        "$ctx/rootfs/usr/share/licenses/pr-helper/THIRD-PARTY-NOTICES"
+    install -D -m 0644 "$PRH_ROOT/packaging/licenses/pr-helper.cdx.json" \
+        "$ctx/rootfs/usr/share/doc/pr-helper/pr-helper.cdx.json"
     install -d -m 0755 "$ctx/rootfs/run/pr-helper"
     install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/entrypoint.sh" "$ctx/rootfs/entrypoint.sh"
     install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/multipathd-relay.pl" \
@@ -71,9 +75,33 @@ awk -v base="$PRH_MPATH_BASE" '
 grep -q '^COPY rootfs/ /$' "$ctx/Containerfile" ||
     prh_die "$containerfile: final stage marker or COPY --from=build line not found"
 
-prh_buildah bud --quiet --timestamp 0 --format "${PRH_IMAGE_FORMAT:-oci}" --layers=false \
+# The image's SBOM, in the image (/usr/share/doc/pr-helper/image.cdx.json)
+# and next to it when PRH_IMAGE_SBOM names a file: the binary's crates, and
+# for the multipath image the Debian packages of its base.
+export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
+revision=$(git -C "$PRH_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$PRH_ROOT" status --porcelain --untracked-files=normal 2>/dev/null)" ] || revision=$revision-dirty
+licenses=$(cat "$PRH_ROOT/packaging/licenses/license-expression")
+created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+dpkg_list=()
+if [ -n "$mpath" ]; then
+    prh_podman run --rm --network none "${PRH_PODMAN_ULIMITS[@]}" --entrypoint dpkg-query "$PRH_MPATH_BASE" \
+        -W -f '${Package} ${Version} ${Architecture}\n' | sort >"$ctx/dpkg.list"
+    dpkg_list=("$ctx/dpkg.list")
+fi
+python3 "$PRH_ROOT/packaging/sbom.py" image "$PRH_ROOT/packaging/licenses/pr-helper.cdx.json" \
+    "$(basename "${tag%%:*}")" "$PRH_VERSION" "$SOURCE_DATE_EPOCH" "$revision" "$licenses" \
+    "${dpkg_list[@]}" >"$ctx/image.cdx.json"
+install -D -m 0644 "$ctx/image.cdx.json" "$ctx/rootfs/usr/share/doc/pr-helper/image.cdx.json"
+[ -z "${PRH_IMAGE_SBOM:-}" ] || cp "$ctx/image.cdx.json" "$PRH_IMAGE_SBOM"
+
+# Image times (config, history, file mtimes) are SOURCE_DATE_EPOCH, as is
+# the created label: the same commit gives the same digest.
+prh_buildah bud --quiet --timestamp "$SOURCE_DATE_EPOCH" --format "${PRH_IMAGE_FORMAT:-oci}" --layers=false \
     --os linux --arch "$(prh_deb_arch "$PRH_ARCH")" \
-    --build-arg VERSION="$PRH_VERSION" -f "$ctx/Containerfile" -t "$tag" "$ctx" 2>&1 >/dev/null |
+    --build-arg VERSION="$PRH_VERSION" --build-arg CREATED="$created" \
+    --build-arg REVISION="$revision" --build-arg LICENSES="$licenses" \
+    -f "$ctx/Containerfile" -t "$tag" "$ctx" 2>&1 >/dev/null |
     { grep -v 'HEALTHCHECK is not supported for OCI image format' >&2 || true; }
 id=$(prh_buildah inspect --type image --format '{{.FromImageID}}' "$tag")
 digest=$(prh_buildah inspect --type image --format '{{.FromImageDigest}}' "$tag")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the static (musl, static-pie) pr-helper reproducibly and prints its
-# sha256. The same commit gives the same bytes whatever directory the tree,
+# Builds the static (musl, static-pie) pr-helper reproducibly with cargo
+# auditable (the dependency list embedded) and prints its sha256. The same
+# commit gives the same bytes whatever directory the tree,
 # the target directory or CARGO_HOME is in: every absolute path that could
 # reach the binary is remapped to a fixed prefix.
 #
@@ -50,7 +51,14 @@ if [ "$PRH_ARCH" != "$(uname -m)" ]; then
     export "$linker_var=rust-lld"
 fi
 
-cargo build --release --locked --target "$PRH_TARGET" --bin pr-helper "$@" >&2
+# cargo auditable: the binary carries its dependency list (crate names,
+# versions, sources; compressed JSON in a .dep-v0 section) for vulnerability
+# scanners (cargo audit bin, trivy, syft). Deterministic: the build stays
+# bit-reproducible.
+export PATH=$PRH_PKG_CACHE/cargo-auditable/bin:$PATH
+cargo auditable --version >/dev/null 2>&1 ||
+    prh_die "cargo-auditable missing (cargo install --locked cargo-auditable@$PRH_CARGO_AUDITABLE_VERSION, or run packaging/setup.sh)"
+cargo auditable build --release --locked --target "$PRH_TARGET" --bin pr-helper "$@" >&2
 bin=$CARGO_TARGET_DIR/$PRH_TARGET/release/pr-helper
 [ -x "$bin" ] || prh_die "no binary at $bin"
 sum=$(sha256sum "$bin" | cut -d' ' -f1)

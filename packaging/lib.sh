@@ -17,6 +17,10 @@ prh_deb_arch() { case "$1" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac;
 PRH_ARCHES=(x86_64 aarch64)
 # Where packaging scripts keep downloaded tools (cargo-deb) and caches.
 PRH_PKG_CACHE=${PRH_PKG_CACHE:-${PRH_TEST_CACHE:-/var/cache/pr-helper}/packaging}
+# Pinned versions of the cargo tools packaging/setup.sh installs (each
+# into $PRH_PKG_CACHE/NAME with cargo install --locked).
+PRH_CARGO_AUDITABLE_VERSION=0.7.7
+PRH_CARGO_CYCLONEDX_VERSION=0.5.9
 # The crate version, from Cargo.toml's [package] section.
 PRH_VERSION=$(sed -n '/^\[package\]/,/^\[/{s/^version *= *"\(.*\)"/\1/p}' "$PRH_ROOT/Cargo.toml" | head -n1)
 

@@ -11,7 +11,9 @@
 #   - the Rust targets x86_64- and aarch64-unknown-linux-musl (aarch64 is
 #     linked with the toolchain's rust-lld) and qemu-user-static to run the
 #     aarch64 binary;
-#   - cargo-deb, installed with --locked into $PRH_PKG_CACHE/cargo-deb;
+#   - cargo-deb, cargo-auditable (dependency list in the binary) and
+#     cargo-cyclonedx (SBOM), pinned, installed with --locked into
+#     $PRH_PKG_CACHE/NAME;
 #   - every crate of Cargo.lock (and of packaging/gen-docs) in the cargo
 #     registry cache, so `cargo vendor --offline` and `cargo build --offline`
 #     work later;
@@ -53,6 +55,14 @@ if ! "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "$
     cargo install --locked --quiet --root "$PRH_PKG_CACHE/cargo-deb" \
         --version "$CARGO_DEB_VERSION" cargo-deb
 fi
+
+for tool in "cargo-auditable $PRH_CARGO_AUDITABLE_VERSION" "cargo-cyclonedx $PRH_CARGO_CYCLONEDX_VERSION"; do
+    set -- $tool
+    if ! cargo install --list --root "$PRH_PKG_CACHE/$1" 2>/dev/null | grep -qx "$1 v$2:"; then
+        echo "setup: cargo install $1 $2"
+        cargo install --locked --quiet --force --root "$PRH_PKG_CACHE/$1" --version "$2" "$1"
+    fi
+done
 
 echo "setup: cargo fetch (crates for offline builds and cargo vendor)"
 (cd "$PRH_ROOT" && cargo fetch --locked --quiet)

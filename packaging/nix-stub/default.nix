@@ -22,7 +22,12 @@ let
       package = { name = "package"; };
       nullOr = t: { name = "nullOr"; elemType = t; };
     };
-    licenses.gpl2Plus = { spdxId = "GPL-2.0-or-later"; };
+    licenses = {
+      gpl2Plus = { spdxId = "GPL-2.0-or-later"; };
+      mit = { spdxId = "MIT"; };
+      asl20 = { spdxId = "Apache-2.0"; };
+      bsd3 = { spdxId = "BSD-3-Clause"; };
+    };
     platforms.linux = [ "x86_64-linux" "aarch64-linux" ];
   };
   mkDrv = name: attrs: derivation {

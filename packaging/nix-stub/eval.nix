@@ -23,7 +23,7 @@ let
   c = on.config.content;
 in
 {
-  package = { name = package.name; license = package.meta.license.spdxId; main = package.meta.mainProgram;
+  package = { name = package.name; license = map (l: l.spdxId) package.meta.license; main = package.meta.mainProgram;
     lock = baseNameOf package.passthru.cargoLock.lockFile; };
   options = builtins.attrNames on.options.services.pr-helper;
   enabled = on.config.condition;
