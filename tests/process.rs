@@ -947,6 +947,12 @@ fn exit_removes_the_socket_path_only_while_it_is_the_socket_bound() {
     // Its own socket is removed, and nothing else is left in the directory
     // (the private directory it was bound in is gone).
     let mut h = Helper::ours(&["--socket-mode", "0600"]);
+    // The private directory goes right after the rename that makes the
+    // socket appear: wait for it (slow under emulation), then it is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while entries(h.dir.path()).len() > 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(entries(h.dir.path()), ["helper.sock", "stderr.log"]);
     assert!(h.terminate().success(), "{}", h.stderr());
     assert!(!h.socket.exists());
