@@ -49,7 +49,15 @@ pub fn hung_map(name: &str, path: &Path) -> Result<(PathBuf, String), String> {
     use std::os::unix::fs::MetadataExt;
     let rdev = std::fs::metadata(path).map_err(|e| e.to_string())?.rdev();
     let majmin = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
-    let table = format!("0 2048 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 {majmin} 1");
+    // The whole path, as multipath maps are: a map over part of a disk is
+    // refused before SG_IO (D27), as the kernel refuses it without
+    // CAP_SYS_RAWIO.
+    let sectors = std::fs::read_to_string(format!("/sys/dev/block/{majmin}/size"))
+        .map_err(|e| format!("size of {majmin}: {e}"))?;
+    let table = format!(
+        "0 {} multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 {majmin} 1",
+        sectors.trim()
+    );
     dmsetup(&["create", name, "--table", &table])?;
     dmsetup(&["message", name, "0", &format!("fail_path {majmin}")])?;
     let minor = dmsetup(&["info", "-c", "--noheadings", "-o", "minor", name])?;
