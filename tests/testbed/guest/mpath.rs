@@ -204,14 +204,21 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     // The map was made by the multipath command; multipathd adopts it a
     // little later, and until then libmpathpersist cannot hand it the
     // registered key ("failed to set prkey for multipathd"): REGISTER fails.
+    // Without udev, multipathd learns of the map only at its next look
+    // round (slow under a loaded host): ask it to adopt the map as well.
     wait_for(
         "multipathd to adopt the map",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let (ok, maps) = run("/sbin/multipathd", &["show", "maps"]);
-            ok && maps
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(&serial))
+            let adopted = ok
+                && maps
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(&serial));
+            if !adopted {
+                let _ = run("/sbin/multipathd", &["add", "map", &serial]);
+            }
+            adopted
         },
     )?;
     wait_for("pr-helper-mpath socket", Duration::from_secs(20), || {
