@@ -11,6 +11,7 @@
 //! * [`device`]: which fds may carry a PR command (O_PATH, partitions, partial dm targets);
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
 //! * [`pool`]: the bounded worker threads that run SG_IO off the event loop;
+//! * [`isolation`]: at most two commands at once per device, the rest wait;
 //! * [`mpath`]: dm-multipath devices through libmpathpersist (feature `mpath`);
 //! * [`config`]: command line and figment layers;
 //! * [`startup`], [`listener`], [`activation`], [`daemon`], [`privileges`],
