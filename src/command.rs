@@ -15,9 +15,9 @@ use crate::device;
 use crate::isolation::{Admission, DevKey};
 use crate::pool::Pool;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
+use crate::ratelimit::RateLimited;
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
-use crate::server::RateLimited;
 
 /// Settings that shape command execution.
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@
 //!   [`signals`], [`logging`]: the process around the server;
 //! * [`sandbox`]: Landlock and seccomp after start-up;
 //! * [`audit`]: one record per PR OUT;
+//! * [`ratelimit`]: log lines at a limited rate, for every layer;
 //! * [`client`], [`pr`], [`tools`]: the client side, for tools and tests.
 
 #![warn(missing_docs)]
@@ -39,6 +40,7 @@ pub mod pool;
 pub mod pr;
 pub mod privileges;
 pub mod protocol;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod scsi;
 pub mod server;

@@ -493,8 +493,8 @@ impl Inner {
             // the threads that exist. The watchdog retries every STALL while
             // a request is stuck, so the warning is rate-limited (as D10's).
             Err(e) => {
-                static LOG: Mutex<crate::server::RateLimited> =
-                    Mutex::new(crate::server::RateLimited::new(Duration::from_secs(10)));
+                static LOG: Mutex<crate::ratelimit::RateLimited> =
+                    Mutex::new(crate::ratelimit::RateLimited::new(Duration::from_secs(10)));
                 if let Some(suppressed) = lock(&LOG).allow() {
                     tracing::warn!(suppressed, "cannot start an SG_IO thread: {e}");
                 }

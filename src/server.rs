@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::connection::{self, ConnectionConfig, Peer};
 use crate::pool::Pool;
+use crate::ratelimit::RateLimited;
 
 /// Settings for [`run`].
 #[derive(Clone)]
@@ -344,43 +345,6 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// Lets a log line through at most once per interval and counts what it held
-/// back.
-#[derive(Debug)]
-pub struct RateLimited {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimited {
-    /// A limiter that allows one message per `interval` (const: a warning
-    /// site can keep its own in a `static`).
-    pub const fn new(interval: Duration) -> Self {
-        RateLimited {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(number of messages suppressed since the last one)` if this one
-    /// may be logged.
-    pub fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,15 +372,5 @@ mod tests {
         let p = PerClient::new(0);
         let all: Vec<_> = (0..100).map(|_| p.admit(Some(10)).unwrap()).collect();
         assert!(all.iter().all(Option::is_none));
-    }
-
-    #[test]
-    fn rate_limit_counts_suppressed() {
-        let mut r = RateLimited::new(Duration::from_secs(3600));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        r.last = Some(Instant::now() - Duration::from_secs(7200));
-        assert_eq!(r.allow(), Some(2));
     }
 }
