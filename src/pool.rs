@@ -347,13 +347,8 @@ impl Pool {
         if !self.enter(key) {
             return None;
         }
-        struct Leave<'a>(&'a Pool, DevKey);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.0.leave(self.1);
-            }
-        }
-        let _leave = Leave(self, key);
+        // The place is given up (or passed on) when the ticket drops.
+        let _ticket = Ticket::new(self, key);
         Some(f())
     }
 
