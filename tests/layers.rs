@@ -252,14 +252,9 @@ fn graph() -> Graph {
                 deps.insert(m);
             }
         }
-        // super:: is relative to the module the file defines (its parent
-        // for a mod.rs, the folder's module for a named file).
-        let parent = {
-            let is_mod = file.file_name().unwrap() == "mod.rs";
-            let segs: Vec<&str> = module.split("::").collect();
-            let keep = if is_mod { segs.len() - 1 } else { segs.len() - 1 };
-            segs[..keep].join("::")
-        };
+        // super:: is the parent of the module the file defines (the same for
+        // a mod.rs and a named file: both define the module their path names).
+        let parent = module.rsplit_once("::").map_or("", |(p, _)| p);
         for p in paths_after(code, "super::") {
             let full = if parent.is_empty() {
                 p
