@@ -755,7 +755,19 @@ t_nix() {
     # The nixpkgs pin: a stable channel (nixos-YY.MM), and flake.lock, once
     # committed, of the shape `nix flake lock` writes for it.
     lock_ref=$(sed -n 's|^ *inputs\.nixpkgs\.url *= *"github:NixOS/nixpkgs/\(.*\)";|\1|p' "$PRH_ROOT/flake.nix")
-    [[ $lock_ref =~ ^nixos-[0-9][0-9]\.(05|11)$ ]] || fail "flake.nix pins nixpkgs '$lock_ref', not a stable channel"
+    [[ $lock_ref =~ ^nixos-([0-9][0-9])\.(05|11)$ ]] || fail "flake.nix pins nixpkgs '$lock_ref', not a stable channel"
+    # Supported at the time of the commit: a YY.05 release until the end of
+    # December, a YY.11 one until the end of June of the next year.
+    local yy=${BASH_REMATCH[1]} mm=${BASH_REMATCH[2]} eol now rust msrv
+    if [ "$mm" = 05 ]; then eol=$(date -u -d "20$yy-12-31 23:59:59" +%s); else eol=$(date -u -d "20$((10#$yy + 1))-06-30 23:59:59" +%s); fi
+    [ "$SOURCE_DATE_EPOCH" -le "$eol" ] ||
+        fail "flake.nix pins $lock_ref, out of support since $(date -u -d @"$eol" +%F) (commit date $(date -u -d @"$SOURCE_DATE_EPOCH" +%F)): move the pin"
+    # The channel's Rust, as flake.nix records it, is at least rust-version.
+    rust=$(sed -n 's/^# .*Its Rust is \([0-9.]*[0-9]\),.*/\1/p' "$PRH_ROOT/flake.nix")
+    msrv=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$PRH_ROOT/Cargo.toml")
+    [ -n "$rust" ] || fail "flake.nix does not record the Rust version of $lock_ref (\"Its Rust is X.Y.Z,\")"
+    [ "$(printf '%s\n' "$msrv" "$rust" | sort -V | head -n1)" = "$msrv" ] ||
+        fail "flake.nix: the Rust of $lock_ref ($rust) is older than rust-version $msrv"
     printf '{"version":7,"root":"root","nodes":{"root":{"inputs":{"nixpkgs":"nixpkgs"}},"nixpkgs":{"original":{"owner":"NixOS","repo":"nixpkgs","ref":"nixos-24.11","type":"github"},"locked":{"owner":"NixOS","repo":"nixpkgs","rev":"abc","type":"github"}}}}' \
         >"$W/nix/bad.lock"
     ! "$PRH_ROOT/packaging/check-flake-lock.py" "$PRH_ROOT/flake.nix" "$W/nix/bad.lock" 2>/dev/null ||
@@ -763,9 +775,9 @@ t_nix() {
     if [ -e "$PRH_ROOT/flake.lock" ]; then
         "$PRH_ROOT/packaging/check-flake-lock.py" "$PRH_ROOT/flake.nix" "$PRH_ROOT/flake.lock" ||
             fail "flake.lock does not match flake.nix (regenerate it with nix flake lock)"
-        figure "nix: nixpkgs $lock_ref; flake.lock present, shape ok"
+        figure "nix: nixpkgs $lock_ref (rustc $rust >= $msrv, supported until $(date -u -d @"$eol" +%F)); flake.lock present, shape ok"
     else
-        figure "nix: nixpkgs $lock_ref; no flake.lock (cannot be produced offline: docs/packaging.md, Nix)"
+        figure "nix: nixpkgs $lock_ref (rustc $rust >= $msrv, supported until $(date -u -d @"$eol" +%F)); no flake.lock (cannot be produced offline: docs/packaging.md, Nix)"
     fi
 
     # A flake in a git tree sees tracked files only: check a copy of the tree.

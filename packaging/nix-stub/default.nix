@@ -17,7 +17,7 @@ let
   pkgsFor = system: isStatic:
     let
       pkgs = {
-        inherit lib;
+        inherit lib system;
         stdenv.hostPlatform = {
           inherit system isStatic;
           # pkgsStatic builds for musl.
