@@ -750,6 +750,12 @@ t_nix() {
         "$PRH_ROOT/packaging/nix-stub/eval.nix" --arg root "$PRH_ROOT") || fail "stub evaluation failed"
     echo "$json" >&2
     nix_eval_asserts "$PRH_VERSION" <<<"$json" || fail "flake outputs / module evaluation: unexpected results (above)"
+    # The VM test's Python as the NixOS test driver lints it (pyflakes, with
+    # the driver's names for the machine and subtest defined).
+    /usr/bin/python3 -c 'import pyflakes' 2>/dev/null || prh_die "python3-pyflakes missing (run packaging/setup.sh)"
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["vm"]["testScript"])' <<<"$json" |
+        sed '1i from typing import Any\nmachine: Any = None\nsubtest: Any = None' >"$W/nix/testScript.py"
+    /usr/bin/python3 -m pyflakes "$W/nix/testScript.py" >&2 || fail "the VM test's testScript does not pass pyflakes"
     figure "nix: flake outputs and services.pr-helper through evalModules (stub lib with NixOS option semantics): packages, static (musl), apps, checks, units, settings, types, unknown options, disabled, VM test node"
 
     # The nixpkgs pin: a stable channel (nixos-YY.MM), and flake.lock, once

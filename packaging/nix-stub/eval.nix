@@ -76,6 +76,7 @@ in
       == [ static ];
   };
   vm = {
+    testScript = flake.checks.x86_64-linux.vm.passthru.testScript;
     enabled = vmNode.services.pr-helper.enable;
     kernelModules = vmNode.boot.kernelModules;
     sockets = builtins.attrNames vmNode.systemd.sockets;
