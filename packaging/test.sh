@@ -731,6 +731,10 @@ want("settings.socket refused", d["socketRejected"], True)
 want("disabled: nothing", d["disabled"], {"assertions": [], "etc": {}, "packages": [], "sockets": {}})
 want("option errors", d["errors"], {"socketGroupNotString": True, "enableNotBool": True,
      "unknownOption": True, "packageOverride": True})
+want("units (systemd/, as nix/package.nix installs them)", d["units"], {
+     "listenStream": ["/run/qemu-pr-helper.sock"], "socketMode": ["0600"], "execStart": ["/usr/bin/pr-helper"],
+     "dynamicUser": ["yes"], "capabilityBoundingSet": ["CAP_SYS_RAWIO"], "ambientCapabilities": ["CAP_SYS_RAWIO"],
+     "noNewPrivileges": ["yes"], "rewritesExecStart": True, "installsUnits": True})
 want("vm node enables the service", d["vm"]["enabled"], True)
 want("vm node sockets", d["vm"]["sockets"], ["pr-helper"])
 want("vm node loads tcm_loop", "tcm_loop" in d["vm"]["kernelModules"], True)

@@ -75,6 +75,24 @@ in
     packageOverride = (eval { services.pr-helper = { enable = true; package = lib.mkForce static; }; }).config.systemd.packages
       == [ static ];
   };
+  # The units the package installs (systemd/, ExecStart rewritten into the
+  # store by postInstall): the settings the VM test relies on.
+  units =
+    let
+      lines = f: builtins.filter builtins.isString (builtins.split "\n" (builtins.readFile (root + "/systemd/${f}")));
+      values = f: key: builtins.concatMap (l: let m = builtins.match "${key}=(.*)" l; in if m == null then [ ] else m) (lines f);
+    in
+    {
+      listenStream = values "pr-helper.socket" "ListenStream";
+      socketMode = values "pr-helper.socket" "SocketMode";
+      execStart = values "pr-helper.service" "ExecStart";
+      dynamicUser = values "pr-helper.service" "DynamicUser";
+      capabilityBoundingSet = values "pr-helper.service" "CapabilityBoundingSet";
+      ambientCapabilities = values "pr-helper.service" "AmbientCapabilities";
+      noNewPrivileges = values "pr-helper.service" "NoNewPrivileges";
+      rewritesExecStart = builtins.match ".*--replace-fail /usr/bin/pr-helper [$]out/bin/pr-helper.*" package.passthru.postInstall != null;
+      installsUnits = builtins.match ".*-t [$]out/lib/systemd/system systemd/pr-helper.socket systemd/pr-helper.service.*" package.passthru.postInstall != null;
+    };
   vm = {
     testScript = flake.checks.x86_64-linux.vm.passthru.testScript;
     enabled = vmNode.services.pr-helper.enable;
