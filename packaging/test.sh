@@ -750,6 +750,17 @@ t_nix() {
     for f in flake.nix nix/*.nix packaging/nix-stub/*.nix; do
         nix-instantiate --store dummy:// --parse "$PRH_ROOT/$f" >/dev/null || fail "$f does not parse"
     done
+    # The stub's module system behaves as NixOS documents (selftest.nix).
+    json=$(nix-instantiate --store dummy:// --eval --strict --json "$PRH_ROOT/packaging/nix-stub/selftest.nix") ||
+        fail "stub module system self-test did not evaluate"
+    python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+bad = [k for k, v in d.items() if v is not True]
+if bad:
+    sys.exit("stub module system: wrong semantics: " + ", ".join(bad))
+print(f"  stub module system: {len(d)} semantics checks ok", file=sys.stderr)
+' <<<"$json" || fail "packaging/nix-stub/lib.nix does not behave like NixOS' module system"
     json=$(nix-instantiate --store dummy:// --eval --strict --json \
         "$PRH_ROOT/packaging/nix-stub/eval.nix" --arg root "$PRH_ROOT") || fail "stub evaluation failed"
     echo "$json" >&2
