@@ -2,7 +2,7 @@
 # services.pr-helper: the packaged pr-helper.socket (enabled) and
 # pr-helper.service (started by the socket), /etc/pr-helper/config.toml
 # rendered from `settings`, and optionally libvirtd's QEMU pointed at it.
-{ config, lib, pkgs, ... }:
+{ config, options, lib, pkgs, ... }:
 
 let
   cfg = config.services.pr-helper;
@@ -43,7 +43,9 @@ in
       default = false;
       description = ''
         Point libvirtd's QEMU at pr-helper: `pr_helper` in qemu.conf (managed
-        reservations). Unmanaged disks use the socket /run/qemu-pr-helper.sock.
+        reservations), after NixOS' default qemu.conf lines (`namespaces = []`),
+        which this keeps: do not repeat them in your own verbatimConfig.
+        Unmanaged disks use the socket /run/qemu-pr-helper.sock.
       '';
     };
   };
@@ -69,8 +71,13 @@ in
     };
     systemd.services.pr-helper.restartTriggers = [ configFile ];
 
-    virtualisation.libvirtd.qemu.verbatimConfig = lib.mkIf cfg.libvirtd.enable (lib.mkAfter ''
-      pr_helper = "${cfg.package}/bin/pr-helper"
-    '');
+    # Any definition of verbatimConfig replaces the option's default
+    # (`namespaces = []` in NixOS), so the default is kept explicitly.
+    virtualisation.libvirtd.qemu.verbatimConfig = lib.mkIf cfg.libvirtd.enable (lib.mkMerge [
+      (lib.mkBefore options.virtualisation.libvirtd.qemu.verbatimConfig.default)
+      (lib.mkAfter ''
+        pr_helper = "${cfg.package}/bin/pr-helper"
+      '')
+    ]);
   };
 }

@@ -5,7 +5,8 @@
 # packaging/test.sh then runs offline.
 #
 #   - Debian packages: buildah, podman + runc (containers), rpm + rpmlint
-#     (rpmbuild), lintian, nix-bin, mmdebstrap + multipath-tools (the
+#     (rpmbuild), lintian, nix-bin (+ python3-pyflakes: lints the NixOS VM
+#     test's script), mmdebstrap + multipath-tools (the
 #     multipath image's local base), systemd-container (systemd-nspawn, for
 #     the boot test under systemd as PID 1);
 #   - the Rust targets x86_64- and aarch64-unknown-linux-musl (aarch64 is
@@ -32,7 +33,7 @@ prh_need apt-get cargo rustup
 
 CARGO_DEB_VERSION=3.8.0
 PKGS=(buildah podman runc rpm rpmlint lintian nix-bin mmdebstrap multipath-tools
-    dpkg-dev fakeroot qemu-user-static file systemd-container)
+    dpkg-dev fakeroot qemu-user-static file systemd-container python3-pyflakes)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -27,7 +27,10 @@
 #            arm64: two builds identical, Architecture, files, binary, lintian
 #   boot     the .deb under systemd as PID 1 (systemd-nspawn --boot of a Debian 12 root):
 #            packaging/systemd-boot-test.sh
-#   nix      parse, evaluation against a stub nixpkgs, nix flake check --no-build
+#   nix      parse; the flake's outputs and the NixOS module evaluated with evalModules
+#            against a stub nixpkgs (option semantics as NixOS'); nixpkgs pinned to a
+#            stable channel, flake.lock (if any) of the right shape; nix flake check
+#            --no-build and the outputs' shape (packages, static, apps, checks incl. vm)
 #
 #   packaging/test.sh [SECTION...]     (default: all, in the order above)
 #
@@ -687,24 +690,121 @@ t_boot() {
 }
 
 # ----------------------------------------------------------------------- nix
+# The flake's outputs evaluated against the stub nixpkgs (packaging/nix-stub:
+# a module system with NixOS' option semantics, lib.nix): asserted with
+# python3 on the JSON packaging/nix-stub/eval.nix returns.
+nix_eval_asserts() { # VERSION < JSON
+    python3 -c '
+import json, re, sys
+v = sys.argv[1]
+d = json.load(sys.stdin)
+bad = []
+def want(what, got, exp):
+    if got != exp:
+        bad.append(f"{what}: got {got!r}, want {exp!r}")
+store = r"/nix/store/[0-9a-z]{32}-"
+want("package", d["package"], {"name": f"pr-helper-{v}", "main": "pr-helper", "lock": "Cargo.lock",
+     "license": ["GPL-2.0-or-later", "MIT", "Apache-2.0", "BSD-3-Clause"]})
+want("static package", d["static"], {"name": f"pr-helper-static-x86_64-unknown-linux-musl-{v}",
+     "target": "x86_64-unknown-linux-musl", "isStatic": True})
+want("apps", sorted(d["apps"]), ["default", "static"])
+for app, name in (("default", f"pr-helper-{v}"), ("static", d["static"]["name"])):
+    a = d["apps"][app]
+    if not re.fullmatch(store + re.escape(name) + "/bin/pr-helper", a):
+        bad.append(f"apps.{app}: {a} is not the {name} binary")
+want("checks", d["checks"], ["package", "static", "vm"])
+want("check derivations", d["checkNames"], {"package": f"pr-helper-{v}", "static": d["static"]["name"],
+     "vm": "vm-test-run-pr-helper"})
+want("environment.systemPackages", d["systemPackages"], [f"pr-helper-{v}"])
+want("systemd.packages", d["systemdPackages"], [f"pr-helper-{v}"])
+want("/etc/pr-helper/config.toml", d["configToml"], {"allowed_uids": [0, 107], "verbosity": 2})
+want("socket wantedBy", d["socketWantedBy"], ["sockets.target"])
+want("socketConfig (socketGroup = kvm)", d["socketConfig"], {"SocketGroup": "kvm", "SocketMode": "0660"})
+want("socketConfig (default)", d["defaultSocketConfig"], {})
+want("restartTriggers", d["restartTriggers"], ["pr-helper.toml"])
+q = d["libvirtQemuConf"]
+if not re.fullmatch(r"namespaces = \[\]\n\npr_helper = \"" + store + re.escape(f"pr-helper-{v}") + r"/bin/pr-helper\"\n", q):
+    bad.append(f"qemu.conf (libvirtd.enable): {q!r}: want NixOS default then pr_helper")
+want("qemu.conf (default)", d["defaultQemuConf"], "namespaces = []\n")
+want("assertions hold", d["assertionsHold"], True)
+want("settings.socket refused", d["socketRejected"], True)
+want("disabled: nothing", d["disabled"], {"assertions": [], "etc": {}, "packages": [], "sockets": {}})
+want("option errors", d["errors"], {"socketGroupNotString": True, "enableNotBool": True,
+     "unknownOption": True, "packageOverride": True})
+want("units (systemd/, as nix/package.nix installs them)", d["units"], {
+     "listenStream": ["/run/qemu-pr-helper.sock"], "socketMode": ["0600"], "execStart": ["/usr/bin/pr-helper"],
+     "dynamicUser": ["yes"], "capabilityBoundingSet": ["CAP_SYS_RAWIO"], "ambientCapabilities": ["CAP_SYS_RAWIO"],
+     "noNewPrivileges": ["yes"], "rewritesExecStart": True, "installsUnits": True})
+want("vm node enables the service", d["vm"]["enabled"], True)
+want("vm node sockets", d["vm"]["sockets"], ["pr-helper"])
+want("vm node loads tcm_loop", "tcm_loop" in d["vm"]["kernelModules"], True)
+want("vm testScript covers ping, PR IN, CapEff, NoNewPrivs, Seccomp, DynamicUser, LIO",
+     d["vm"]["testScriptChecks"], [True] * 7)
+for b in bad:
+    print("  " + b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+' "$1"
+}
 t_nix() {
-    local f src=$W/nix/src json
-    for f in flake.nix nix/package.nix nix/module.nix packaging/nix-stub/*.nix; do
+    local f src=$W/nix/src json show lock_ref
+    for f in flake.nix nix/*.nix packaging/nix-stub/*.nix; do
         nix-instantiate --store dummy:// --parse "$PRH_ROOT/$f" >/dev/null || fail "$f does not parse"
     done
+    # The stub's module system behaves as NixOS documents (selftest.nix).
+    json=$(nix-instantiate --store dummy:// --eval --strict --json "$PRH_ROOT/packaging/nix-stub/selftest.nix") ||
+        fail "stub module system self-test did not evaluate"
+    python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+bad = [k for k, v in d.items() if v is not True]
+if bad:
+    sys.exit("stub module system: wrong semantics: " + ", ".join(bad))
+print(f"  stub module system: {len(d)} semantics checks ok", file=sys.stderr)
+' <<<"$json" || fail "packaging/nix-stub/lib.nix does not behave like NixOS' module system"
     json=$(nix-instantiate --store dummy:// --eval --strict --json \
         "$PRH_ROOT/packaging/nix-stub/eval.nix" --arg root "$PRH_ROOT") || fail "stub evaluation failed"
     echo "$json" >&2
-    for want in '"enabled":true' '"disabledWhenOff":true' '"assertionsHold":true' '"socketRejected":true' \
-        '"configToml":{"allowed_uids":[0,107],"verbosity":2}' '"socketWantedBy":["sockets.target"]' \
-        '"socketConfig":{"SocketGroup":"kvm","SocketMode":"0660"}' "\"name\":\"pr-helper-$PRH_VERSION\"" \
-        '"lock":"Cargo.lock"' 'pr_helper = \"/nix/store/'; do
-        grep -qF "$want" <<<"$json" || fail "stub evaluation: expected $want"
-    done
-    figure "nix: flake.nix and nix/*.nix parse; package and module evaluate against the stub nixpkgs"
+    nix_eval_asserts "$PRH_VERSION" <<<"$json" || fail "flake outputs / module evaluation: unexpected results (above)"
+    # The VM test's Python as the NixOS test driver lints it (pyflakes, with
+    # the driver's names for the machine and subtest defined).
+    /usr/bin/python3 -c 'import pyflakes' 2>/dev/null || prh_die "python3-pyflakes missing (run packaging/setup.sh)"
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["vm"]["testScript"])' <<<"$json" |
+        sed '1i from typing import Any\nmachine: Any = None\nsubtest: Any = None' >"$W/nix/testScript.py"
+    /usr/bin/python3 -m pyflakes "$W/nix/testScript.py" >&2 || fail "the VM test's testScript does not pass pyflakes"
+    figure "nix: flake outputs and services.pr-helper through evalModules (stub lib with NixOS option semantics): packages, static (musl), apps, checks, units, settings, types, unknown options, disabled, VM test node"
+
+    # The nixpkgs pin: a stable channel (nixos-YY.MM), and flake.lock, once
+    # committed, of the shape `nix flake lock` writes for it.
+    lock_ref=$(sed -n 's|^ *inputs\.nixpkgs\.url *= *"github:NixOS/nixpkgs/\(.*\)";|\1|p' "$PRH_ROOT/flake.nix")
+    [[ $lock_ref =~ ^nixos-([0-9][0-9])\.(05|11)$ ]] || fail "flake.nix pins nixpkgs '$lock_ref', not a stable channel"
+    # Supported at the time of the commit: a YY.05 release until the end of
+    # December, a YY.11 one until the end of June of the next year.
+    local yy=${BASH_REMATCH[1]} mm=${BASH_REMATCH[2]} eol now rust msrv
+    if [ "$mm" = 05 ]; then eol=$(date -u -d "20$yy-12-31 23:59:59" +%s); else eol=$(date -u -d "20$((10#$yy + 1))-06-30 23:59:59" +%s); fi
+    [ "$SOURCE_DATE_EPOCH" -le "$eol" ] ||
+        fail "flake.nix pins $lock_ref, out of support since $(date -u -d @"$eol" +%F) (commit date $(date -u -d @"$SOURCE_DATE_EPOCH" +%F)): move the pin"
+    # The channel's Rust, as flake.nix records it, is at least rust-version.
+    rust=$(sed -n 's/^# .*Its Rust is \([0-9.]*[0-9]\),.*/\1/p' "$PRH_ROOT/flake.nix")
+    msrv=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$PRH_ROOT/Cargo.toml")
+    [ -n "$rust" ] || fail "flake.nix does not record the Rust version of $lock_ref (\"Its Rust is X.Y.Z,\")"
+    [ "$(printf '%s\n' "$msrv" "$rust" | sort -V | head -n1)" = "$msrv" ] ||
+        fail "flake.nix: the Rust of $lock_ref ($rust) is older than rust-version $msrv"
+    printf '{"version":7,"root":"root","nodes":{"root":{"inputs":{"nixpkgs":"nixpkgs"}},"nixpkgs":{"original":{"owner":"NixOS","repo":"nixpkgs","ref":"nixos-24.11","type":"github"},"locked":{"owner":"NixOS","repo":"nixpkgs","rev":"abc","type":"github"}}}}' \
+        >"$W/nix/bad.lock"
+    ! "$PRH_ROOT/packaging/check-flake-lock.py" "$PRH_ROOT/flake.nix" "$W/nix/bad.lock" 2>/dev/null ||
+        fail "check-flake-lock.py accepted a lock for another ref with a short rev and no narHash"
+    if [ -e "$PRH_ROOT/flake.lock" ]; then
+        "$PRH_ROOT/packaging/check-flake-lock.py" "$PRH_ROOT/flake.nix" "$PRH_ROOT/flake.lock" ||
+            fail "flake.lock does not match flake.nix (regenerate it with nix flake lock)"
+        figure "nix: nixpkgs $lock_ref (rustc $rust >= $msrv, supported until $(date -u -d @"$eol" +%F)); flake.lock present, shape ok"
+    else
+        figure "nix: nixpkgs $lock_ref (rustc $rust >= $msrv, supported until $(date -u -d @"$eol" +%F)); no flake.lock (cannot be produced offline: docs/packaging.md, Nix)"
+    fi
+
     # A flake in a git tree sees tracked files only: check a copy of the tree.
     rm -rf "$src"
     prh_copy_tree "$src"
+    rm -f "$src/flake.lock" # its nixpkgs is replaced by the stub anyway
     nix flake check --no-build --no-write-lock-file \
         --override-input nixpkgs "path:$PRH_ROOT/packaging/nix-stub" "path:$src" 2>&1 |
         grep -v "build-users-group\|lock file\|Added input\|path:$PRH_ROOT/packaging/nix-stub" >&2 ||
@@ -712,7 +812,24 @@ t_nix() {
     nix flake check --no-build --no-write-lock-file \
         --override-input nixpkgs "path:$PRH_ROOT/packaging/nix-stub" "path:$src" >/dev/null 2>&1 ||
         fail "nix flake check failed"
-    figure "nix flake check --no-build with the stub nixpkgs: ok (packages, apps.default, overlays, nixosModules.default)"
+    show=$(nix flake show --json --no-write-lock-file \
+        --override-input nixpkgs "path:$PRH_ROOT/packaging/nix-stub" "path:$src" 2>/dev/null) ||
+        fail "nix flake show failed"
+    python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+shape = {k: {s: sorted(v) for s, v in d[k].items()} for k in ("packages", "apps", "checks")}
+want = {"packages": ["default", "pr-helper", "static"], "apps": ["default", "static"],
+        "checks": ["package", "static", "vm"]}
+for k, names in want.items():
+    for s in ("x86_64-linux", "aarch64-linux"):
+        if shape[k].get(s) != names:
+            sys.exit(f"nix flake show: {k}.{s} = {shape[k].get(s)}, want {names}")
+for k in ("nixosModules", "overlays"):
+    if sorted(d.get(k, {})) != ["default"]:
+        sys.exit(f"nix flake show: {k} = {sorted(d.get(k, {}))}, want [default]")
+' "$show" || fail "flake outputs have the wrong shape"
+    figure "nix flake check --no-build with the stub nixpkgs: ok; outputs packages {default,pr-helper,static}, apps {default,static}, checks {package,static,vm} for x86_64/aarch64-linux, overlays.default, nixosModules.default"
 }
 
 TIMES=()
