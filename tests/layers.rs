@@ -29,7 +29,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The client side: talks the protocol, builds and decodes PR commands.
     ("client", &["protocol", "scsi"]),
     // The process around the server.
-    ("process", &["protocol", "scsi", "server", "mpath", "client"]),
+    (
+        "process",
+        &["protocol", "scsi", "server", "mpath", "client"],
+    ),
 ];
 
 fn top(module: &str) -> &str {
@@ -267,7 +270,11 @@ fn graph() -> Graph {
         }
         // A module reaches its own submodules by relative paths (`pool::Pool`
         // in server/mod.rs for server/pool.rs, `self::pool::Pool`).
-        let own = if module == "crate" { String::new() } else { format!("{module}::") };
+        let own = if module == "crate" {
+            String::new()
+        } else {
+            format!("{module}::")
+        };
         for child in files.keys().filter(|c| {
             c.strip_prefix(own.as_str())
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains("::"))
@@ -347,7 +354,11 @@ fn imports_point_down_the_layers() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
