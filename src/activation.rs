@@ -26,9 +26,21 @@ pub enum ActivationError {
         /// What failed.
         err: nix::Error,
     },
-    /// fd 3 is not a listening Unix stream socket.
+    /// fd 3 could not be inspected.
     #[error("Failed to use socket activation: {0}")]
-    NotUsable(String),
+    NotUsable(nix::Error),
+    /// fd 3 is not a Unix socket.
+    #[error("Failed to use socket activation: fd 3 is not a Unix socket")]
+    NotUnix,
+    /// fd 3 is not a listening stream socket.
+    #[error(
+        "Failed to use socket activation: fd 3 is not a listening stream socket \
+         (use ListenStream= with Accept=no)"
+    )]
+    NotListening,
+    /// fd 3 could not be made non-blocking.
+    #[error("Failed to use socket activation: {0}")]
+    NonBlocking(std::io::Error),
 }
 
 /// How many fds systemd passed us: `Some(n)` if LISTEN_PID is our pid and
@@ -74,26 +86,20 @@ pub fn adopt(n: u32, socket_path_given: bool) -> Result<UnixListener, Activation
     )
     .map_err(|err| ActivationError::BadFd { fd, err })?;
     use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
-    let addr: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&owned))
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    let addr: SockaddrStorage =
+        getsockname(std::os::fd::AsRawFd::as_raw_fd(&owned)).map_err(ActivationError::NotUsable)?;
     if addr.as_unix_addr().is_none() {
-        return Err(ActivationError::NotUsable(
-            "fd 3 is not a Unix socket".into(),
-        ));
+        return Err(ActivationError::NotUnix);
     }
-    let ty = getsockopt(&owned, sockopt::SockType)
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
-    let listening = getsockopt(&owned, sockopt::AcceptConn)
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    let ty = getsockopt(&owned, sockopt::SockType).map_err(ActivationError::NotUsable)?;
+    let listening = getsockopt(&owned, sockopt::AcceptConn).map_err(ActivationError::NotUsable)?;
     if ty != SockType::Stream || !listening {
-        return Err(ActivationError::NotUsable(
-            "fd 3 is not a listening stream socket (use ListenStream= with Accept=no)".into(),
-        ));
+        return Err(ActivationError::NotListening);
     }
     let listener = UnixListener::from(owned);
     listener
         .set_nonblocking(true)
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+        .map_err(ActivationError::NonBlocking)?;
     Ok(listener)
 }
 

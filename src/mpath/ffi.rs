@@ -136,10 +136,17 @@ fn zeroed_words(bytes: usize) -> Vec<u64> {
     vec![0u64; bytes.div_ceil(8)]
 }
 
+/// libmpathpersist_init() failed, with this return code.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "libmpathpersist_init() failed ({0}): check /etc/multipath.conf and that udev is available"
+)]
+pub struct LibraryInitError(pub c_int);
+
 /// Initialises the library (udev, /etc/multipath.conf) and sets the
 /// allocation length it uses for its own PR IN commands to 8192, as the
 /// reference does. Call once, single-threaded.
-pub fn init() -> Result<(), String> {
+pub fn init() -> Result<(), LibraryInitError> {
     // SAFETY: called once at start-up before any other thread exists, so
     // nothing else reads or writes the library's global concurrently; the
     // library reads it only inside its PR IN calls, which come later.
@@ -150,7 +157,7 @@ pub fn init() -> Result<(), String> {
     // state and returns non-zero on failure.
     let rc = unsafe { libmpathpersist_init() };
     if rc != 0 {
-        return Err(format!("libmpathpersist_init() failed ({rc}): check /etc/multipath.conf and that udev is available"));
+        return Err(LibraryInitError(rc));
     }
     Ok(())
 }
