@@ -1,5 +1,12 @@
 //! systemd integration: socket activation (spec §8.4) and readiness
 //! notification (sd_notify).
+//!
+//! Both are hand-written rather than taken from the `sd-notify` crate
+//! (0.5), whose API does not fit either case; see [`listen_fds`] and
+//! [`notify`] for why.
+
+// Unsafe code: adopting fd 3 from systemd (fcntl, OwnedFd::from_raw_fd).
+#![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -45,6 +52,13 @@ pub enum ActivationError {
 
 /// How many fds systemd passed us: `Some(n)` if LISTEN_PID is our pid and
 /// LISTEN_FDS parses; the variables are then removed from the environment.
+///
+/// Not `sd_notify::listen_fds`: that function treats an unparsable
+/// LISTEN_PID as an error where the reference (and this function) ignores
+/// activation, and it sets close-on-exec on every passed fd before the
+/// caller can apply the reference's `-k` and `LISTEN_FDS > 1` checks, so an
+/// unusable fd would be reported first, as a bare `io::Error` without the
+/// fd number the reference's message names (see [`adopt`]).
 pub fn listen_fds() -> Option<u32> {
     let pid = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()?;
     if pid != std::process::id() {
@@ -105,6 +119,12 @@ pub fn adopt(n: u32, socket_path_given: bool) -> Result<UnixListener, Activation
 
 /// Sends a state string to the service manager if NOTIFY_SOCKET is set;
 /// silently does nothing otherwise.
+///
+/// Not `sd_notify::notify`: that function connect()s its datagram socket,
+/// and `STOPPING=1` is sent under the seccomp filter, whose plain profile
+/// has no `connect` (one sendto() here needs nothing more than serving
+/// does); it also does not support an abstract-namespace NOTIFY_SOCKET
+/// (`@name`), and it ends every state with a newline.
 pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;

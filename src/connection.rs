@@ -302,6 +302,7 @@ fn write_now(sock: BorrowedFd<'_>, bytes: &[u8]) -> (usize, io::Result<()>) {
 }
 
 /// Bytes received on `sock` and not read yet (FIONREAD).
+#[allow(unsafe_code)] // the FIONREAD ioctl: nix has no wrapper for it.
 fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD stores one int through the pointer, which is valid.

@@ -6,6 +6,9 @@
 //! instead; the parent prints it and exits 1, or exits 0. So `pr-helper -d`
 //! returning 0 means the helper is ready, and a failure is never silent.
 
+// Unsafe code: fork(2) while single-threaded.
+#![allow(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;

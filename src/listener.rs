@@ -451,6 +451,7 @@ pub fn remove_if_ours(path: &Path, id: FileId) {
 ///
 /// nix offers it only for glibc targets and musl's wrapper is recent, so
 /// the system call is made directly: the static musl binaries need it too.
+#[allow(unsafe_code)]
 fn renameat2(
     old_dir: BorrowedFd<'_>,
     old: &std::ffi::OsStr,

@@ -4,7 +4,12 @@
 //! (tests/mpath_layout.rs) can compare them with a C program compiled
 //! against the real header.
 //!
-//! All `unsafe` of the multipath support is in this file.
+//! The library's `unsafe` (its globals and calls, the reply buffers) is in
+//! this file; the device-mapper ioctls in `detect.rs` have their own
+//! `unsafe` blocks.
+
+// Unsafe code: the libmpathpersist binding (its global and its calls).
+#![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 

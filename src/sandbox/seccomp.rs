@@ -22,6 +22,9 @@
 //! [`Outcome::Unavailable`]: start-up logs a warning that system calls are
 //! not restricted (Landlock and NO_NEW_PRIVS still apply).
 
+// Unsafe code: the SIGSYS handler (sigaction, write, _exit) and prctl.
+#![allow(unsafe_code)]
+
 use super::Profile;
 
 /// Why the filter could not be installed (the texts are the underlying
