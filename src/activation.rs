@@ -1,5 +1,12 @@
 //! systemd integration: socket activation (spec §8.4) and readiness
 //! notification (sd_notify).
+//!
+//! Both are hand-written rather than taken from the `sd-notify` crate
+//! (0.5), whose API does not fit either case; see [`listen_fds`] and
+//! [`notify`] for why.
+
+// Unsafe code: adopting fd 3 from systemd (fcntl, OwnedFd::from_raw_fd).
+#![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -26,13 +33,32 @@ pub enum ActivationError {
         /// What failed.
         err: nix::Error,
     },
-    /// fd 3 is not a listening Unix stream socket.
+    /// fd 3 could not be inspected.
     #[error("Failed to use socket activation: {0}")]
-    NotUsable(String),
+    NotUsable(nix::Error),
+    /// fd 3 is not a Unix socket.
+    #[error("Failed to use socket activation: fd 3 is not a Unix socket")]
+    NotUnix,
+    /// fd 3 is not a listening stream socket.
+    #[error(
+        "Failed to use socket activation: fd 3 is not a listening stream socket \
+         (use ListenStream= with Accept=no)"
+    )]
+    NotListening,
+    /// fd 3 could not be made non-blocking.
+    #[error("Failed to use socket activation: {0}")]
+    NonBlocking(std::io::Error),
 }
 
 /// How many fds systemd passed us: `Some(n)` if LISTEN_PID is our pid and
 /// LISTEN_FDS parses; the variables are then removed from the environment.
+///
+/// Not `sd_notify::listen_fds`: that function treats an unparsable
+/// LISTEN_PID as an error where the reference (and this function) ignores
+/// activation, and it sets close-on-exec on every passed fd before the
+/// caller can apply the reference's `-k` and `LISTEN_FDS > 1` checks, so an
+/// unusable fd would be reported first, as a bare `io::Error` without the
+/// fd number the reference's message names (see [`adopt`]).
 pub fn listen_fds() -> Option<u32> {
     let pid = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()?;
     if pid != std::process::id() {
@@ -74,31 +100,31 @@ pub fn adopt(n: u32, socket_path_given: bool) -> Result<UnixListener, Activation
     )
     .map_err(|err| ActivationError::BadFd { fd, err })?;
     use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
-    let addr: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&owned))
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    let addr: SockaddrStorage =
+        getsockname(std::os::fd::AsRawFd::as_raw_fd(&owned)).map_err(ActivationError::NotUsable)?;
     if addr.as_unix_addr().is_none() {
-        return Err(ActivationError::NotUsable(
-            "fd 3 is not a Unix socket".into(),
-        ));
+        return Err(ActivationError::NotUnix);
     }
-    let ty = getsockopt(&owned, sockopt::SockType)
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
-    let listening = getsockopt(&owned, sockopt::AcceptConn)
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+    let ty = getsockopt(&owned, sockopt::SockType).map_err(ActivationError::NotUsable)?;
+    let listening = getsockopt(&owned, sockopt::AcceptConn).map_err(ActivationError::NotUsable)?;
     if ty != SockType::Stream || !listening {
-        return Err(ActivationError::NotUsable(
-            "fd 3 is not a listening stream socket (use ListenStream= with Accept=no)".into(),
-        ));
+        return Err(ActivationError::NotListening);
     }
     let listener = UnixListener::from(owned);
     listener
         .set_nonblocking(true)
-        .map_err(|e| ActivationError::NotUsable(e.to_string()))?;
+        .map_err(ActivationError::NonBlocking)?;
     Ok(listener)
 }
 
 /// Sends a state string to the service manager if NOTIFY_SOCKET is set;
 /// silently does nothing otherwise.
+///
+/// Not `sd_notify::notify`: that function connect()s its datagram socket,
+/// and `STOPPING=1` is sent under the seccomp filter, whose plain profile
+/// has no `connect` (one sendto() here needs nothing more than serving
+/// does); it also does not support an abstract-namespace NOTIFY_SOCKET
+/// (`@name`), and it ends every state with a newline.
 pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;

@@ -18,8 +18,9 @@ use nix::sys::socket::MsgFlags;
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::command::{Executor, Ran};
@@ -167,7 +168,7 @@ pub async fn serve(
     peer: Peer,
     config: Arc<ConnectionConfig>,
     pool: Pool,
-    mut shutdown: watch::Receiver<()>,
+    shutdown: CancellationToken,
 ) -> End {
     let mut conn = Connection {
         stream: Arc::new(stream),
@@ -177,7 +178,7 @@ pub async fn serve(
     };
     let end = tokio::select! {
         end = conn.handshake() => end,
-        _ = shutdown.changed() => Err(End::Shutdown),
+        _ = shutdown.cancelled() => Err(End::Shutdown),
     };
     if let Err(end) = end {
         return end;
@@ -187,7 +188,7 @@ pub async fn serve(
     loop {
         if parking && decoder.is_idle() {
             let returned;
-            (conn, decoder, returned) = match conn.park(decoder, &mut shutdown).await {
+            (conn, decoder, returned) = match conn.park(decoder, &shutdown).await {
                 Ok(parked) => parked,
                 Err(end) => return end,
             };
@@ -213,7 +214,7 @@ pub async fn serve(
         // interrupts; `biased` makes shutdown win over a pipelined request.
         let next = tokio::select! {
             biased;
-            _ = shutdown.changed() => Err(End::Shutdown),
+            _ = shutdown.cancelled() => Err(End::Shutdown),
             r = conn.read_request(&mut decoder) => r,
         };
         match next {
@@ -301,6 +302,7 @@ fn write_now(sock: BorrowedFd<'_>, bytes: &[u8]) -> (usize, io::Result<()>) {
 }
 
 /// Bytes received on `sock` and not read yet (FIONREAD).
+#[allow(unsafe_code)] // the FIONREAD ioctl: nix has no wrapper for it.
 fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD stores one int through the pointer, which is valid.
@@ -549,7 +551,7 @@ impl Connection {
     async fn park(
         self,
         decoder: RequestDecoder<OwnedFd>,
-        shutdown: &mut watch::Receiver<()>,
+        shutdown: &CancellationToken,
     ) -> Result<(Connection, RequestDecoder<OwnedFd>, Returned), End> {
         let Connection {
             stream,
@@ -577,7 +579,7 @@ impl Connection {
         }));
         let back = tokio::select! {
             back = &mut rx => back,
-            _ = shutdown.changed() => {
+            _ = shutdown.cancelled() => {
                 if let Some(key) = key {
                     pool.unpark(key);
                 }

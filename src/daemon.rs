@@ -6,6 +6,9 @@
 //! instead; the parent prints it and exits 1, or exits 0. So `pr-helper -d`
 //! returning 0 means the helper is ready, and a failure is never silent.
 
+// Unsafe code: fork(2) while single-threaded.
+#![allow(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -25,15 +28,22 @@ pub enum DaemonError {
     #[error("Could not create pid file {0}: {1}")]
     Create(String, std::io::Error),
     /// Another process holds the pidfile's lock.
-    #[error("Cannot lock pid file {path}: {err}{holder}")]
+    #[error("Cannot lock pid file {path}: {err}{}", held_by(*.holder))]
     Locked {
         /// The pidfile.
         path: String,
         /// The lock error.
         err: nix::Error,
-        /// ", held by pid N" when known.
-        holder: String,
+        /// The pid the pidfile names, when it holds one.
+        holder: Option<u32>,
     },
+}
+
+/// " (held by pid N)" when the holder is known.
+fn held_by(holder: Option<u32>) -> String {
+    holder
+        .map(|pid| format!(" (held by pid {pid})"))
+        .unwrap_or_default()
 }
 
 /// The child's end of the readiness pipe.
@@ -58,16 +68,12 @@ pub fn daemonize() -> Result<Daemon, DaemonError> {
         ForkResult::Child => {
             drop(read_end);
             nix::unistd::setsid().map_err(DaemonError::Daemonize)?;
-            std::env::set_current_dir("/").map_err(|e| DaemonError::Daemonize(errno_of(&e)))?;
+            nix::unistd::chdir("/").map_err(DaemonError::Daemonize)?;
             Ok(Daemon {
                 report: File::from(write_end),
             })
         }
     }
-}
-
-fn errno_of(e: &std::io::Error) -> nix::Error {
-    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// The parent: 0 if the child reported readiness, 1 (after printing the
@@ -140,15 +146,10 @@ impl Pidfile {
             if let Err(err) = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETLK(&lock)) {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                let holder = text
-                    .trim()
-                    .parse::<u32>()
-                    .map(|pid| format!(" (held by pid {pid})"))
-                    .unwrap_or_default();
                 return Err(DaemonError::Locked {
                     path: shown,
                     err,
-                    holder,
+                    holder: text.trim().parse().ok(),
                 });
             }
             // The file may have been unlinked or replaced between open and

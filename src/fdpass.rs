@@ -5,6 +5,9 @@
 //! on whatever socket they are given; the async connection code retries on
 //! `WouldBlock`, the blocking client simply blocks.
 
+// Unsafe code: recvmsg(2) and its SCM_RIGHTS control messages.
+#![allow(unsafe_code)]
+
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 

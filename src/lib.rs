@@ -10,6 +10,7 @@
 //! * [`command`]: executing one request;
 //! * [`device`]: which fds may carry a PR command (O_PATH, partitions, partial dm targets);
 //! * [`connection`], [`server`]: connections, the accept loop, shutdown;
+//! * [`fdpass`]: bytes with file descriptors (SCM_RIGHTS) on Unix sockets;
 //! * [`pool`]: the bounded worker threads that run SG_IO off the event loop;
 //! * [`isolation`]: at most two commands at once per device, the rest wait;
 //! * [`mpath`]: dm-multipath devices through libmpathpersist (feature `mpath`);
@@ -19,9 +20,17 @@
 //! * [`sandbox`]: Landlock and seccomp after start-up;
 //! * [`audit`]: one record per PR OUT;
 //! * [`ratelimit`]: log lines at a limited rate, for every layer;
-//! * [`client`], [`pr`], [`tools`]: the client side, for tools and tests.
+//! * [`pr`]: PR service actions, CDBs and parameter lists (SPC-4), used by
+//!   the server's command code and multipath translation and by the clients;
+//! * [`client`], [`tools`]: the client side, for tools and tests.
 
 #![warn(missing_docs)]
+// Unsafe code only where a module says why it needs it, with
+// `#![allow(unsafe_code)]` (the kernel interfaces: SG_IO, fd passing,
+// device-mapper, libmpathpersist, seccomp, signals, fork, socket
+// activation), and every unsafe block documented (`// SAFETY:`).
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod activation;
 pub mod audit;

@@ -71,9 +71,22 @@ pub enum ListenerError {
     /// listen() failed.
     #[error("Failed to listen on socket: {0}")]
     Listen(io::Error),
-    /// The configured mode or group could not be applied.
-    #[error("{0}")]
-    Setup(String),
+    /// The configured mode could not be applied.
+    #[error("cannot set mode {mode:04o} on the socket: {err}")]
+    Mode {
+        /// The configured mode.
+        mode: u32,
+        /// What failed.
+        err: nix::Error,
+    },
+    /// The configured group could not be applied.
+    #[error("cannot give the socket to group {name}: {err}")]
+    Group {
+        /// The group as configured.
+        name: String,
+        /// What failed.
+        err: nix::Error,
+    },
 }
 
 /// A file's identity: device and inode.
@@ -115,7 +128,9 @@ pub struct Setup {
 
 impl Setup {
     /// The configured `socket_mode` and `socket_group` (the group resolved).
-    pub fn from_config(config: &crate::config::Config) -> Result<Setup, String> {
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Setup, crate::privileges::PrivilegeError> {
         let group = match &config.socket_group {
             Some(name) => Some((name.clone(), crate::privileges::resolve_group(name)?)),
             None => None,
@@ -368,9 +383,7 @@ impl PrivateDir {
                 Mode::from_bits_truncate(mode),
                 FchmodatFlags::FollowSymlink,
             )
-            .map_err(|e| {
-                ListenerError::Setup(format!("cannot set mode {mode:04o} on the socket: {e}"))
-            })?;
+            .map_err(|err| ListenerError::Mode { mode, err })?;
         }
         if let Some((name, gid)) = &setup.group {
             nix::unistd::fchownat(
@@ -380,8 +393,9 @@ impl PrivateDir {
                 Some(*gid),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| {
-                ListenerError::Setup(format!("cannot give the socket to group {name}: {e}"))
+            .map_err(|err| ListenerError::Group {
+                name: name.clone(),
+                err,
             })?;
         }
         let st =
@@ -437,6 +451,7 @@ pub fn remove_if_ours(path: &Path, id: FileId) {
 ///
 /// nix offers it only for glibc targets and musl's wrapper is recent, so
 /// the system call is made directly: the static musl binaries need it too.
+#[allow(unsafe_code)]
 fn renameat2(
     old_dir: BorrowedFd<'_>,
     old: &std::ffi::OsStr,

@@ -1,5 +1,7 @@
 //! The `pr-helper` executable: the helper itself, or one of its client tools.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

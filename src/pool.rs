@@ -53,6 +53,16 @@ use crate::isolation::{Admission, DevKey, Devices, Waiting};
 pub const STALL: Duration = Duration::from_millis(5);
 /// How long a thread beyond the first waits for work before exiting.
 pub const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// [`IDLE_EXIT`] as epoll's timeout, in milliseconds; a value that does not
+/// fit fails the build instead of wrapping.
+const IDLE_EXIT_MS: u16 = {
+    let ms = IDLE_EXIT.as_millis();
+    assert!(
+        ms <= u16::MAX as u128,
+        "IDLE_EXIT does not fit epoll's u16 ms"
+    );
+    ms as u16
+};
 /// Watchdog ticks with no thread busy before the watchdog goes to sleep.
 const QUIET_TICKS: u32 = 20;
 /// The epoll key of the job eventfd (connection keys never reach it: their
@@ -521,7 +531,7 @@ impl Inner {
         loop {
             // The last thread waits for ever; the others retire when idle.
             let timeout = if self.thread_count.load(Ordering::Acquire) > 1 {
-                EpollTimeout::from(IDLE_EXIT.as_millis() as u16)
+                EpollTimeout::from(IDLE_EXIT_MS)
             } else {
                 EpollTimeout::NONE
             };

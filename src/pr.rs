@@ -1,6 +1,9 @@
 //! Persistent-reservation command building (SPC-4 §6.15–§6.16): CDBs and PR
-//! OUT parameter lists, as a guest's sg_persist would send them. Used by the
-//! client tools, the benchmark and the tests; pure, no I/O.
+//! OUT parameter lists, as a guest's sg_persist would send them, and the
+//! service-action constants. Used by the server too (command execution
+//! tells READ FULL STATUS by its service action, multipath translation uses
+//! the service actions), and by the client tools, the benchmark and the
+//! tests; pure, no I/O.
 
 use crate::protocol::{CDB_SIZE, PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
 

@@ -26,6 +26,12 @@ pub enum PrivilegeError {
     /// Changing user or group failed.
     #[error("Failed to drop privileges: {0}")]
     Identity(String),
+    /// `-u` is neither a known user nor a number.
+    #[error("invalid user '{0}'")]
+    InvalidUser(String),
+    /// `-g` (or `socket_group`) is neither a known group nor a number.
+    #[error("invalid group '{0}'")]
+    InvalidGroup(String),
 }
 
 /// The identity and capabilities to run with.
@@ -41,23 +47,23 @@ pub struct Target {
 
 /// Looks up a user by name, else as a number (qemu-pr-helper's rule).
 /// Returns the uid and, for a name, the user's primary group.
-pub fn resolve_user(name: &str) -> Result<(Uid, Option<Gid>), String> {
+pub fn resolve_user(name: &str) -> Result<(Uid, Option<Gid>), PrivilegeError> {
     if let Ok(Some(user)) = User::from_name(name) {
         return Ok((user.uid, Some(user.gid)));
     }
     name.parse::<u32>()
         .map(|uid| (Uid::from_raw(uid), None))
-        .map_err(|_| format!("invalid user '{name}'"))
+        .map_err(|_| PrivilegeError::InvalidUser(name.to_string()))
 }
 
 /// Looks up a group by name, else as a number.
-pub fn resolve_group(name: &str) -> Result<Gid, String> {
+pub fn resolve_group(name: &str) -> Result<Gid, PrivilegeError> {
     if let Ok(Some(group)) = Group::from_name(name) {
         return Ok(group.gid);
     }
     name.parse::<u32>()
         .map(Gid::from_raw)
-        .map_err(|_| format!("invalid group '{name}'"))
+        .map_err(|_| PrivilegeError::InvalidGroup(name.to_string()))
 }
 
 /// The capabilities pr-helper keeps.
@@ -206,18 +212,21 @@ mod tests {
         );
         assert_eq!(resolve_user("4242").unwrap(), (Uid::from_raw(4242), None));
         assert_eq!(
-            resolve_user("no-such-user-xyz").unwrap_err(),
+            resolve_user("no-such-user-xyz").unwrap_err().to_string(),
             "invalid user 'no-such-user-xyz'"
         );
-        assert_eq!(resolve_user("-1").unwrap_err(), "invalid user '-1'");
         assert_eq!(
-            resolve_user("4294967296").unwrap_err(),
+            resolve_user("-1").unwrap_err().to_string(),
+            "invalid user '-1'"
+        );
+        assert_eq!(
+            resolve_user("4294967296").unwrap_err().to_string(),
             "invalid user '4294967296'"
         );
         assert_eq!(resolve_group("root").unwrap(), Gid::from_raw(0));
         assert_eq!(resolve_group("77").unwrap(), Gid::from_raw(77));
         assert_eq!(
-            resolve_group("no-such-group-xyz").unwrap_err(),
+            resolve_group("no-such-group-xyz").unwrap_err().to_string(),
             "invalid group 'no-such-group-xyz'"
         );
     }

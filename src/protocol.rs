@@ -16,8 +16,6 @@
 //!   framing, exactly like QEMU's client);
 //! * response: status (4), payload length (4), sense (96), payload.
 
-use std::fmt;
-
 /// Bytes of CDB on the wire for every request.
 pub const CDB_SIZE: usize = 16;
 /// Bytes of sense data in every response.
@@ -88,36 +86,23 @@ impl<F> Request<F> {
 
 /// Why a connection is closed without a reply (spec §6.1). None of these is
 /// answered: an unmodified QEMU expects the connection to drop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     /// The client asked for feature bits the helper does not support.
+    #[error("client requested unsupported features {0:#010x}")]
     UnsupportedFeatures(u32),
     /// More than one fd arrived with the CDB bytes of one request.
+    #[error("{0} file descriptors in one request")]
     MultipleFds(usize),
     /// The CDB arrived without an fd.
+    #[error("No file descriptor in request.")]
     NoFd,
     /// The opcode is neither PERSISTENT RESERVE IN nor OUT.
+    #[error("Invalid CDB (opcode {0:#04x}), closing socket.")]
     InvalidOpcode(u8),
     /// The transfer length in CDB bytes 7–8 exceeds [`MAX_TRANSFER`].
+    #[error("transfer length {0} exceeds {MAX_TRANSFER}")]
     TransferTooLong(usize),
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Violation::UnsupportedFeatures(w) => {
-                write!(f, "client requested unsupported features {w:#010x}")
-            }
-            Violation::MultipleFds(n) => write!(f, "{n} file descriptors in one request"),
-            Violation::NoFd => f.write_str("No file descriptor in request."),
-            Violation::InvalidOpcode(op) => {
-                write!(f, "Invalid CDB (opcode {op:#04x}), closing socket.")
-            }
-            Violation::TransferTooLong(n) => {
-                write!(f, "transfer length {n} exceeds {MAX_TRANSFER}")
-            }
-        }
-    }
 }
 
 /// What the decoder wants to read next.
@@ -356,6 +341,36 @@ pub fn decode_response_header(bytes: &[u8; RESPONSE_HEADER_SIZE]) -> ResponseHea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A violation is a `std::error::Error`, with the messages the log
+    /// shows (spec §6.1).
+    #[test]
+    fn violation_is_an_error_with_the_logged_messages() {
+        let cases: [(Violation, &str); 5] = [
+            (
+                Violation::UnsupportedFeatures(1),
+                "client requested unsupported features 0x00000001",
+            ),
+            (
+                Violation::MultipleFds(2),
+                "2 file descriptors in one request",
+            ),
+            (Violation::NoFd, "No file descriptor in request."),
+            (
+                Violation::InvalidOpcode(0x12),
+                "Invalid CDB (opcode 0x12), closing socket.",
+            ),
+            (
+                Violation::TransferTooLong(9000),
+                "transfer length 9000 exceeds 8192",
+            ),
+        ];
+        for (v, text) in cases {
+            let e: Box<dyn std::error::Error> = Box::new(v);
+            assert_eq!(e.to_string(), text);
+            assert!(e.source().is_none());
+        }
+    }
 
     fn pr_in(alloc: u16) -> [u8; 16] {
         let mut cdb = [0u8; 16];

@@ -2,9 +2,9 @@
 //!
 //! Shape (after tokio's mini-redis): the listener accepts, takes a permit
 //! from a semaphore that bounds simultaneous connections, and spawns one task
-//! per connection. Shutdown is a watch channel whose sender is dropped, plus a
-//! drain: every connection task holds a clone of an mpsc sender, and the
-//! server waits until all clones are gone.
+//! per connection, tracked by a [`TaskTracker`]. Shutdown cancels a
+//! [`CancellationToken`] every connection task watches, closes the tracker
+//! and waits for its tasks to finish (the drain).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::connection::{self, ConnectionConfig, Peer};
@@ -70,8 +72,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_stop: impl FnOnce(),
 ) {
-    let (notify_shutdown, shutdown_rx) = watch::channel(());
-    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    let shutdown_token = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let mut acceptor = Acceptor {
         listener,
         limit: Arc::new(Semaphore::new(config.max_connections)),
@@ -81,8 +83,8 @@ pub async fn run(
         pool: config.pool,
         policy: config.policy,
         refused_log: RateLimited::new(Duration::from_secs(1)),
-        shutdown_rx,
-        drain_tx,
+        shutdown: shutdown_token.clone(),
+        tracker: tracker.clone(),
         next_id: AtomicU64::new(1),
         reserve_fd: None,
         over_limit_log: RateLimited::new(Duration::from_secs(10)),
@@ -98,15 +100,14 @@ pub async fn run(
     // its path, before waiting for requests in flight (as the reference).
     let Acceptor {
         listener,
-        drain_tx,
         pool,
         connection,
         ..
     } = acceptor;
     drop(listener);
     on_stop();
-    drop(notify_shutdown);
-    drop(drain_tx);
+    shutdown_token.cancel();
+    tracker.close();
     // Requests in flight get up to the SG_IO timeout, by which any device
     // that answers at all has answered (D29). After it, requests waiting for
     // a device that did not answer are answered CHECK CONDITION 0B/08/00,
@@ -115,13 +116,13 @@ pub async fn run(
     // stops the kernel's retries on a multipath map); their clients see the
     // connection close.
     let grace = connection.executor.config.sgio_timeout;
-    if tokio::time::timeout(grace, drain_rx.recv()).await.is_ok() {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
         info!("all connections closed");
         return;
     }
     let (cancelled, executing) = pool.close_devices();
     // The cancelled requests' answers need only be written.
-    let closed = tokio::time::timeout(FINAL_WRITES, drain_rx.recv())
+    let closed = tokio::time::timeout(FINAL_WRITES, tracker.wait())
         .await
         .is_ok();
     warn!(
@@ -148,8 +149,10 @@ struct Acceptor {
     pool: Pool,
     policy: AccessPolicy,
     refused_log: RateLimited,
-    shutdown_rx: watch::Receiver<()>,
-    drain_tx: mpsc::Sender<()>,
+    /// Cancelled when shutdown begins; every connection watches it.
+    shutdown: CancellationToken,
+    /// The connection tasks, waited for at shutdown.
+    tracker: TaskTracker,
     next_id: AtomicU64,
     /// An fd kept open to be sacrificed when the process runs out of fds, so
     /// that a pending connection can still be accepted and refused cleanly.
@@ -234,15 +237,13 @@ impl Acceptor {
         };
         let config = self.connection.clone();
         let pool = self.pool.clone();
-        let shutdown = self.shutdown_rx.clone();
-        let drain = self.drain_tx.clone();
-        tokio::spawn(async move {
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
             tracing::debug!("{peer}: accepted");
             let end = connection::serve(stream, peer, config, pool, shutdown).await;
             connection::log_end(&peer, &end);
             drop(client_slot);
             drop(permit);
-            drop(drain);
         });
     }
 

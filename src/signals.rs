@@ -8,6 +8,9 @@
 //! the previous action), and [`terminated`] checks the flag after
 //! registering, so no signal is lost in between.
 
+// Unsafe code: sigaction(2) for the early signal handlers.
+#![allow(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};

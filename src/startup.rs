@@ -7,28 +7,99 @@
 //! capability changes need that. Fatal errors are printed to stderr as
 //! `pr-helper: <message>` and exit 1 (for `-d`, through the parent).
 
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use thiserror::Error;
 use tracing::{error, info};
 
+use crate::activation::ActivationError;
 use crate::command::{ExecConfig, Executor};
-use crate::config::{self, Config, ServerArgs};
+use crate::config::{self, Config, ConfigError, ServerArgs};
 use crate::connection::ConnectionConfig;
-use crate::daemon::{self, Daemon, Pidfile};
+use crate::daemon::{self, Daemon, DaemonError, Pidfile};
+use crate::listener::ListenerError;
 use crate::pool::Pool;
+use crate::privileges::PrivilegeError;
+use crate::sandbox::SandboxError;
 use crate::server::{self, ServerConfig};
 use crate::{activation, listener, logging, privileges, signals};
 
+/// Why the helper could not start: every fatal error of [`run`]. Its text is
+/// what the user sees, as `pr-helper: <message>` on stderr (through the
+/// parent with `-d`), or in the log once the sandbox is being applied.
+/// Each layer's own error converts into it (`?`).
+#[derive(Debug, Error)]
+pub enum StartupError {
+    /// The early signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(nix::Error),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Logging could not be set up (the logging layer's message).
+    #[error("{0}")]
+    Logging(String),
+    /// Multipath support could not start (D7).
+    #[cfg(feature = "mpath")]
+    #[error(transparent)]
+    Multipath(#[from] crate::mpath::InitError),
+    /// The socket systemd passed is unusable, or conflicts with `-k`.
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    /// The listening socket could not be created.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// Daemonizing or the pidfile failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// A user or group is unknown, or privileges could not be dropped.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    /// Landlock or seccomp could not be applied.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The async runtime could not be built.
+    #[error("cannot start the event loop: {0}")]
+    EventLoop(io::Error),
+    /// The SG_IO worker pool could not be set up.
+    #[error("cannot set up the SG_IO threads: {0}")]
+    Pool(io::Error),
+    /// The listening socket could not be registered with the runtime.
+    #[error("cannot register the listening socket: {0}")]
+    Register(io::Error),
+}
+
+/// The value of `$result`, or: print the error (`pr-helper: <message>` on
+/// stderr) and return exit status 1.
+macro_rules! or_fatal {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(e) => return fatal(e),
+        }
+    };
+}
+
+/// The value of `$result`, or: log the error and return exit status 1 (once
+/// stderr may be /dev/null: after `-d` has released its parent).
+macro_rules! or_log {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(e) => {
+                error!("{}", StartupError::from(e));
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+}
+
 /// Runs the helper with these command-line options; returns the exit code.
 pub fn run(args: &ServerArgs) -> ExitCode {
-    if let Err(e) = signals::install_early() {
-        return fatal(&format!("cannot install signal handlers: {e}"));
-    }
-    let loaded = match config::load(args) {
-        Ok(l) => l,
-        Err(e) => return fatal(&e.to_string()),
-    };
+    or_fatal!(signals::install_early().map_err(StartupError::Signals));
+    let loaded = or_fatal!(config::load(args));
     if args.print_config {
         print!("{}", loaded.render());
         return ExitCode::SUCCESS;
@@ -43,19 +114,14 @@ pub fn run(args: &ServerArgs) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    if let Err(e) = logging::init(&config, config.daemon) {
-        return fatal(&e);
-    }
+    or_fatal!(logging::init(&config, config.daemon).map_err(StartupError::Logging));
     let socket_path_given = loaded.origin_of("socket") != "built-in default";
 
     // Multipath first, as in the reference: a failure stops the start
     // before the socket appears (D7: with a message saying why).
     #[cfg(feature = "mpath")]
     let multipath = if config.multipath {
-        match crate::mpath::Prepared::init() {
-            Ok(p) => Some(p),
-            Err(e) => return fatal(&e.to_string()),
-        }
+        Some(or_fatal!(crate::mpath::Prepared::init()))
     } else {
         None
     };
@@ -65,42 +131,34 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     // The socket comes first: it is libvirt's readiness signal, and QEMUs
     // that connect before the event loop runs wait in the backlog.
     let (listener, created) = match activation::listen_fds().filter(|&n| n > 0) {
-        Some(n) => match activation::adopt(n, socket_path_given) {
-            Ok(l) => {
-                info!("using the socket passed by systemd");
-                (l, None)
-            }
-            Err(e) => return fatal(&e.to_string()),
-        },
+        Some(n) => {
+            let l = or_fatal!(activation::adopt(n, socket_path_given));
+            info!("using the socket passed by systemd");
+            (l, None)
+        }
         None => {
-            let setup = match listener::Setup::from_config(&config) {
-                Ok(s) => s,
-                Err(e) => return fatal(&e),
-            };
-            match listener::bind_with(&config.socket, &setup) {
-                Ok(bound) => (bound.listener, Some((bound.path, bound.id))),
-                Err(e) => return fatal(&e.to_string()),
-            }
+            let setup = or_fatal!(listener::Setup::from_config(&config));
+            let bound = or_fatal!(listener::bind_with(&config.socket, &setup));
+            (bound.listener, Some((bound.path, bound.id)))
         }
     };
     let created = SocketPath(created);
 
     let daemon = if config.daemon {
-        match daemon::daemonize() {
-            Ok(d) => Some(d),
-            Err(e) => return fatal(&e.to_string()),
-        }
+        Some(or_fatal!(daemon::daemonize()))
     } else {
         None
     };
     let pidfile = match finish_setup(&config) {
         Ok(p) => p,
-        Err(message) => {
-            match daemon {
-                Some(d) => d.fail(&message),
-                None => eprintln!("pr-helper: {message}"),
-            }
-            return ExitCode::FAILURE;
+        Err(e) => {
+            return match daemon {
+                Some(d) => {
+                    d.fail(&e.to_string());
+                    ExitCode::FAILURE
+                }
+                None => fatal(e),
+            };
         }
     };
     if let Some(d) = daemon {
@@ -121,10 +179,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         },
         removable,
     };
-    if let Err(e) = crate::sandbox::apply(&sandbox) {
-        error!("{e}");
-        return ExitCode::FAILURE;
-    }
+    or_log!(crate::sandbox::apply(&sandbox));
 
     #[cfg_attr(not(feature = "mpath"), allow(unused_mut))]
     let mut executor = Executor::new(ExecConfig {
@@ -132,13 +187,9 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     });
     #[cfg(feature = "mpath")]
     if let Some(prepared) = multipath {
-        match prepared.start(config.verbosity, config.sgio_timeout()) {
-            Ok(m) => executor.multipath = Some(m),
-            Err(e) => {
-                error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        executor.multipath = Some(or_log!(
+            prepared.start(config.verbosity, config.sgio_timeout())
+        ));
     }
     let code = serve(listener, &config, executor, created);
     if let Some(p) = pidfile {
@@ -167,9 +218,9 @@ impl Drop for SocketPath {
 }
 
 /// Pidfile and privilege drop (still single-threaded).
-fn finish_setup(config: &Config) -> Result<Option<Pidfile>, String> {
+fn finish_setup(config: &Config) -> Result<Option<Pidfile>, StartupError> {
     let pidfile = match config.effective_pidfile() {
-        Some(path) => Some(Pidfile::create(&path).map_err(|e| e.to_string())?),
+        Some(path) => Some(Pidfile::create(&path)?),
         None => None,
     };
     let target = privileges::Target {
@@ -186,7 +237,7 @@ fn finish_setup(config: &Config) -> Result<Option<Pidfile>, String> {
         // Device-mapper ioctls for multipath detection need CAP_SYS_ADMIN.
         keep_sys_admin: config.multipath,
     };
-    privileges::drop_privileges(&target).map_err(|e| e.to_string())?;
+    privileges::drop_privileges(&target)?;
     Ok(pidfile)
 }
 
@@ -197,23 +248,11 @@ fn serve(
     executor: Executor,
     mut created: SocketPath,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = or_log!(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!("cannot start the event loop: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let pool = match Pool::new("prh-sgio", config.sgio_threads) {
-        Ok(pool) => pool,
-        Err(e) => {
-            error!("cannot set up the SG_IO threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(StartupError::EventLoop));
+    let pool = or_log!(Pool::new("prh-sgio", config.sgio_threads).map_err(StartupError::Pool));
     let server_config = ServerConfig {
         max_connections: config.max_connections,
         max_connections_per_client: config.max_connections_per_client,
@@ -240,13 +279,8 @@ fn serve(
             .unwrap_or_else(|| config.socket.display().to_string()),
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::UnixListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                error!("cannot register the listening socket: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let listener =
+            or_log!(tokio::net::UnixListener::from_std(listener).map_err(StartupError::Register));
         info!(pid = std::process::id(), "serving on {serving_on}");
         activation::notify("READY=1");
         server::run(listener, server_config, signals::terminated(), move || {
@@ -259,8 +293,9 @@ fn serve(
     })
 }
 
-fn fatal(message: &str) -> ExitCode {
-    eprintln!("pr-helper: {message}");
+/// Prints a start-up error as `pr-helper: <message>`; exit status 1.
+fn fatal(e: impl Into<StartupError>) -> ExitCode {
+    eprintln!("pr-helper: {}", e.into());
     ExitCode::FAILURE
 }
 
@@ -284,5 +319,85 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(e) => tracing::info!("cannot read the open file limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each layer's error converts into the one start-up error with its own
+    /// text unchanged (what `pr-helper: ...` prints), and the messages that
+    /// start-up adds are the ones it always printed.
+    #[test]
+    fn start_up_errors_keep_their_messages() {
+        let cases: Vec<(StartupError, &str)> = vec![
+            (
+                privileges::resolve_user("-1").unwrap_err().into(),
+                "invalid user '-1'",
+            ),
+            (
+                privileges::resolve_group("no-such-group-pr-helper")
+                    .unwrap_err()
+                    .into(),
+                "invalid group 'no-such-group-pr-helper'",
+            ),
+            (
+                ListenerError::Mode {
+                    mode: 0o660,
+                    err: nix::Error::EPERM,
+                }
+                .into(),
+                "cannot set mode 0660 on the socket: EPERM: Operation not permitted",
+            ),
+            (
+                ListenerError::Group {
+                    name: "kvm".into(),
+                    err: nix::Error::EPERM,
+                }
+                .into(),
+                "cannot give the socket to group kvm: EPERM: Operation not permitted",
+            ),
+            (
+                ActivationError::NotUnix.into(),
+                "Failed to use socket activation: fd 3 is not a Unix socket",
+            ),
+            (
+                DaemonError::Locked {
+                    path: "/run/p.pid".into(),
+                    err: nix::Error::EAGAIN,
+                    holder: Some(42),
+                }
+                .into(),
+                "Cannot lock pid file /run/p.pid: EAGAIN: Try again (held by pid 42)",
+            ),
+            (
+                DaemonError::Locked {
+                    path: "/run/p.pid".into(),
+                    err: nix::Error::EAGAIN,
+                    holder: None,
+                }
+                .into(),
+                "Cannot lock pid file /run/p.pid: EAGAIN: Try again",
+            ),
+            (
+                SandboxError::Seccomp(crate::sandbox::seccomp::SeccompError::Handler(
+                    io::Error::from_raw_os_error(libc::EINVAL),
+                ))
+                .into(),
+                "cannot install the seccomp filter: Invalid argument (os error 22)",
+            ),
+            (
+                StartupError::Signals(nix::Error::EINVAL),
+                "cannot install signal handlers: EINVAL: Invalid argument",
+            ),
+            (
+                StartupError::Pool(io::Error::from_raw_os_error(libc::EMFILE)),
+                "cannot set up the SG_IO threads: Too many open files (os error 24)",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text, "{e:?}");
+        }
     }
 }

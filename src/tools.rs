@@ -470,92 +470,138 @@ fn scope_name(scope: u8) -> &'static str {
     }
 }
 
-/// The reply as JSON.
+/// The reply as JSON (one line, fields in this order; the details of a
+/// decoded PR IN reply follow `data`).
 pub fn reply_json(cdb: &[u8; CDB_SIZE], reply: &Reply) -> String {
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    struct Json {
+        status: u32,
+        status_name: &'static str,
+        sense: Option<Sense>,
+        data: String,
+        #[serde(flatten)]
+        details: Option<Details>,
+    }
+    #[derive(Serialize)]
+    struct Sense {
+        key: u8,
+        asc: u8,
+        ascq: u8,
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Details {
+        Keys {
+            generation: u32,
+            keys: Vec<String>,
+        },
+        Reservation {
+            generation: u32,
+            reservation: Option<Holder>,
+        },
+        Capabilities {
+            type_mask_valid: bool,
+            types: Vec<u8>,
+            sip_c: bool,
+            atp_c: bool,
+            ptpl_c: bool,
+        },
+        FullStatus {
+            generation: u32,
+            registrations: Vec<Registration>,
+        },
+    }
+    #[derive(Serialize)]
+    struct Holder {
+        key: String,
+        scope: u8,
+        #[serde(rename = "type")]
+        pr_type: u8,
+    }
+    #[derive(Serialize)]
+    struct Registration {
+        key: String,
+        holder: bool,
+        all_tg_pt: bool,
+        scope: u8,
+        #[serde(rename = "type")]
+        pr_type: u8,
+        relative_target_port: u16,
+        transport_id: String,
+    }
+
     let sense = (reply.header.status as u8 == status::CHECK_CONDITION)
         .then(|| SenseCode::parse(&reply.header.sense))
         .flatten();
-    let mut j = format!(
-        "{{\"status\":{},\"status_name\":\"{}\",\"sense\":",
-        reply.header.status,
-        scsi::status::name(reply.header.status as u8)
-    );
-    match sense {
-        Some(s) => {
-            let _ = write!(
-                j,
-                "{{\"key\":{},\"asc\":{},\"ascq\":{}}}",
-                s.key, s.asc, s.ascq
-            );
-        }
-        None => j.push_str("null"),
-    }
-    let _ = write!(j, ",\"data\":\"{}\"", hex(&reply.data));
-    if cdb[0] == crate::protocol::PERSISTENT_RESERVE_IN && reply.header.status == 0 {
+    let details = if cdb[0] == crate::protocol::PERSISTENT_RESERVE_IN && reply.header.status == 0 {
         match cdb[1] & 0x1f {
-            sa_in::READ_KEYS => {
-                if let Ok(k) = decode::keys(&reply.data) {
-                    let keys: Vec<String> = k.keys.iter().map(|k| format!("\"0x{k:x}\"")).collect();
-                    let _ = write!(
-                        j,
-                        ",\"generation\":{},\"keys\":[{}]",
-                        k.generation,
-                        keys.join(",")
-                    );
-                }
-            }
+            sa_in::READ_KEYS => decode::keys(&reply.data).ok().map(|k| Details::Keys {
+                generation: k.generation,
+                keys: k.keys.iter().map(|k| format!("0x{k:x}")).collect(),
+            }),
             sa_in::READ_RESERVATION => {
-                if let Ok(r) = decode::reservation(&reply.data) {
-                    let _ = write!(j, ",\"generation\":{},\"reservation\":", r.generation);
-                    match r.holder {
-                        Some((key, scope, t)) => {
-                            let _ = write!(
-                                j,
-                                "{{\"key\":\"0x{key:x}\",\"scope\":{scope},\"type\":{t}}}"
-                            );
-                        }
-                        None => j.push_str("null"),
-                    }
-                }
+                decode::reservation(&reply.data)
+                    .ok()
+                    .map(|r| Details::Reservation {
+                        generation: r.generation,
+                        reservation: r.holder.map(|(key, scope, pr_type)| Holder {
+                            key: format!("0x{key:x}"),
+                            scope,
+                            pr_type,
+                        }),
+                    })
             }
             sa_in::REPORT_CAPABILITIES => {
-                if let Ok(c) = decode::capabilities(&reply.data) {
-                    let _ = write!(
-                        j,
-                        ",\"type_mask_valid\":{},\"types\":{:?},\"sip_c\":{},\"atp_c\":{},\"ptpl_c\":{}",
-                        c.type_mask_valid(),
-                        c.types(),
-                        c.flags & 0x08 != 0,
-                        c.flags & 0x04 != 0,
-                        c.flags & 0x01 != 0
-                    );
-                }
+                decode::capabilities(&reply.data)
+                    .ok()
+                    .map(|c| Details::Capabilities {
+                        type_mask_valid: c.type_mask_valid(),
+                        types: c.types(),
+                        sip_c: c.flags & 0x08 != 0,
+                        atp_c: c.flags & 0x04 != 0,
+                        ptpl_c: c.flags & 0x01 != 0,
+                    })
             }
             sa_in::READ_FULL_STATUS => {
-                if let Ok(f) = decode::full_status(&reply.data) {
-                    let regs: Vec<String> = f
-                        .registrations
-                        .iter()
-                        .map(|r| {
-                            format!(
-                                "{{\"key\":\"0x{:x}\",\"holder\":{},\"all_tg_pt\":{},\"scope\":{},\"type\":{},\"relative_target_port\":{},\"transport_id\":\"{}\"}}",
-                                r.key, r.holder, r.all_tg_pt, r.scope, r.pr_type, r.relative_target_port, hex(&r.transport_id)
-                            )
-                        })
-                        .collect();
-                    let _ = write!(
-                        j,
-                        ",\"generation\":{},\"registrations\":[{}]",
-                        f.generation,
-                        regs.join(",")
-                    );
-                }
+                decode::full_status(&reply.data)
+                    .ok()
+                    .map(|f| Details::FullStatus {
+                        generation: f.generation,
+                        registrations: f
+                            .registrations
+                            .iter()
+                            .map(|r| Registration {
+                                key: format!("0x{:x}", r.key),
+                                holder: r.holder,
+                                all_tg_pt: r.all_tg_pt,
+                                scope: r.scope,
+                                pr_type: r.pr_type,
+                                relative_target_port: r.relative_target_port,
+                                transport_id: hex(&r.transport_id),
+                            })
+                            .collect(),
+                    })
             }
-            _ => {}
+            _ => None,
         }
-    }
-    j.push('}');
-    j
+    } else {
+        None
+    };
+    let json = Json {
+        status: reply.header.status,
+        status_name: scsi::status::name(reply.header.status as u8),
+        sense: sense.map(|s| Sense {
+            key: s.key,
+            asc: s.asc,
+            ascq: s.ascq,
+        }),
+        data: hex(&reply.data),
+        details,
+    };
+    // Plain structs with string keys: serialising cannot fail.
+    serde_json::to_string(&json).unwrap_or_default()
 }
 
 /// Runs `pr-helper persist`.

@@ -1,7 +1,7 @@
 //! Differential test: one corpus of byte-and-fd streams sent to Debian's
 //! qemu-pr-helper 10.0.2 and to pr-helper. Every reply byte and every close
-//! must be identical, except where docs/deviations.md says otherwise; those
-//! cases assert each side's documented behaviour instead.
+//! must be identical, except where README.md's deviations table says
+//! otherwise; those cases assert each side's documented behaviour instead.
 
 mod common;
 
@@ -375,8 +375,8 @@ fn reads_unwritten_buffer(case: &Case) -> bool {
         && sends().any(|(_, fds)| fds.iter().any(|f| matches!(f, Fd::Fake("e0"))))
 }
 
-/// Documented differences (docs/deviations.md): for these cases each side
-/// is checked against its own expected behaviour.
+/// Documented differences (README.md's deviations table): for these cases
+/// each side is checked against its own expected behaviour.
 fn documented_difference(case: &Case, ours: &Observation, reference: &Observation) -> bool {
     if case.name.contains("fake device e19") {
         // ENODEV: pr-helper maps it as QEMU >= 10.1 does (04/44/00); the

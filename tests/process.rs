@@ -390,6 +390,65 @@ fn socket_activation_refuses_k_and_two_fds() {
     assert!(text(&out.stderr).contains("does not support socket activation with LISTEN_FDS > 1"));
 }
 
+/// Socket activation with an unusable fd 3: each case is refused at once,
+/// exit 1, with its own message on stderr (spec §8.4, and our checks that
+/// fd 3 is a listening Unix stream socket).
+#[test]
+fn activation_with_an_unusable_fd_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let datagram = UnixDatagram::bind(dir.path().join("dgram")).unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let cases: [(Option<i32>, &str); 3] = [
+        (
+            Some(datagram.as_raw_fd()),
+            "pr-helper: Failed to use socket activation: fd 3 is not a listening stream \
+             socket (use ListenStream= with Accept=no)\n",
+        ),
+        (
+            Some(null.as_raw_fd()),
+            "pr-helper: Failed to use socket activation: ENOTSOCK: Socket operation on \
+             non-socket\n",
+        ),
+        (
+            None,
+            "pr-helper: Socket activation failed: invalid file descriptor fd = 3: EBADF: Bad \
+             file number\n",
+        ),
+    ];
+    for (fd, expected) in cases {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\"")
+            .arg(our_binary())
+            .stdin(Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
+                cmd.env_remove(k);
+            }
+        }
+        // SAFETY: dup2, close and fcntl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ok = match fd {
+                    Some(fd) => libc::dup2(fd, 3) >= 0 && libc::fcntl(3, libc::F_SETFD, 0) >= 0,
+                    None => {
+                        libc::close(3);
+                        true
+                    }
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), expected);
+    }
+}
+
 fn connect_retry(path: &Path) -> std::os::unix::net::UnixStream {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

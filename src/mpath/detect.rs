@@ -7,6 +7,9 @@
 //! sized for the reply, an empty table is handled, and errors fail only the
 //! request (D6).
 
+// Unsafe code: the device-mapper ioctls.
+#![allow(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 

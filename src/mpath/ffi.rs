@@ -4,7 +4,12 @@
 //! (tests/mpath_layout.rs) can compare them with a C program compiled
 //! against the real header.
 //!
-//! All `unsafe` of the multipath support is in this file.
+//! The library's `unsafe` (its globals and calls, the reply buffers) is in
+//! this file; the device-mapper ioctls in `detect.rs` have their own
+//! `unsafe` blocks.
+
+// Unsafe code: the libmpathpersist binding (its global and its calls).
+#![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -136,10 +141,17 @@ fn zeroed_words(bytes: usize) -> Vec<u64> {
     vec![0u64; bytes.div_ceil(8)]
 }
 
+/// libmpathpersist_init() failed, with this return code.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "libmpathpersist_init() failed ({0}): check /etc/multipath.conf and that udev is available"
+)]
+pub struct LibraryInitError(pub c_int);
+
 /// Initialises the library (udev, /etc/multipath.conf) and sets the
 /// allocation length it uses for its own PR IN commands to 8192, as the
 /// reference does. Call once, single-threaded.
-pub fn init() -> Result<(), String> {
+pub fn init() -> Result<(), LibraryInitError> {
     // SAFETY: called once at start-up before any other thread exists, so
     // nothing else reads or writes the library's global concurrently; the
     // library reads it only inside its PR IN calls, which come later.
@@ -150,7 +162,7 @@ pub fn init() -> Result<(), String> {
     // state and returns non-zero on failure.
     let rc = unsafe { libmpathpersist_init() };
     if rc != 0 {
-        return Err(format!("libmpathpersist_init() failed ({rc}): check /etc/multipath.conf and that udev is available"));
+        return Err(LibraryInitError(rc));
     }
     Ok(())
 }

@@ -20,6 +20,6 @@ mod worker;
 #[cfg(feature = "mpath")]
 pub use detect::DetectError;
 #[cfg(feature = "mpath")]
-pub use ffi::layout;
+pub use ffi::{layout, LibraryInitError};
 #[cfg(feature = "mpath")]
 pub use worker::{InitError, Multipath, Prepared};

@@ -46,7 +46,7 @@ pub enum InitError {
     DeviceMapper(#[from] DetectError),
     /// libmpathpersist failed to initialise.
     #[error("{0} (set multipath = false to run without multipath support)")]
-    Library(String),
+    Library(#[from] ffi::LibraryInitError),
     /// The worker thread could not start.
     #[error("cannot start the multipath worker thread: {0}")]
     Thread(std::io::Error),
@@ -63,7 +63,7 @@ impl Prepared {
     /// Opens device-mapper and initialises libmpathpersist (spec §7.1).
     pub fn init() -> Result<Prepared, InitError> {
         let control = Control::open()?;
-        ffi::init().map_err(InitError::Library)?;
+        ffi::init()?;
         Ok(Prepared { control })
     }
 

@@ -40,8 +40,19 @@ pub struct Settings {
     pub removable: Vec<PathBuf>,
 }
 
+/// Why the sandbox could not be applied (a start-up error).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Landlock is supported but restricting failed.
+    #[error("cannot apply Landlock: {0}")]
+    Landlock(#[from] ::landlock::RulesetError),
+    /// The seccomp filter could not be installed.
+    #[error("cannot install the seccomp filter: {0}")]
+    Seccomp(#[from] seccomp::SeccompError),
+}
+
 /// Applies the sandbox; errors are start-up errors.
-pub fn apply(settings: &Settings) -> Result<(), String> {
+pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
     if settings.landlock {
         match landlock::restrict(settings.profile, &settings.removable) {
             Ok(landlock::Outcome::Enforced) => tracing::info!("landlock: filesystem access restricted"),
@@ -51,13 +62,11 @@ pub fn apply(settings: &Settings) -> Result<(), String> {
             Ok(landlock::Outcome::Unsupported) => tracing::warn!(
                 "landlock: not supported by this kernel; filesystem access is not restricted (seccomp still applies)"
             ),
-            Err(e) => return Err(format!("cannot apply Landlock: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
     if settings.seccomp {
-        match seccomp::install(settings.profile)
-            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?
-        {
+        match seccomp::install(settings.profile)? {
             seccomp::Outcome::Installed => tracing::info!(
                 "seccomp: system call allow-list installed ({})",
                 seccomp::ARCH

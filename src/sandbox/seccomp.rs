@@ -22,7 +22,28 @@
 //! [`Outcome::Unavailable`]: start-up logs a warning that system calls are
 //! not restricted (Landlock and NO_NEW_PRIVS still apply).
 
+// Unsafe code: the SIGSYS handler (sigaction, write, _exit) and prctl.
+#![allow(unsafe_code)]
+
 use super::Profile;
+
+/// Why the filter could not be installed (the texts are the underlying
+/// errors'; [`super::SandboxError`] says what was being done).
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The allow-list did not compile to BPF.
+    #[error(transparent)]
+    Compile(#[from] seccompiler::BackendError),
+    /// sigaction(SIGSYS) failed.
+    #[error(transparent)]
+    Handler(std::io::Error),
+    /// The kernel refused the filter.
+    #[error(transparent)]
+    Apply(#[from] seccompiler::Error),
+    /// prctl(PR_SET_NO_NEW_PRIVS) failed (builds without an allow-list).
+    #[error(transparent)]
+    NoNewPrivs(std::io::Error),
+}
 
 /// What [`install`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,20 +433,20 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 /// Installs the SIGSYS handler and the filter on the calling thread (every
 /// thread started afterwards inherits it). Where this build has no
 /// allow-list, sets NO_NEW_PRIVS only and returns [`Outcome::Unavailable`].
-pub fn install(profile: Profile) -> Result<Outcome, String> {
+pub fn install(profile: Profile) -> Result<Outcome, SeccompError> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let prog = program(profile).map_err(|e| e.to_string())?;
+        let prog = program(profile)?;
         // SAFETY: installs a handler that only calls async-signal-safe functions.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_sigsys as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO;
             if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error().to_string());
+                return Err(SeccompError::Handler(std::io::Error::last_os_error()));
             }
         }
-        seccompiler::apply_filter(&prog).map_err(|e| e.to_string())?;
+        seccompiler::apply_filter(&prog)?;
         Ok(Outcome::Installed)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -433,7 +454,7 @@ pub fn install(profile: Profile) -> Result<Outcome, String> {
         let _ = profile;
         // SAFETY: prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(std::io::Error::last_os_error().to_string());
+            return Err(SeccompError::NoNewPrivs(std::io::Error::last_os_error()));
         }
         Ok(Outcome::Unavailable)
     }

@@ -6,6 +6,9 @@
 //! kernel's command filter is bypassed, which is why the caller checks the
 //! fd's access mode before sending PERSISTENT RESERVE OUT.
 
+// Unsafe code: the SG_IO ioctl.
+#![allow(unsafe_code)]
+
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
