@@ -259,6 +259,9 @@ pub fn keys() -> &'static [&'static str] {
 }
 
 /// A deserializer that only records the field names a struct asks for.
+/// serde has no reflection; this is the usual way to read a struct's
+/// field list from its derived `Deserialize` (the list serde itself uses
+/// for `deny_unknown_fields`), so the keys are never written out by hand.
 struct FieldNames<'a>(&'a mut &'static [&'static str]);
 
 impl<'de> Deserializer<'de> for FieldNames<'_> {
@@ -321,6 +324,9 @@ struct NotSettings {
     print_config: bool,
 }
 
+// By hand rather than derived: the derive cannot record which options were
+// given (clap's `ValueSource`), and the command-line layer must hold only
+// those, so that a default never hides the file or the environment.
 impl Args for ServerArgs {
     fn augment_args(cmd: Command) -> Command {
         NotSettings::augment_args(Config::augment_args(cmd))
@@ -764,7 +770,9 @@ pub fn example_file() -> String {
 }
 
 /// `text` as lines of at most `width` characters, each starting with
-/// `prefix` (a word longer than a line gets a line of its own).
+/// `prefix` (a word longer than a line gets a line of its own). Kept by
+/// hand: a greedy wrap of plain ASCII prose for one generated file, where
+/// the textwrap crate would be a new dependency of the binary.
 fn wrap(text: &str, prefix: &str, width: usize) -> String {
     let mut out = String::new();
     let mut line = String::from(prefix);
@@ -1106,6 +1114,67 @@ mod tests {
             assert!(l.origin_of("trace").starts_with("file "));
             Ok(())
         });
+    }
+
+    /// README.md's table of settings is a copy for readers; it must list
+    /// every key, in order, with its environment variable, its options and
+    /// its built-in default as the definition has them.
+    #[test]
+    fn readme_table_agrees_with_the_settings() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let cmd = ServerArgs::augment_args(Command::new("pr-helper"));
+        let rows: Vec<Vec<String>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.matches(" | ").count() == 3)
+            .map(|l| {
+                l.trim_matches('|')
+                    .split(" | ")
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect();
+        let listed: Vec<String> = rows.iter().map(|r| r[0].replace('`', "")).collect();
+        assert_eq!(listed, keys(), "README.md's settings table");
+        let defaults = Value::serialize(Config::default()).unwrap();
+        for row in &rows {
+            let key = row[0].replace('`', "");
+            let env = format!("`{ENV_PREFIX}{}`", key.to_uppercase());
+            assert!(row[1].starts_with(&env), "{key}: {}", row[1]);
+            let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key.as_str()) else {
+                assert_eq!(row[2], "`-v` (1 + count), `-q` (0)", "{key}");
+                continue;
+            };
+            let mut options: Vec<String> = arg
+                .get_short()
+                .map(|c| format!("-{c}"))
+                .into_iter()
+                .collect();
+            options.extend(arg.get_long().map(|l| format!("--{l}")));
+            let names = options.join(", ");
+            assert!(
+                row[2].replace('`', "").starts_with(&names),
+                "{key}: {} is not {names}",
+                row[2]
+            );
+            match defaults.find_ref(&key) {
+                Some(v) if !arg.is_hide_default_value_set() => {
+                    let shown = format!("`{}`", toml_value(v).trim_matches('"'));
+                    assert!(
+                        row[3].starts_with(&shown),
+                        "{key}: {} is not {shown}",
+                        row[3]
+                    );
+                }
+                _ => {}
+            }
+        }
+        // Every option of the helper is in README.md.
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(readme.contains(&format!("`--{long}")), "--{long} missing");
+            }
+        }
     }
 
     #[test]
