@@ -1169,6 +1169,16 @@ mod tests {
                 _ => {}
             }
         }
+        // Help texts that quote a default path quote the one in use.
+        let help = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        assert!(help("pidfile").contains(DEFAULT_PIDFILE));
+        assert!(help("config").contains(DEFAULT_CONFIG_FILE));
         // Every option of the helper is in README.md.
         for arg in cmd.get_arguments() {
             if let Some(long) = arg.get_long() {
