@@ -30,9 +30,8 @@ use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::listener::MAX_SOCKET_PATH;
 use crate::logging::{LogTarget, TraceOptions};
-use crate::protocol::DEFAULT_SOCKET;
+use crate::protocol::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 
 /// Default pidfile path, used with `-d` when no `-f` is given.
 pub const DEFAULT_PIDFILE: &str = "/run/qemu-pr-helper.pid";

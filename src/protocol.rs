@@ -34,6 +34,9 @@ pub const SUPPORTED_FEATURES: u32 = 0;
 /// The socket path helper and clients use unless told otherwise (the one
 /// systemd's qemu-pr-helper.socket listens on).
 pub const DEFAULT_SOCKET: &str = "/run/qemu-pr-helper.sock";
+/// Longest socket path there is (`sizeof(sun_path)`): the helper refuses a
+/// longer one rather than listen where no client can connect.
+pub const MAX_SOCKET_PATH: usize = 108;
 
 /// SCSI opcode PERSISTENT RESERVE IN.
 pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
