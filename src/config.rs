@@ -89,9 +89,6 @@ pub struct Config {
     #[arg(skip = 1)]
     pub verbosity: u8,
     /// Where log messages go
-    ///
-    /// auto: journald when stderr is connected to the journal or when
-    /// daemonized with journald running, stderr otherwise.
     #[arg(long, value_name = "TARGET", default_value_t = LogTarget::Auto)]
     pub log_target: LogTarget,
     /// Trace options: [[enable=]PATTERN][,events=FILE][,file=FILE]; see pr-helper(8)
@@ -726,14 +723,27 @@ impl Loaded {
 }
 
 /// The help text of each key, from [`Config`]'s clap definition: `--help`'s
-/// text (all paragraphs), and [`VERBOSITY_HELP`] for `verbosity`.
+/// text (paragraphs separated by blank lines) with the values it may take
+/// where they have their own help, and [`VERBOSITY_HELP`] for `verbosity`.
 pub fn key_help(key: &str) -> String {
     let cmd = Config::augment_args(Command::new("pr-helper"));
-    let help = cmd
-        .get_arguments()
-        .find(|a| a.get_id() == key)
-        .and_then(|a| a.get_long_help().or(a.get_help()))
-        .map_or_else(|| VERBOSITY_HELP.to_string(), |h| h.to_string());
+    let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key) else {
+        return VERBOSITY_HELP.to_string();
+    };
+    let mut help = arg
+        .get_long_help()
+        .or(arg.get_help())
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let values: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .filter_map(|v| Some(format!("\"{}\": {}.", v.get_name(), v.get_help()?)))
+        .collect();
+    if !values.is_empty() {
+        help.push_str("\n\n");
+        help.push_str(&values.join(" "));
+    }
     help
 }
 
