@@ -1,192 +1,361 @@
-//! Configuration: qemu-pr-helper's command line (clap) and figment layers.
+//! Configuration: the settings, their command-line options and figment layers.
 //!
-//! Every setting has one name, used as the TOML key, as the environment
-//! variable `PR_HELPER_<NAME>` and (kebab-cased) as the long option. Layers,
-//! lowest first: built-in defaults, the TOML file (`/etc/pr-helper/config.toml`
-//! if present, or the one `--config` names, which must exist), the
-//! environment, the command line. Unknown keys and bad values are start-up
-//! errors that name the key, the value and the layer it came from.
+//! [`Config`] is the one definition of the settings. Each field is a key:
+//! its name is the TOML key, the environment variable `PR_HELPER_<NAME>`
+//! and (kebab-cased) the long option; its clap attributes give the option's
+//! letter, its built-in default and its help text (the doc comment). From
+//! that one struct follow the command-line options (`#[command(flatten)]` in
+//! [`ServerArgs`]), the built-in defaults layer ([`Config::default`] parses
+//! an empty command line), the command-line layer (the keys clap reports as
+//! given), `--print-config` ([`Loaded::render`]), the list of keys
+//! ([`keys`], read from the struct's serde definition) and the documentation
+//! (pr-helper(8) and docs/config.toml.example, see [`example_file`]).
+//!
+//! Layers, lowest first: built-in defaults, the TOML file
+//! (`/etc/pr-helper/config.toml` if present, or the one `--config` names,
+//! which must exist), the environment, the command line. Unknown keys and bad
+//! values are start-up errors that name the key, the value and the layer it
+//! came from.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::de::{Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
-/// Default socket path (the path systemd's qemu-pr-helper.socket uses).
-pub const DEFAULT_SOCKET: &str = "/run/qemu-pr-helper.sock";
+use crate::logging::{LogTarget, TraceOptions};
+use crate::protocol::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
+
 /// Default pidfile path, used with `-d` when no `-f` is given.
 pub const DEFAULT_PIDFILE: &str = "/run/qemu-pr-helper.pid";
 /// The configuration file read when it exists and `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/pr-helper/config.toml";
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "PR_HELPER_";
-/// `sizeof(sun_path)`.
-pub const MAX_SOCKET_PATH: usize = 108;
 
-/// The command line. Server options are qemu-pr-helper's (same letters, same
-/// meaning), plus long options for every other setting.
-#[derive(Debug, Parser)]
-#[command(
-    name = "pr-helper",
-    version,
-    about = "Persistent Reservation helper for QEMU (drop-in replacement for qemu-pr-helper)",
-    long_about = "Runs SCSI PERSISTENT RESERVE IN/OUT commands for QEMU's pr-manager-helper \
-                  object on the file descriptors QEMU passes over a Unix socket.",
-    args_conflicts_with_subcommands = true,
-    after_help = "Every option can also be set in the configuration file (key: the long option \
-                  with '_' for '-') and in the environment (PR_HELPER_<KEY>). \
-                  See pr-helper(8)."
-)]
-pub struct Cli {
-    /// A client tool instead of the helper.
-    #[command(subcommand)]
-    pub command: Option<ClientCommand>,
-    /// Helper options.
-    #[command(flatten)]
-    pub server: ServerArgs,
-}
-
-/// Client tools built into the same binary.
-#[derive(Debug, Subcommand)]
-pub enum ClientCommand {
-    /// Connect to a running helper, do the handshake, report success (exit 0) or failure (exit 1).
-    Ping(crate::tools::PingArgs),
-    /// Send one PERSISTENT RESERVE IN/OUT through a running helper, as QEMU would, and decode the answer.
-    Persist(Box<crate::tools::PersistArgs>),
-    /// Ask a device directly (SG_IO) whether it supports persistent reservations.
-    Probe(crate::tools::ProbeArgs),
-}
-
-/// The helper's options.
-#[derive(Debug, Default, Args)]
-pub struct ServerArgs {
-    /// Daemonize: return once the socket and pidfile are ready (implies a pidfile).
-    #[arg(short = 'd', long = "daemon")]
-    pub daemon: bool,
-    /// Pidfile path (writing a pidfile is enabled by -d or -f) [default with -d: /run/qemu-pr-helper.pid]
-    #[arg(
-        short = 'f',
-        long = "pidfile",
-        allow_hyphen_values = true,
-        value_name = "PATH"
-    )]
-    pub pidfile: Option<PathBuf>,
-    /// Socket path; must be absolute [default: /run/qemu-pr-helper.sock]
+/// The settings: one field per configuration key, in `--print-config` and
+/// documentation order. The doc comments are the help texts: the first
+/// paragraph for `-h`, all of it for `--help`, the man page and
+/// docs/config.toml.example. A key's built-in default is its clap default
+/// (none: not set).
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Socket path; must be absolute
+    ///
+    /// The socket to listen on. Ignored under systemd socket activation,
+    /// where setting it is an error.
     #[arg(
         short = 'k',
-        long = "socket",
+        long,
         allow_hyphen_values = true,
-        value_name = "PATH"
+        value_name = "PATH",
+        default_value = DEFAULT_SOCKET
     )]
-    pub socket: Option<PathBuf>,
-    /// Trace options: [[enable=]PATTERN][,events=FILE][,file=FILE]; see pr-helper(8)
-    #[arg(
-        short = 'T',
-        long = "trace",
-        allow_hyphen_values = true,
-        value_name = "OPTS"
-    )]
-    pub trace: Option<String>,
+    pub socket: PathBuf,
+    /// Pidfile path (writing a pidfile is enabled by -d or -f) [default with -d: /run/qemu-pr-helper.pid]
+    ///
+    /// A pidfile is written when this is set or when daemon is true. A
+    /// relative path is taken from the directory pr-helper was started in.
+    #[arg(short = 'f', long, allow_hyphen_values = true, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<PathBuf>,
+    /// Daemonize: return once the socket and pidfile are ready (implies a pidfile)
+    ///
+    /// Runs in the background: the starting process exits 0 once the socket
+    /// and pidfile are ready, 1 with the error otherwise.
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
     /// User to run as (name or number)
-    #[arg(
-        short = 'u',
-        long = "user",
-        allow_hyphen_values = true,
-        value_name = "USER"
-    )]
+    ///
+    /// The identity to run as after start-up, by name or number. With a user
+    /// name and no group, the user's primary group is used.
+    #[arg(short = 'u', long, allow_hyphen_values = true, value_name = "USER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Group to run as (name or number)
-    #[arg(
-        short = 'g',
-        long = "group",
-        allow_hyphen_values = true,
-        value_name = "GROUP"
-    )]
+    #[arg(short = 'g', long, allow_hyphen_values = true, value_name = "GROUP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// Increase verbosity (repeatable)
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
-    pub verbose: u8,
-    /// Only report errors (wins over -v)
-    #[arg(short = 'q', long = "quiet")]
-    pub quiet: bool,
-    /// Configuration file (must exist) [default: /etc/pr-helper/config.toml if present]
-    #[arg(long = "config", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration, with where each value comes from, and exit
-    #[arg(long = "print-config")]
-    pub print_config: bool,
+    /// Log level: 0 errors, 1 warnings, 2 info, 3 debug (one record per
+    /// request), 4 trace. No option of its own: see [`VERBOSITY_HELP`].
+    #[arg(skip = 1)]
+    pub verbosity: u8,
     /// Where log messages go
-    #[arg(long = "log-target", value_name = "TARGET")]
-    pub log_target: Option<LogTarget>,
-    /// SG_IO timeout in seconds [default: 30]
-    #[arg(long = "sgio-timeout", value_name = "SECONDS")]
-    pub sgio_timeout: Option<u64>,
-    /// Seconds a started request may take to arrive completely [default: 30]
-    #[arg(long = "request-timeout", value_name = "SECONDS")]
-    pub request_timeout: Option<u64>,
-    /// Most simultaneous client connections [default: 1024]
-    #[arg(long = "max-connections", value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Most simultaneous connections from one client process (by its pid); 0: no limit [default: 0]
-    #[arg(long = "max-connections-per-client", value_name = "N")]
-    pub max_connections_per_client: Option<usize>,
-    /// Most SG_IO commands executing at once [default: 64]
-    #[arg(long = "sgio-threads", value_name = "N")]
-    pub sgio_threads: Option<usize>,
+    #[arg(long, value_name = "TARGET", default_value_t = LogTarget::Auto)]
+    pub log_target: LogTarget,
+    /// Trace options: [[enable=]PATTERN][,events=FILE][,file=FILE]; see pr-helper(8)
+    ///
+    /// qemu-pr-helper's -T: each PATTERN selects log targets (`pr-helper -T
+    /// help` lists them) to log at trace level.
+    #[arg(short = 'T', long, allow_hyphen_values = true, value_name = "OPTS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    /// SG_IO timeout in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub sgio_timeout: u64,
+    /// Seconds a started request may take to arrive completely
+    ///
+    /// Also the time a response may take to be written. Idle connections are
+    /// never timed out.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub request_timeout: u64,
+    /// Most simultaneous client connections
+    ///
+    /// One more is accepted and closed.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most simultaneous connections from one client process (by its pid); 0: no limit
+    ///
+    /// Counted by the peer's SO_PEERCRED pid, so that one client cannot take
+    /// every max_connections slot; one more is accepted and closed, with a
+    /// warning naming it. QEMU opens one per pr-manager-helper object. Peers
+    /// in a pid namespace the helper cannot see (pid 0) are not counted. 0
+    /// means no limit, as in qemu-pr-helper.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_client: usize,
+    /// Most SG_IO commands executing at once
+    ///
+    /// The threads of the SG_IO pool.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub sgio_threads: usize,
     /// Permissions of the created socket, in octal [default: from the umask]
-    #[arg(long = "socket-mode", value_name = "MODE")]
+    ///
+    /// Applies to a socket pr-helper creates, not to an activated one. In the
+    /// configuration file write the mode as a string ("0660") or as plain
+    /// digits (660); TOML's 0o660 notation is not supported.
+    #[arg(long, value_name = "MODE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_mode: Option<SocketMode>,
     /// Group owning the created socket (name or number)
-    #[arg(long = "socket-group", value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
     /// Send PR commands on dm-multipath devices through libmpathpersist [default: on in builds with multipath support]
-    #[arg(long = "multipath", value_name = "BOOL", action = ArgAction::Set)]
-    pub multipath: Option<bool>,
-    /// Install the seccomp system call allow-list [default: true]
-    #[arg(long = "seccomp", value_name = "BOOL", action = ArgAction::Set)]
-    pub seccomp: Option<bool>,
-    /// Restrict filesystem access with Landlock where the kernel has it [default: true]
-    #[arg(long = "landlock", value_name = "BOOL", action = ArgAction::Set)]
-    pub landlock: Option<bool>,
+    #[arg(
+        long,
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        default_value_t = cfg!(feature = "mpath"),
+        hide_default_value = true
+    )]
+    pub multipath: bool,
+    /// Install the seccomp system call allow-list
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = true)]
+    pub seccomp: bool,
+    /// Restrict filesystem access with Landlock where the kernel has it
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = true)]
+    pub landlock: bool,
     /// Only these peer uids may connect (comma-separated) [default: anyone the socket permissions let in]
-    #[arg(long = "allowed-uids", value_name = "UIDS", value_delimiter = ',')]
-    pub allowed_uids: Option<Vec<u32>>,
+    ///
+    /// In the configuration file a list of numbers.
+    #[arg(long, value_name = "UIDS", value_delimiter = ',')]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "id_list"
+    )]
+    pub allowed_uids: Vec<u32>,
     /// Only peers with these primary gids may connect (comma-separated)
-    #[arg(long = "allowed-gids", value_name = "GIDS", value_delimiter = ',')]
-    pub allowed_gids: Option<Vec<u32>>,
-    /// Log every PR OUT as an audit record at info level [default: true]
-    #[arg(long = "audit", value_name = "BOOL", action = ArgAction::Set)]
-    pub audit: Option<bool>,
+    #[arg(long, value_name = "GIDS", value_delimiter = ',')]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "id_list"
+    )]
+    pub allowed_gids: Vec<u32>,
+    /// Log every PR OUT as an audit record at info level
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = true)]
+    pub audit: bool,
 }
 
-/// Where log messages go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogTarget {
-    /// journald when stderr is connected to the journal (or when daemonized
-    /// and journald runs), stderr otherwise.
-    #[default]
-    Auto,
-    /// Always stderr.
-    Stderr,
-    /// Always journald.
-    Journald,
+/// What `verbosity` means; the one key without an option of its own (`-v`
+/// adds one per use to the default 1, `-q` sets 0, see [`ServerArgs`]).
+pub const VERBOSITY_HELP: &str = "Log level: 0 errors, 1 warnings, 2 info, 3 debug (one record \
+     per request), 4 trace. On the command line each -v adds one to the default 1 and -q sets \
+     0 (and wins over -v).";
+
+impl Default for Config {
+    /// The built-in defaults: the clap defaults, got by parsing an empty
+    /// command line.
+    fn default() -> Self {
+        let matches =
+            Config::augment_args(Command::new("pr-helper")).try_get_matches_from(["pr-helper"]);
+        // Cannot fail: no setting is required; the `defaults` test parses it.
+        match matches.and_then(|m| Config::from_arg_matches(&m)) {
+            Ok(config) => config,
+            Err(e) => unreachable!("the built-in defaults do not parse: {e}"),
+        }
+    }
 }
 
-impl fmt::Display for LogTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LogTarget::Auto => "auto",
-            LogTarget::Stderr => "stderr",
-            LogTarget::Journald => "journald",
+impl Config {
+    /// The pidfile to write, if any: `-f`, or the default with `-d`.
+    pub fn effective_pidfile(&self) -> Option<PathBuf> {
+        self.pidfile
+            .clone()
+            .or_else(|| self.daemon.then(|| PathBuf::from(DEFAULT_PIDFILE)))
+    }
+
+    /// SG_IO timeout.
+    pub fn sgio_timeout(&self) -> Duration {
+        Duration::from_secs(self.sgio_timeout)
+    }
+
+    /// Request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout)
+    }
+
+    /// A value for every key, for docs/config.toml.example: the built-in
+    /// defaults, and an example where there is none.
+    pub fn example() -> Config {
+        Config {
+            pidfile: Some(DEFAULT_PIDFILE.into()),
+            user: Some("nobody".into()),
+            group: Some("nogroup".into()),
+            trace: Some("connection".into()),
+            socket_mode: Some(SocketMode(0o660)),
+            socket_group: Some("kvm".into()),
+            // The default depends on the build; the example shows "on".
+            multipath: true,
+            allowed_uids: vec![0, 107],
+            allowed_gids: vec![107],
+            ..Config::default()
+        }
+    }
+}
+
+impl From<&Config> for crate::logging::Settings {
+    fn from(c: &Config) -> Self {
+        crate::logging::Settings {
+            verbosity: c.verbosity,
+            log_target: c.log_target,
+            trace: c.trace.clone(),
+            audit: c.audit,
+        }
+    }
+}
+
+/// Every configuration key, in display order: the field names of
+/// [`Config`], as its serde definition lists them.
+pub fn keys() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    // Config's Deserialize asks for a struct and names its fields; the
+    // answer is an error, which is expected.
+    let _ = Config::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+/// A deserializer that only records the field names a struct asks for.
+/// serde has no reflection; this is the usual way to read a struct's
+/// field list from its derived `Deserialize` (the list serde itself uses
+/// for `deny_unknown_fields`), so the keys are never written out by hand.
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("only field names are read"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("only field names are read"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// The helper's command line: an option for every setting of [`Config`]
+/// (except `verbosity`, which `-v` and `-q` set), and the options that are
+/// not settings.
+#[derive(Debug, Clone)]
+pub struct ServerArgs {
+    /// The settings as parsed, built-in defaults where not given.
+    pub settings: Config,
+    /// The keys whose option was given on the command line.
+    pub given: Vec<&'static str>,
+    /// `-v` count.
+    pub verbose: u8,
+    /// `-q`.
+    pub quiet: bool,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--print-config`.
+    pub print_config: bool,
+}
+
+/// The options of [`ServerArgs`] that are not settings.
+#[derive(Debug, Args)]
+struct NotSettings {
+    /// Increase verbosity (repeatable)
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    verbose: u8,
+    /// Only report errors (wins over -v)
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// Configuration file (must exist) [default: /etc/pr-helper/config.toml if present]
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration, with where each value comes from, and exit
+    #[arg(long = "print-config")]
+    print_config: bool,
+}
+
+// By hand rather than derived: the derive cannot record which options were
+// given (clap's `ValueSource`), and the command-line layer must hold only
+// those, so that a default never hides the file or the environment.
+impl Args for ServerArgs {
+    fn augment_args(cmd: Command) -> Command {
+        NotSettings::augment_args(Config::augment_args(cmd))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        NotSettings::augment_args_for_update(Config::augment_args_for_update(cmd))
+    }
+}
+
+impl FromArgMatches for ServerArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let other = NotSettings::from_arg_matches(m)?;
+        Ok(ServerArgs {
+            settings: Config::from_arg_matches(m)?,
+            // Arg ids are the field names, that is the keys.
+            given: keys()
+                .iter()
+                .copied()
+                .filter(|k| {
+                    m.try_get_raw(k).is_ok() && m.value_source(k) == Some(ValueSource::CommandLine)
+                })
+                .collect(),
+            verbose: other.verbose,
+            quiet: other.quiet,
+            config: other.config,
+            print_config: other.print_config,
         })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = ServerArgs::from_arg_matches(m)?;
+        Ok(())
     }
 }
 
@@ -239,71 +408,6 @@ impl<'de> Deserialize<'de> for SocketMode {
     }
 }
 
-/// The effective configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Socket path (`-k`).
-    pub socket: PathBuf,
-    /// Pidfile path (`-f`); a pidfile is written when this is set or `daemon` is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pidfile: Option<PathBuf>,
-    /// Run in the background (`-d`).
-    pub daemon: bool,
-    /// User to switch to (`-u`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Group to switch to (`-g`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// 0 errors only, 1 warnings (default), 2 info, 3 debug, 4 trace.
-    pub verbosity: u8,
-    /// Where logs go.
-    pub log_target: LogTarget,
-    /// qemu-pr-helper's `-T` options, mapped onto log filters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<String>,
-    /// SG_IO timeout, seconds.
-    pub sgio_timeout: u64,
-    /// Time a started request may take to arrive, seconds.
-    pub request_timeout: u64,
-    /// Most simultaneous connections.
-    pub max_connections: usize,
-    /// Most simultaneous connections from one peer process (SO_PEERCRED
-    /// pid); 0 = unlimited.
-    pub max_connections_per_client: usize,
-    /// Most SG_IO commands at once.
-    pub sgio_threads: usize,
-    /// Socket permissions (default: umask).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket_mode: Option<SocketMode>,
-    /// Socket group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket_group: Option<String>,
-    /// Multipath devices through libmpathpersist (builds with `mpath`).
-    pub multipath: bool,
-    /// Seccomp allow-list.
-    pub seccomp: bool,
-    /// Landlock filesystem restrictions.
-    pub landlock: bool,
-    /// Peer uids allowed to connect (empty: all).
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "id_list"
-    )]
-    pub allowed_uids: Vec<u32>,
-    /// Peer gids allowed to connect (empty: all).
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "id_list"
-    )]
-    pub allowed_gids: Vec<u32>,
-    /// Audit records for PR OUT.
-    pub audit: bool,
-}
-
 /// A list of ids: a TOML array, or a comma-separated string (environment).
 fn id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     #[derive(Deserialize)]
@@ -328,160 +432,29 @@ fn id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            socket: PathBuf::from(DEFAULT_SOCKET),
-            pidfile: None,
-            daemon: false,
-            user: None,
-            group: None,
-            verbosity: 1,
-            log_target: LogTarget::Auto,
-            trace: None,
-            sgio_timeout: 30,
-            request_timeout: 30,
-            max_connections: 1024,
-            max_connections_per_client: 0,
-            sgio_threads: 64,
-            socket_mode: None,
-            socket_group: None,
-            multipath: cfg!(feature = "mpath"),
-            seccomp: true,
-            landlock: true,
-            allowed_uids: Vec::new(),
-            allowed_gids: Vec::new(),
-            audit: true,
-        }
+/// The command-line layer: the keys whose options were given, and
+/// `verbosity` when `-v` or `-q` was.
+fn command_line_layer(args: &ServerArgs) -> Dict {
+    let mut settings = args.settings.clone();
+    settings.pidfile = settings.pidfile.as_deref().map(absolute);
+    let mut layer = match Value::serialize(&settings) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    };
+    layer.retain(|key, _| args.given.contains(&key.as_str()));
+    // -q wins over -v whatever the order; each -v adds one to the default
+    // level 1, as in qemu-pr-helper.
+    let verbosity = if args.quiet {
+        Some(0)
+    } else if args.verbose > 0 {
+        Some(1u8.saturating_add(args.verbose))
+    } else {
+        None
+    };
+    if let Some(v) = verbosity {
+        layer.insert("verbosity".into(), Value::from(v));
     }
-}
-
-/// Every configuration key, in display order.
-pub const KEYS: &[&str] = &[
-    "socket",
-    "pidfile",
-    "daemon",
-    "user",
-    "group",
-    "verbosity",
-    "log_target",
-    "trace",
-    "sgio_timeout",
-    "request_timeout",
-    "max_connections",
-    "max_connections_per_client",
-    "sgio_threads",
-    "socket_mode",
-    "socket_group",
-    "multipath",
-    "seccomp",
-    "landlock",
-    "allowed_uids",
-    "allowed_gids",
-    "audit",
-];
-
-impl Config {
-    /// The pidfile to write, if any: `-f`, or the default with `-d`.
-    pub fn effective_pidfile(&self) -> Option<PathBuf> {
-        self.pidfile
-            .clone()
-            .or_else(|| self.daemon.then(|| PathBuf::from(DEFAULT_PIDFILE)))
-    }
-
-    /// SG_IO timeout.
-    pub fn sgio_timeout(&self) -> Duration {
-        Duration::from_secs(self.sgio_timeout)
-    }
-
-    /// Request timeout.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout)
-    }
-}
-
-/// The command-line layer: only the options that were given.
-#[derive(Debug, Default, Serialize)]
-struct CommandLine {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pidfile: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    daemon: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    verbosity: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_target: Option<LogTarget>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sgio_timeout: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_timeout: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_connections: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_connections_per_client: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sgio_threads: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket_mode: Option<SocketMode>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket_group: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    multipath: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seccomp: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    landlock: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    allowed_uids: Option<Vec<u32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    allowed_gids: Option<Vec<u32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    audit: Option<bool>,
-}
-
-impl CommandLine {
-    fn from_args(args: &ServerArgs) -> Self {
-        // -q wins over -v whatever the order; each -v adds one to the
-        // default level 1, as in qemu-pr-helper.
-        let verbosity = if args.quiet {
-            Some(0)
-        } else if args.verbose > 0 {
-            Some(1u8.saturating_add(args.verbose))
-        } else {
-            None
-        };
-        CommandLine {
-            socket: args.socket.clone(),
-            pidfile: args.pidfile.as_ref().map(|p| absolute(p)),
-            daemon: args.daemon.then_some(true),
-            user: args.user.clone(),
-            group: args.group.clone(),
-            verbosity,
-            log_target: args.log_target,
-            trace: args.trace.clone(),
-            sgio_timeout: args.sgio_timeout,
-            request_timeout: args.request_timeout,
-            max_connections: args.max_connections,
-            max_connections_per_client: args.max_connections_per_client,
-            sgio_threads: args.sgio_threads,
-            socket_mode: args.socket_mode,
-            socket_group: args.socket_group.clone(),
-            multipath: args.multipath,
-            seccomp: args.seccomp,
-            landlock: args.landlock,
-            allowed_uids: args.allowed_uids.clone(),
-            allowed_gids: args.allowed_gids.clone(),
-            audit: args.audit,
-        }
-    }
+    layer
 }
 
 /// A relative pidfile is taken from the directory pr-helper was started in
@@ -527,8 +500,8 @@ pub struct Loaded {
     figment: Figment,
 }
 
-/// Builds the layered configuration for these command-line arguments, with
-/// `env` standing for the process environment.
+/// Builds the layered configuration for these command-line arguments and
+/// the process environment.
 pub fn load(args: &ServerArgs) -> Result<Loaded, ConfigError> {
     load_with_env(args, Env::prefixed(ENV_PREFIX))
 }
@@ -562,7 +535,7 @@ fn load_with_env(args: &ServerArgs, env: Env) -> Result<Loaded, ConfigError> {
     figment = figment.merge(env);
     let cli = Named {
         name: COMMAND_LINE_NAME,
-        data: CommandLine::from_args(args),
+        data: command_line_layer(args),
     };
     figment = figment.merge(cli);
     let config: Config = figment
@@ -583,13 +556,14 @@ fn check_keys(provider: &impl Provider) -> Result<(), ConfigError> {
         };
         ConfigError(format!("cannot read configuration from {from}: {e}"))
     })?;
+    let keys = keys();
     for (profile, dict) in &data {
         for key in dict.keys() {
-            if !KEYS.contains(&key.as_str()) {
+            if !keys.contains(&key.as_str()) {
                 return Err(ConfigError(format!(
                     "unknown setting `{key}` in {}; known settings: {}",
                     origin(&meta, profile, key),
-                    KEYS.join(", ")
+                    keys.join(", ")
                 )));
             }
         }
@@ -635,31 +609,24 @@ fn describe_figment_error(figment: &Figment, e: figment::Error) -> ConfigError {
 fn show_value(figment: &Figment, key: &str) -> String {
     figment
         .find_value(key)
-        .map(|v| format!(" ({})", render(&v)))
+        .map(|v| format!(" ({})", toml_value(&v)))
         .unwrap_or_default()
 }
 
-/// A value as TOML would write it.
-fn render(v: &Value) -> String {
-    match v {
-        Value::String(_, s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
-        Value::Char(_, c) => format!("\"{c}\""),
-        Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => n
-            .to_u128()
-            .map(|u| u.to_string())
-            .or_else(|| n.to_i128().map(|i| i.to_string()))
-            .or_else(|| n.to_f64().map(|f| f.to_string()))
-            .unwrap_or_default(),
-        Value::Empty(..) => "\"\"".to_string(),
-        Value::Dict(_, d) => format!(
-            "{{ {} }}",
-            d.iter()
-                .map(|(k, v)| format!("{k} = {}", render(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Value::Array(_, a) => format!("[{}]", a.iter().map(render).collect::<Vec<_>>().join(", ")),
+/// A value as TOML writes it (the toml crate). TOML has no room for an
+/// integer beyond 64-bit signed or for an empty value, which a bad
+/// environment variable can hold: those are written as plain text.
+fn toml_value(v: &Value) -> String {
+    match toml::Value::try_from(v) {
+        Ok(t) => t.to_string(),
+        Err(_) => match v {
+            Value::Num(_, n) => n
+                .to_u128()
+                .map(|u| u.to_string())
+                .or_else(|| n.to_i128().map(|i| i.to_string()))
+                .unwrap_or_default(),
+            _ => "\"\"".to_string(),
+        },
     }
 }
 
@@ -679,7 +646,6 @@ impl Loaded {
             self.origin_of(key)
         ))
     }
-
     /// Checks values serde cannot: ranges, paths, names.
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.config;
@@ -730,23 +696,23 @@ impl Loaded {
             ));
         }
         if let Some(trace) = &c.trace {
-            crate::logging::TraceOptions::parse(trace).map_err(|e| self.invalid("trace", e))?;
+            TraceOptions::parse(trace).map_err(|e| self.invalid("trace", e))?;
         }
         Ok(())
     }
 
     /// The effective configuration as TOML, each value with its origin.
     pub fn render(&self) -> String {
-        let values: BTreeMap<String, Value> = match Value::serialize(&self.config) {
-            Ok(Value::Dict(_, d)) => d.into_iter().collect(),
-            _ => BTreeMap::new(),
+        let values = match Value::serialize(&self.config) {
+            Ok(Value::Dict(_, d)) => d,
+            _ => Dict::new(),
         };
         let mut out = String::from("# pr-helper effective configuration\n");
-        for key in KEYS {
+        for key in keys() {
             match values.get(*key) {
                 Some(v) => out.push_str(&format!(
                     "{key} = {}  # {}\n",
-                    render(v),
+                    toml_value(v),
                     self.origin_of(key)
                 )),
                 None => out.push_str(&format!("# {key} is not set\n")),
@@ -754,6 +720,85 @@ impl Loaded {
         }
         out
     }
+}
+
+/// The help text of each key, from [`Config`]'s clap definition: `--help`'s
+/// text (paragraphs separated by blank lines) with the values it may take
+/// where they have their own help, and [`VERBOSITY_HELP`] for `verbosity`.
+pub fn key_help(key: &str) -> String {
+    let cmd = Config::augment_args(Command::new("pr-helper"));
+    let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key) else {
+        return VERBOSITY_HELP.to_string();
+    };
+    let mut help = arg
+        .get_long_help()
+        .or(arg.get_help())
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let values: Vec<String> = arg
+        .get_possible_values()
+        .iter()
+        .filter_map(|v| Some(format!("\"{}\": {}.", v.get_name(), v.get_help()?)))
+        .collect();
+    if !values.is_empty() {
+        help.push_str("\n\n");
+        help.push_str(&values.join(" "));
+    }
+    help
+}
+
+/// docs/config.toml.example: every key, commented out, with its help text
+/// and its default or [`Config::example`]'s value.
+pub fn example_file() -> String {
+    let mut out = String::from(
+        "# pr-helper configuration (/etc/pr-helper/config.toml).\n\
+         #\n\
+         # Every key can also be set in the environment as PR_HELPER_<KEY> (upper\n\
+         # case) and on the command line as --<key> with '-' for '_' (verbosity: -v\n\
+         # and -q). The command line wins over the environment, which wins over this\n\
+         # file, which wins over the built-in defaults. `pr-helper --print-config`\n\
+         # shows the effective values and where each comes from. Unknown keys are\n\
+         # errors. Generated from pr-helper's definition of the settings\n\
+         # (src/config.rs); pr-helper(8) has the same text.\n",
+    );
+    let values = match Value::serialize(Config::example()) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    };
+    for key in keys() {
+        out.push('\n');
+        let help: Vec<String> = key_help(key)
+            .split("\n\n")
+            .map(|para| wrap(para, "# ", 78))
+            .collect();
+        out.push_str(&help.join("#\n"));
+        let value = values.get(*key).map(toml_value).unwrap_or_default();
+        out.push_str(&format!("#{key} = {value}\n"));
+    }
+    out
+}
+
+/// `text` as lines of at most `width` characters, each starting with
+/// `prefix` (a word longer than a line gets a line of its own). Kept by
+/// hand: a greedy wrap of plain ASCII prose for one generated file, where
+/// the textwrap crate would be a new dependency of the binary.
+fn wrap(text: &str, prefix: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::from(prefix);
+    for word in text.split_whitespace() {
+        if line.len() > prefix.len() && line.len() + 1 + word.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from(prefix);
+        }
+        if line.len() > prefix.len() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -765,7 +810,10 @@ mod tests {
     fn args(argv: &[&str]) -> ServerArgs {
         let mut full = vec!["pr-helper"];
         full.extend_from_slice(argv);
-        Cli::try_parse_from(full).expect("valid arguments").server
+        let matches = ServerArgs::augment_args(Command::new("pr-helper"))
+            .try_get_matches_from(full)
+            .expect("valid arguments");
+        ServerArgs::from_arg_matches(&matches).expect("valid arguments")
     }
 
     fn load_env(argv: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
@@ -800,7 +848,7 @@ mod tests {
         };
         let mut fields: Vec<_> = d.keys().cloned().collect();
         fields.sort();
-        let mut keys: Vec<_> = KEYS.iter().map(|k| k.to_string()).collect();
+        let mut keys: Vec<_> = keys().iter().map(|k| k.to_string()).collect();
         keys.sort();
         assert_eq!(fields, keys);
     }
@@ -1039,6 +1087,113 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("between 0 and 1000000"), "{e}");
+    }
+
+    /// docs/config.toml.example is what [`example_file`] makes from the
+    /// settings: every key, its help text, a value that loads.
+    #[test]
+    fn example_file_is_generated_from_the_settings() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.toml.example");
+        let text = example_file();
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            text,
+            "docs/config.toml.example is stale: cargo run --manifest-path \
+             packaging/gen-docs/Cargo.toml -- packaging/generated docs/config.toml.example"
+        );
+        for key in keys() {
+            assert!(text.contains(&format!("\n#{key} = ")), "{key} missing");
+        }
+        // Uncommented, the example is a valid configuration (but for the
+        // names, which need not exist here) that sets every key.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| keys().iter().any(|k| l.starts_with(&format!("{k} = "))))
+            .filter(|l| !l.starts_with("user ") && !l.starts_with("group "))
+            .filter(|l| !l.starts_with("socket_group ") && !l.starts_with("multipath "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("example.toml", &uncommented)?;
+            let l = load(&args(&["--config", "example.toml"])).unwrap();
+            assert_eq!(l.config.socket_mode, Some(SocketMode(0o660)));
+            assert_eq!(l.config.allowed_uids, vec![0, 107]);
+            assert!(l.origin_of("trace").starts_with("file "));
+            Ok(())
+        });
+    }
+
+    /// README.md's table of settings is a copy for readers; it must list
+    /// every key, in order, with its environment variable, its options and
+    /// its built-in default as the definition has them.
+    #[test]
+    fn readme_table_agrees_with_the_settings() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let cmd = ServerArgs::augment_args(Command::new("pr-helper"));
+        let rows: Vec<Vec<String>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.matches(" | ").count() == 3)
+            .map(|l| {
+                l.trim_matches('|')
+                    .split(" | ")
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect();
+        let listed: Vec<String> = rows.iter().map(|r| r[0].replace('`', "")).collect();
+        assert_eq!(listed, keys(), "README.md's settings table");
+        let defaults = Value::serialize(Config::default()).unwrap();
+        for row in &rows {
+            let key = row[0].replace('`', "");
+            let env = format!("`{ENV_PREFIX}{}`", key.to_uppercase());
+            assert!(row[1].starts_with(&env), "{key}: {}", row[1]);
+            let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key.as_str()) else {
+                assert_eq!(row[2], "`-v` (1 + count), `-q` (0)", "{key}");
+                continue;
+            };
+            let mut options: Vec<String> = arg
+                .get_short()
+                .map(|c| format!("-{c}"))
+                .into_iter()
+                .collect();
+            options.extend(arg.get_long().map(|l| format!("--{l}")));
+            let names = options.join(", ");
+            assert!(
+                row[2].replace('`', "").starts_with(&names),
+                "{key}: {} is not {names}",
+                row[2]
+            );
+            match defaults.find_ref(&key) {
+                Some(v) if !arg.is_hide_default_value_set() => {
+                    let shown = format!("`{}`", toml_value(v).trim_matches('"'));
+                    assert!(
+                        row[3].starts_with(&shown),
+                        "{key}: {} is not {shown}",
+                        row[3]
+                    );
+                }
+                _ => {}
+            }
+        }
+        // Help texts that quote a default path quote the one in use.
+        let help = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        assert!(help("pidfile").contains(DEFAULT_PIDFILE));
+        assert!(help("config").contains(DEFAULT_CONFIG_FILE));
+        // Every option of the helper is in README.md.
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(readme.contains(&format!("`--{long}")), "--{long} missing");
+            }
+        }
     }
 
     #[test]

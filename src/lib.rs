@@ -14,7 +14,8 @@
 //! * [`pool`]: the bounded worker threads that run SG_IO off the event loop;
 //! * [`isolation`]: at most two commands at once per device, the rest wait;
 //! * [`mpath`]: dm-multipath devices through libmpathpersist (feature `mpath`);
-//! * [`config`]: command line and figment layers;
+//! * [`config`]: the settings, their options and figment layers;
+//! * [`cli`]: the command line (helper options or a client tool);
 //! * [`startup`], [`listener`], [`activation`], [`daemon`], [`privileges`],
 //!   [`signals`], [`logging`]: the process around the server;
 //! * [`sandbox`]: Landlock and seccomp after start-up;
@@ -34,6 +35,7 @@
 
 pub mod activation;
 pub mod audit;
+pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;

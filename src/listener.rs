@@ -31,7 +31,7 @@ use nix::sys::stat::{FchmodatFlags, Mode};
 use nix::unistd::{Gid, UnlinkatFlags};
 use thiserror::Error;
 
-pub use crate::config::MAX_SOCKET_PATH;
+use crate::protocol::MAX_SOCKET_PATH;
 
 /// Listen backlog. The reference uses 1, which makes simultaneous connects
 /// (many QEMUs starting at once) wait in connect(); a larger queue only

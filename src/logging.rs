@@ -25,7 +25,53 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::config::{Config, LogTarget};
+/// Where log messages go.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// journald when stderr is connected to the journal (or when daemonized
+    /// and journald runs), stderr otherwise.
+    #[default]
+    Auto,
+    /// Always stderr.
+    Stderr,
+    /// Always journald.
+    Journald,
+}
+
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogTarget::Auto => "auto",
+            LogTarget::Stderr => "stderr",
+            LogTarget::Journald => "journald",
+        })
+    }
+}
+
+/// The settings logging needs (the configuration's `verbosity`,
+/// `log_target`, `trace` and `audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// 0 errors only, 1 warnings, 2 info, 3 debug, 4 trace.
+    pub verbosity: u8,
+    /// Where logs go.
+    pub log_target: LogTarget,
+    /// qemu-pr-helper's `-T` options.
+    pub trace: Option<String>,
+    /// Audit records for PR OUT at info level.
+    pub audit: bool,
+}
 
 /// Log targets (`target:` of pr-helper's events), as `-T` patterns match them.
 pub const TARGETS: &[&str] = &[
@@ -153,7 +199,8 @@ pub enum Destination {
 
 /// Installs the global subscriber. `daemonizing`: stderr is about to become
 /// /dev/null, so `auto` prefers journald.
-pub fn init(config: &Config, daemonizing: bool) -> Result<Destination, String> {
+pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destination, String> {
+    let config = &settings.into();
     let trace = match &config.trace {
         Some(t) => TraceOptions::parse(t)?,
         None => TraceOptions::default(),

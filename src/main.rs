@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pr_helper::config::{Cli, ClientCommand};
+use pr_helper::cli::{Cli, ClientCommand};
 use pr_helper::{startup, tools};
 
 fn main() -> ExitCode {

@@ -29,6 +29,12 @@ pub const FEATURES_SIZE: usize = 4;
 /// Features this helper supports. No feature bits are defined by any released
 /// QEMU, so this is 0 and a client requesting any bit is disconnected.
 pub const SUPPORTED_FEATURES: u32 = 0;
+/// The socket path helper and clients use unless told otherwise (the one
+/// systemd's qemu-pr-helper.socket listens on).
+pub const DEFAULT_SOCKET: &str = "/run/qemu-pr-helper.sock";
+/// Longest socket path there is (`sizeof(sun_path)`): the helper refuses a
+/// longer one rather than listen where no client can connect.
+pub const MAX_SOCKET_PATH: usize = 108;
 
 /// SCSI opcode PERSISTENT RESERVE IN.
 pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;

@@ -47,20 +47,12 @@ _pr__helper() {
 
     case "${cmd}" in
         pr__helper)
-            opts="-d -f -k -T -u -g -v -q -h -V --daemon --pidfile --socket --trace --user --group --verbose --quiet --config --print-config --log-target --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --allowed-uids --allowed-gids --audit --help --version ping persist probe help"
+            opts="-k -f -d -u -g -T -v -q -h -V --socket --pidfile --daemon --user --group --log-target --trace --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --allowed-uids --allowed-gids --audit --verbose --quiet --config --print-config --help --version ping persist probe help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --pidfile)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -f)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -69,11 +61,11 @@ _pr__helper() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --trace)
+                --pidfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                -T)
+                -f)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -93,12 +85,16 @@ _pr__helper() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --config)
+                --log-target)
+                    COMPREPLY=($(compgen -W "auto stderr journald" -- "${cur}"))
+                    return 0
+                    ;;
+                --trace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --log-target)
-                    COMPREPLY=($(compgen -W "auto stderr journald" -- "${cur}"))
+                -T)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --sgio-timeout)
@@ -151,6 +147,10 @@ _pr__helper() {
                     ;;
                 --audit)
                     COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

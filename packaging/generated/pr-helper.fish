@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pr_helper_global_optspecs
-    string join \n d/daemon f/pidfile= k/socket= T/trace= u/user= g/group= v/verbose q/quiet config= print-config log-target= sgio-timeout= request-timeout= max-connections= max-connections-per-client= sgio-threads= socket-mode= socket-group= multipath= seccomp= landlock= allowed-uids= allowed-gids= audit= h/help V/version
+    string join \n k/socket= f/pidfile= d/daemon u/user= g/group= log-target= T/trace= sgio-timeout= request-timeout= max-connections= max-connections-per-client= sgio-threads= socket-mode= socket-group= multipath= seccomp= landlock= allowed-uids= allowed-gids= audit= v/verbose q/quiet config= print-config h/help V/version
 end
 
 function __fish_pr_helper_needs_command
@@ -24,32 +24,32 @@ function __fish_pr_helper_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -s k -l socket -d 'Socket path; must be absolute' -r -F
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -s f -l pidfile -d 'Pidfile path (writing a pidfile is enabled by -d or -f) [default with -d: /run/qemu-pr-helper.pid]' -r -F
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -s k -l socket -d 'Socket path; must be absolute [default: /run/qemu-pr-helper.sock]' -r -F
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -s T -l trace -d 'Trace options: [[enable=]PATTERN][,events=FILE][,file=FILE]; see pr-helper(8)' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -s u -l user -d 'User to run as (name or number)' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -s g -l group -d 'Group to run as (name or number)' -r
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l config -d 'Configuration file (must exist) [default: /etc/pr-helper/config.toml if present]' -r -F
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l log-target -d 'Where log messages go' -r -f -a "auto\t'journald when stderr is connected to the journal (or when daemonized and journald runs), stderr otherwise'
 stderr\t'Always stderr'
 journald\t'Always journald'"
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l sgio-timeout -d 'SG_IO timeout in seconds [default: 30]' -r
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l request-timeout -d 'Seconds a started request may take to arrive completely [default: 30]' -r
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l max-connections -d 'Most simultaneous client connections [default: 1024]' -r
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l max-connections-per-client -d 'Most simultaneous connections from one client process (by its pid); 0: no limit [default: 0]' -r
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l sgio-threads -d 'Most SG_IO commands executing at once [default: 64]' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -s T -l trace -d 'Trace options: [[enable=]PATTERN][,events=FILE][,file=FILE]; see pr-helper(8)' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l sgio-timeout -d 'SG_IO timeout in seconds' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l request-timeout -d 'Seconds a started request may take to arrive completely' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l max-connections -d 'Most simultaneous client connections' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l max-connections-per-client -d 'Most simultaneous connections from one client process (by its pid); 0: no limit' -r
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l sgio-threads -d 'Most SG_IO commands executing at once' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l socket-mode -d 'Permissions of the created socket, in octal [default: from the umask]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l socket-group -d 'Group owning the created socket (name or number)' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l multipath -d 'Send PR commands on dm-multipath devices through libmpathpersist [default: on in builds with multipath support]' -r -f -a "true\t''
 false\t''"
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l seccomp -d 'Install the seccomp system call allow-list [default: true]' -r -f -a "true\t''
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l seccomp -d 'Install the seccomp system call allow-list' -r -f -a "true\t''
 false\t''"
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l landlock -d 'Restrict filesystem access with Landlock where the kernel has it [default: true]' -r -f -a "true\t''
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l landlock -d 'Restrict filesystem access with Landlock where the kernel has it' -r -f -a "true\t''
 false\t''"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l allowed-uids -d 'Only these peer uids may connect (comma-separated) [default: anyone the socket permissions let in]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l allowed-gids -d 'Only peers with these primary gids may connect (comma-separated)' -r
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l audit -d 'Log every PR OUT as an audit record at info level [default: true]' -r -f -a "true\t''
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l audit -d 'Log every PR OUT as an audit record at info level' -r -f -a "true\t''
 false\t''"
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l config -d 'Configuration file (must exist) [default: /etc/pr-helper/config.toml if present]' -r -F
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -s d -l daemon -d 'Daemonize: return once the socket and pidfile are ready (implies a pidfile)'
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -s v -l verbose -d 'Increase verbosity (repeatable)'
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -s q -l quiet -d 'Only report errors (wins over -v)'

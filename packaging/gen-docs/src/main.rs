@@ -1,33 +1,55 @@
 //! Writes pr-helper(8) and the bash, zsh and fish completions, all generated
-//! from pr-helper's clap definition (`pr_helper::config::Cli`), into the
-//! directory given as the only argument:
+//! from pr-helper's clap definition (`pr_helper::cli::Cli`, whose helper
+//! options are the settings of `pr_helper::config::Config`), into the
+//! directory given as the first argument:
 //!
 //! ```text
 //! pr-helper.8  pr-helper.bash  _pr-helper  pr-helper.fish
 //! ```
 //!
+//! With a second argument, also writes the commented configuration example
+//! (`pr_helper::config::example_file`) there:
+//!
+//! ```text
+//! cargo run --manifest-path packaging/gen-docs/Cargo.toml -- packaging/generated docs/config.toml.example
+//! ```
+//!
 //! The output depends only on the source (no dates, no paths), so the
 //! committed copies in packaging/generated/ can be checked for staleness by
-//! generating again and comparing (packaging/test.sh does).
+//! generating again and comparing (packaging/test.sh does; a unit test of
+//! the main crate checks docs/config.toml.example).
 // SPDX-License-Identifier: GPL-2.0-or-later
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::CommandFactory;
+use clap::{Arg, CommandFactory};
 use clap_complete::Shell;
-use pr_helper::config::{Cli, DEFAULT_CONFIG_FILE, DEFAULT_PIDFILE, DEFAULT_SOCKET, ENV_PREFIX, KEYS};
+use pr_helper::cli::Cli;
+use pr_helper::config::{self, DEFAULT_CONFIG_FILE, DEFAULT_PIDFILE, ENV_PREFIX};
+use pr_helper::protocol::DEFAULT_SOCKET;
+use roff::{bold, roman, Roff};
 
 const NAME: &str = "pr-helper";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir] = args.as_slice() else {
-        eprintln!("usage: pr-helper-gen-docs OUTPUT_DIR");
-        return ExitCode::FAILURE;
+    let (dir, example) = match args.as_slice() {
+        [dir] => (dir, None),
+        [dir, example] => (dir, Some(example)),
+        _ => {
+            eprintln!("usage: pr-helper-gen-docs OUTPUT_DIR [CONFIG_EXAMPLE_FILE]");
+            return ExitCode::FAILURE;
+        }
     };
-    match generate(Path::new(dir)) {
+    let result = generate(Path::new(dir)).and_then(|mut files| {
+        if let Some(path) = example {
+            std::fs::write(path, config::example_file())?;
+            files.push(PathBuf::from(path));
+        }
+        Ok(files)
+    });
+    match result {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());
@@ -75,64 +97,74 @@ fn man_page() -> std::io::Result<Vec<u8>> {
         .section("8")
         .source(format!("{NAME} {version}"))
         .manual("System Administration");
+    // The client commands as clap_mangen renders them, named "pr-helper X".
+    let subs: Vec<clap_mangen::Man> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|sub| {
+            let full = format!("{NAME} {}", sub.get_name());
+            clap_mangen::Man::new(sub.clone().bin_name(full.clone()).display_name(full))
+        })
+        .collect();
+
     let mut out = Vec::new();
     man.render_title(&mut out)?;
     man.render_name_section(&mut out)?;
-    render_synopsis(&mut out)?;
+    // The synopsis: the helper's, then each client command's, all
+    // generated from the clap definition.
+    man.render_synopsis_section(&mut out)?;
+    let mut br = Roff::new();
+    br.control("br", []);
+    for sub in &subs {
+        let mut synopsis = Vec::new();
+        sub.render_synopsis_section(&mut synopsis)?;
+        out.extend_from_slice(br.to_roff().as_bytes());
+        out.extend_from_slice(strip_sh(&synopsis).as_bytes());
+    }
     man.render_description_section(&mut out)?;
-    out.extend_from_slice(roff_paragraphs(DESCRIPTION).as_bytes());
+    paragraphs(DESCRIPTION).to_writer(&mut out)?;
     man.render_options_section(&mut out)?;
 
-    out.extend_from_slice(b".SH \"CLIENT COMMANDS\"\n");
-    out.extend_from_slice(
-        roff_paragraphs(
-            "The same binary also talks to a running helper (or a device) as a client. \
-             Each command takes the options below.",
-        )
-        .as_bytes(),
+    let mut intro = Roff::new();
+    intro.control("SH", ["CLIENT COMMANDS"]);
+    paragraphs_into(
+        &mut intro,
+        "The same binary also talks to a running helper (or a device) as a client. \
+         Each command takes the options below.",
     );
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let full = format!("{NAME} {}", sub.get_name());
-        let sub = sub.clone().bin_name(full.clone()).display_name(full.clone());
-        let sub_man = clap_mangen::Man::new(sub.clone());
+    intro.to_writer(&mut out)?;
+    for (sub, clap_sub) in subs
+        .iter()
+        .zip(cmd.get_subcommands().filter(|s| !s.is_hide_set()))
+    {
+        let full = format!("{NAME} {}", clap_sub.get_name());
         let mut synopsis = Vec::new();
-        sub_man.render_synopsis_section(&mut synopsis)?;
+        sub.render_synopsis_section(&mut synopsis)?;
         let mut options = Vec::new();
-        sub_man.render_options_section(&mut options)?;
-        writeln!(out, ".SS \"{full}\"")?;
+        sub.render_options_section(&mut options)?;
+        let mut title = Roff::new();
+        title.control("SS", [full.as_str()]);
+        title.to_writer(&mut out)?;
         // The synopsis without its .SH line, then the description, then the
         // options without their .SH line.
         out.extend_from_slice(strip_sh(&synopsis).as_bytes());
-        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
-            out.extend_from_slice(b".PP\n");
-            out.extend_from_slice(roff_escape(&about.to_string()).as_bytes());
-            out.push(b'\n');
+        let mut r = Roff::new();
+        if let Some(about) = clap_sub.get_long_about().or(clap_sub.get_about()) {
+            r.control("PP", []).text([roman(about.to_string())]);
         }
-        out.extend_from_slice(b".PP\n");
+        r.control("PP", []);
+        r.to_writer(&mut out)?;
         out.extend_from_slice(strip_sh(&options).as_bytes());
     }
 
-    out.extend_from_slice(configuration_section().as_bytes());
+    let mut rest = configuration_section();
     for (title, body) in SECTIONS {
-        writeln!(out, ".SH \"{title}\"")?;
-        out.extend_from_slice(roff_paragraphs(body).as_bytes());
+        rest.control("SH", [*title]);
+        paragraphs_into(&mut rest, body);
     }
+    rest.to_writer(&mut out)?;
     man.render_version_section(&mut out)?;
     Ok(out)
-}
-
-/// A short synopsis: the helper, then each client command.
-fn render_synopsis(out: &mut Vec<u8>) -> std::io::Result<()> {
-    writeln!(out, ".SH SYNOPSIS")?;
-    for line in [
-        "\\fBpr-helper\\fR [\\fIOPTIONS\\fR]",
-        "\\fBpr-helper ping\\fR [\\fB\\-k\\fR \\fIPATH\\fR] [\\fB\\-\\-timeout\\fR \\fISECONDS\\fR]",
-        "\\fBpr-helper persist\\fR \\fB\\-k\\fR \\fISOCKET\\fR \\fB\\-d\\fR \\fIDEV\\fR \\fIACTION\\fR [\\fIOPTIONS\\fR]",
-        "\\fBpr-helper probe\\fR \\fIDEV\\fR",
-    ] {
-        writeln!(out, "{line}\n.br")?;
-    }
-    Ok(())
 }
 
 fn strip_sh(roff: &[u8]) -> String {
@@ -143,71 +175,97 @@ fn strip_sh(roff: &[u8]) -> String {
         .collect()
 }
 
-/// Escapes text for roff: backslashes, hyphens (so they stay ASCII hyphens),
-/// and a leading dot or quote.
-fn roff_escape(text: &str) -> String {
-    let mut s = text.replace('\\', "\\e").replace('-', "\\-");
-    if s.starts_with('.') || s.starts_with('\'') {
-        s.insert_str(0, "\\&");
-    }
-    s.replace("\n.", "\n\\&.").replace("\n'", "\n\\&'")
-}
-
 /// Paragraphs separated by blank lines; lines starting with two spaces are
-/// kept as a literal block.
-fn roff_paragraphs(text: &str) -> String {
-    let mut out = String::new();
+/// kept as a literal block. The roff crate escapes the text.
+fn paragraphs_into(r: &mut Roff, text: &str) {
     for para in text.trim_matches('\n').split("\n\n") {
         if para.lines().all(|l| l.starts_with("  ")) {
-            out.push_str(".PP\n.nf\n.RS 4\n");
+            r.control("PP", []).control("nf", []).control("RS", ["4"]);
             for l in para.lines() {
-                out.push_str(&roff_escape(&l[2..]));
-                out.push('\n');
+                r.text([roman(&l[2..])]);
             }
-            out.push_str(".RE\n.fi\n");
+            r.control("RE", []).control("fi", []);
         } else {
-            out.push_str(".PP\n");
-            out.push_str(&roff_escape(&para.split('\n').collect::<Vec<_>>().join(" ")));
-            out.push('\n');
+            r.control("PP", [])
+                .text([roman(para.split('\n').collect::<Vec<_>>().join(" "))]);
         }
     }
-    out
 }
 
-/// CONFIGURATION and ENVIRONMENT: the key list comes from the library, so a
-/// new key shows up here without anyone editing this page.
-fn configuration_section() -> String {
-    let mut out = String::from(".SH CONFIGURATION\n");
-    out.push_str(&roff_paragraphs(&format!(
-        "Every setting has one name: a key in the TOML configuration file, the environment \
-         variable {ENV_PREFIX}<KEY> (key in upper case) and the long option --<key> with \
-         '-' for '_'. Layers, lowest first: built-in defaults, the file ({DEFAULT_CONFIG_FILE} \
-         when it exists, or the one --config names, which must exist), the environment, the \
-         command line. An unknown key or a bad value stops the start with a message naming the \
-         key, the value and where it came from. --print-config shows the effective values and \
-         their origins.\n\n\
-         Keys:"
-    )));
-    for key in KEYS {
-        let env = format!("{ENV_PREFIX}{}", key.to_uppercase());
-        let option = match *key {
-            // The one key without a long option of its own.
-            "verbosity" => "\\fB\\-v\\fR (1 + count), \\fB\\-q\\fR (0)".to_string(),
-            _ => format!("\\fB\\-\\-{}\\fR", roff_escape(&key.replace('_', "-"))),
-        };
-        out.push_str(&format!(
-            ".TP\n\\fB{}\\fR\nenvironment \\fB{}\\fR, option {option}\n",
-            roff_escape(key),
-            roff_escape(&env),
-        ));
+fn paragraphs(text: &str) -> Roff {
+    let mut r = Roff::new();
+    paragraphs_into(&mut r, text);
+    r
+}
+
+/// How a key is given on the command line: its option(s) in the clap
+/// definition, or -v/-q for verbosity, the one key without an option.
+fn option_of(key: &str, args: &[&Arg]) -> Vec<roff::Inline> {
+    let Some(arg) = args.iter().find(|a| a.get_id() == key) else {
+        return vec![
+            bold("-v"),
+            roman(" (1 + count), "),
+            bold("-q"),
+            roman(" (0)"),
+        ];
+    };
+    let mut names = Vec::new();
+    if let Some(short) = arg.get_short() {
+        names.push(format!("-{short}"));
     }
-    out.push_str(&roff_paragraphs(
-        "A commented example with every key is installed as \
-         /usr/share/doc/pr-helper/config.toml.example.\n\n\
-         Socket modes are octal: write \"0660\" as a string or 660 as a number; TOML's 0o660 \
-         notation is not supported.",
-    ));
-    out
+    if let Some(long) = arg.get_long() {
+        names.push(format!("--{long}"));
+    }
+    let mut inlines = Vec::new();
+    for (i, n) in names.into_iter().enumerate() {
+        if i > 0 {
+            inlines.push(roman(", "));
+        }
+        inlines.push(bold(n));
+    }
+    inlines
+}
+
+/// CONFIGURATION: every key with its environment variable and option, all
+/// from the library's definition of the settings, so a new key shows up here
+/// without anyone editing this page.
+fn configuration_section() -> Roff {
+    let mut r = Roff::new();
+    r.control("SH", ["CONFIGURATION"]);
+    paragraphs_into(
+        &mut r,
+        &format!(
+            "Every setting has one name: a key in the TOML configuration file, the environment \
+             variable {ENV_PREFIX}<KEY> (key in upper case) and the long option --<key> with \
+             '-' for '_'. Layers, lowest first: built-in defaults, the file ({DEFAULT_CONFIG_FILE} \
+             when it exists, or the one --config names, which must exist), the environment, the \
+             command line. An unknown key or a bad value stops the start with a message naming the \
+             key, the value and where it came from. --print-config shows the effective values and \
+             their origins. The options above describe each setting.\n\n\
+             Keys:"
+        ),
+    );
+    let cmd = Cli::command();
+    let args: Vec<&Arg> = cmd.get_arguments().collect();
+    for key in config::keys() {
+        let env = format!("{ENV_PREFIX}{}", key.to_uppercase());
+        r.control("TP", []).text([bold(*key)]);
+        let mut line = vec![roman("environment "), bold(env), roman(", option ")];
+        line.extend(option_of(key, &args));
+        r.text(line);
+    }
+    paragraphs_into(
+        &mut r,
+        &format!(
+            "verbosity: {}\n\n\
+             A commented example with every key is installed as \
+             /usr/share/doc/pr-helper/config.toml.example.\n\n\
+             Socket modes are octal: write \"0660\" as a string or 660 as a number; TOML's 0o660 \
+             notation is not supported.",
+            config::VERBOSITY_HELP
+        ),
+    );
+    r
 }
 
 const DESCRIPTION: &str = "\
