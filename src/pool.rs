@@ -11,7 +11,9 @@
 //!   then a pool thread); on 2 CPUs that doubled the requests per second. A
 //!   connection that does anything unusual (half a request, end of file, a
 //!   protocol violation, a response the socket does not take at once) is
-//!   handed back to its task on the event loop, which handles it as before;
+//!   handed back to its task on the event loop, which carries on with the
+//!   same steps (`connection::serve` lists them: each is written once and
+//!   used by both);
 //! * **jobs** ([`Pool::run`]): closures queued by the event loop, counted by
 //!   an eventfd in semaphore mode, one count per job.
 //!
