@@ -340,6 +340,42 @@ mod tests {
     }
 
     #[test]
+    fn one_inspection_answers_every_question_about_the_fd() {
+        use crate::isolation::DevKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"x").unwrap();
+        let ro = fs::File::open(&path).unwrap();
+        let rw = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let o_path: std::os::fd::OwnedFd = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let (ro_i, rw_i) = (Inspected::of(ro.as_fd()), Inspected::of(rw.as_fd()));
+        assert!(ro_i.is_read_only() && !ro_i.is_o_path());
+        assert!(!rw_i.is_read_only() && !rw_i.is_o_path());
+        assert!(Inspected::of(o_path.as_fd()).is_o_path());
+        let st = nix::sys::stat::stat(&path).unwrap();
+        let got = rw_i.stat().unwrap();
+        assert_eq!(
+            (got.kind, got.dev, got.ino),
+            (libc::S_IFREG, st.st_dev, st.st_ino)
+        );
+        // The device key read from the inspection is the one fstat gives.
+        assert_eq!(DevKey::inspected(&rw_i), DevKey::of(rw.as_fd()));
+        let null = fs::File::open("/dev/null").unwrap();
+        let null_i = Inspected::of(null.as_fd());
+        assert_eq!(null_i.stat().unwrap().kind, libc::S_IFCHR);
+        assert_eq!(DevKey::inspected(&null_i), DevKey::of(null.as_fd()));
+    }
+
+    #[test]
     fn o_path_is_refused_and_other_fds_pass() {
         let s = Sysfs::new();
         let f = fs::File::open("/dev/null").unwrap();
