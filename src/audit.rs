@@ -82,7 +82,7 @@ pub fn record(peer: &Peer, request: &Request<OwnedFd>, response: &Response) {
         peer_pid = peer.pid.unwrap_or(-1),
         peer_uid = peer.uid,
         peer_gid = peer.gid,
-        peer_comm = comm.as_str(),
+        peer_comm = comm,
         device = %device,
         device_wwid = %wwid,
         service_action = sa,

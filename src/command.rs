@@ -8,10 +8,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-
 use crate::connection::Responder;
-use crate::device;
+use crate::device::{self, Inspected};
 use crate::isolation::{Admission, DevKey};
 use crate::pool::Pool;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
@@ -56,24 +54,95 @@ impl Executor {
         }
     }
 
-    /// Runs `request` and sends its response through `responder`, on the
-    /// calling pool thread, or later if its device already executes its
-    /// bound of commands (D29): then the request waits, without a thread,
-    /// and runs on a pool thread once the device has a place free (or is
-    /// answered CHECK CONDITION 0B/08/00 if shutdown gives up on the
+    /// Inspects `request`'s fd (once: [`Inspected`]) and decides how it is
+    /// executed; answers it at once when its fd is refused or multipath
+    /// detection fails.
+    ///
+    /// Order: a PR OUT on a read-only fd goes on to SG_IO, whose read-only
+    /// check refuses it (spec §4.1, as the reference); then the fd itself is
+    /// checked ([`device::check`]: O_PATH, partitions, partial dm targets;
+    /// D27, D28), for SG_IO and multipath alike; then multipath detection.
+    /// READ FULL STATUS on a multipath map is executed with SG_IO on the
+    /// map, which dm forwards to a path (D14), not through libmpathpersist.
+    pub fn route(&self, request: Request<OwnedFd>) -> Routed {
+        let fd = Inspected::of(request.fd.as_fd());
+        let way = self.way(&request, &fd);
+        Routed { request, fd, way }
+    }
+
+    fn way(&self, request: &Request<OwnedFd>, fd: &Inspected) -> Way {
+        if request.direction == Direction::Out && fd.is_read_only() {
+            return Way::Sgio;
+        }
+        if let Err(refused) = device::check(fd) {
+            log_refusal(&refused);
+            return Way::Answered(response(refused.completion(), Vec::new()));
+        }
+        #[cfg(feature = "mpath")]
+        if let Some(multipath) = &self.multipath {
+            match multipath.detect(fd) {
+                Ok(false) => {}
+                Ok(true) if is_read_full_status(request) => {}
+                Ok(true) => return Way::Multipath(multipath.clone()),
+                Err(e) => {
+                    // D6: the reference exits; only this request fails.
+                    tracing::warn!("multipath detection failed: {e}");
+                    return Way::Answered(response(
+                        Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
+                        Vec::new(),
+                    ));
+                }
+            }
+        }
+        Way::Sgio
+    }
+
+    /// Runs a routed request on the calling thread (it blocks for as long
+    /// as the device takes) if its device has a place free (D29); otherwise,
+    /// and for a dm-multipath device, the request is returned untouched, to
+    /// be queued with [`Executor::run`].
+    pub fn run_here(&self, routed: Routed, pool: &Pool) -> Ran {
+        let Routed { request, fd, way } = routed;
+        match way {
+            Way::Answered(response) => Ran::Answered(request, response),
+            Way::Sgio => {
+                let key = DevKey::inspected(&fd);
+                match pool.run_on_device(key, || execute(&request, &fd, &self.config)) {
+                    Some(response) => Ran::Answered(request, response),
+                    None => Ran::Queue(Routed {
+                        request,
+                        fd,
+                        way: Way::Sgio,
+                    }),
+                }
+            }
+            #[cfg(feature = "mpath")]
+            Way::Multipath(multipath) => Ran::Queue(Routed {
+                request,
+                fd,
+                way: Way::Multipath(multipath),
+            }),
+        }
+    }
+
+    /// Runs a routed request and sends its response through `responder`,
+    /// on the calling pool thread, or later if its device already executes
+    /// its bound of commands (D29): then the request waits, without a
+    /// thread, and runs on a pool thread once the device has a place free
+    /// (or is answered CHECK CONDITION 0B/08/00 if shutdown gives up on the
     /// device). Requests for dm-multipath devices go on to the multipath
     /// worker, holding their place on the map until answered.
-    pub fn run(&self, request: Request<OwnedFd>, responder: Responder, pool: &Pool) {
-        match self.classify(request) {
-            Class::Answered(request, response) => responder.send(request, response),
-            Class::Sgio(request) => {
-                let key = DevKey::of(request.fd.as_fd());
+    pub fn run(&self, routed: Routed, responder: Responder, pool: &Pool) {
+        let Routed { request, fd, way } = routed;
+        match way {
+            Way::Answered(response) => responder.send(request, response),
+            Way::Sgio => {
                 let config = self.config.clone();
                 pool.enter_or_wait(
-                    key,
+                    DevKey::inspected(&fd),
                     Box::new(move |admission| match admission {
                         Admission::Run(ticket) => {
-                            let response = execute(&request, &config);
+                            let response = execute(&request, &fd, &config);
                             drop(ticket);
                             responder.send(request, response);
                         }
@@ -82,10 +151,9 @@ impl Executor {
                 );
             }
             #[cfg(feature = "mpath")]
-            Class::Multipath(request, multipath) => {
-                let key = DevKey::of(request.fd.as_fd());
+            Way::Multipath(multipath) => {
                 pool.enter_or_wait(
-                    key,
+                    DevKey::inspected(&fd),
                     Box::new(move |admission| match admission {
                         Admission::Run(ticket) => multipath.submit(request, responder, ticket),
                         Admission::Cancelled => responder.send(request, cancelled()),
@@ -94,62 +162,15 @@ impl Executor {
             }
         }
     }
+}
 
-    /// Runs `request` on the calling thread (it blocks for as long as the
-    /// device takes) if its device has a place free (D29); otherwise, and
-    /// for a dm-multipath device, the request is returned untouched, to be
-    /// queued with [`Executor::run`].
-    pub fn run_here(&self, request: Request<OwnedFd>, pool: &Pool) -> Ran {
-        match self.classify(request) {
-            Class::Answered(request, response) => Ran::Answered(request, response),
-            Class::Sgio(request) => {
-                let fd = request.fd.as_fd();
-                match pool.run_on_device(fd, || execute(&request, &self.config)) {
-                    Some(response) => Ran::Answered(request, response),
-                    None => Ran::Queue(request),
-                }
-            }
-            #[cfg(feature = "mpath")]
-            Class::Multipath(request, _) => Ran::Queue(request),
-        }
-    }
-
-    /// Decides how `request` is executed; answers it at once when its fd is
-    /// refused or multipath detection fails.
-    ///
-    /// Order: a PR OUT on a read-only fd goes on to SG_IO, whose read-only
-    /// check refuses it (spec §4.1, as the reference); then the fd itself is
-    /// checked ([`device::check`]: O_PATH, partitions, partial dm targets;
-    /// D27, D28), for SG_IO and multipath alike; then multipath detection.
-    /// READ FULL STATUS on a multipath map is executed with SG_IO on the
-    /// map, which dm forwards to a path (D14), not through libmpathpersist.
-    fn classify(&self, request: Request<OwnedFd>) -> Class {
-        if !(request.direction == Direction::Out && is_read_only(&request.fd)) {
-            if let Err(refused) = device::check(request.fd.as_fd()) {
-                log_refusal(&refused);
-                let response = response(refused.completion(), Vec::new());
-                return Class::Answered(request, response);
-            }
-            #[cfg(feature = "mpath")]
-            if let Some(multipath) = &self.multipath {
-                match multipath.detect(&request.fd) {
-                    Ok(false) => {}
-                    Ok(true) if is_read_full_status(&request) => {}
-                    Ok(true) => return Class::Multipath(request, multipath.clone()),
-                    Err(e) => {
-                        // D6: the reference exits; only this request fails.
-                        tracing::warn!("multipath detection failed: {e}");
-                        let response = response(
-                            Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
-                            Vec::new(),
-                        );
-                        return Class::Answered(request, response);
-                    }
-                }
-            }
-        }
-        Class::Sgio(request)
-    }
+/// A request whose fd has been inspected and whose way of execution is
+/// decided ([`Executor::route`]), ready for [`Executor::run_here`] or
+/// [`Executor::run`].
+pub struct Routed {
+    request: Request<OwnedFd>,
+    fd: Inspected,
+    way: Way,
 }
 
 /// READ FULL STATUS exactly (the whole CDB byte 1, as the multipath
@@ -177,14 +198,14 @@ fn log_refusal(refused: &device::Refused) {
 }
 
 /// How a request is executed.
-enum Class {
+enum Way {
     /// Already answered (the fd is refused, or multipath detection failed).
-    Answered(Request<OwnedFd>, Response),
+    Answered(Response),
     /// With SG_IO on a pool thread.
-    Sgio(Request<OwnedFd>),
+    Sgio,
     /// By the multipath worker.
     #[cfg(feature = "mpath")]
-    Multipath(Request<OwnedFd>, crate::mpath::Multipath),
+    Multipath(crate::mpath::Multipath),
 }
 
 /// What [`Executor::run_here`] did with a request.
@@ -193,7 +214,7 @@ pub enum Ran {
     Answered(Request<OwnedFd>, Response),
     /// Not executed: its device already executes its bound of commands, or
     /// it is for a dm-multipath device. Queue it with [`Executor::run`].
-    Queue(Request<OwnedFd>),
+    Queue(Routed),
 }
 
 /// The answer to a request that waited for a device that did not answer
@@ -207,22 +228,13 @@ pub fn cancelled() -> Response {
     )
 }
 
-/// Runs `request` with SG_IO and builds the response (which the caller sends).
-pub fn execute(request: &Request<OwnedFd>, config: &ExecConfig) -> Response {
+/// Runs `request` with SG_IO and builds the response (which the caller
+/// sends); `fd` is its fd, inspected.
+pub fn execute(request: &Request<OwnedFd>, fd: &Inspected, config: &ExecConfig) -> Response {
     match request.direction {
         Direction::In => persistent_reserve_in(request, config),
-        Direction::Out => persistent_reserve_out(request, config),
+        Direction::Out => persistent_reserve_out(request, fd, config),
     }
-}
-
-/// True when the fd was opened read-only. PR OUT changes device state, and
-/// with CAP_SYS_RAWIO the kernel would not stop it on a read-only fd, so the
-/// helper refuses it itself (spec §4.1). If F_GETFL fails the reference lets
-/// the command through, and so do we.
-pub fn is_read_only(fd: &OwnedFd) -> bool {
-    fcntl(fd, FcntlArg::F_GETFL)
-        .map(|flags| OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE == OFlag::O_RDONLY)
-        .unwrap_or(false)
 }
 
 fn persistent_reserve_in(request: &Request<OwnedFd>, config: &ExecConfig) -> Response {
@@ -241,8 +253,13 @@ fn persistent_reserve_in(request: &Request<OwnedFd>, config: &ExecConfig) -> Res
     response(completion, buf)
 }
 
-fn persistent_reserve_out(request: &Request<OwnedFd>, config: &ExecConfig) -> Response {
-    if is_read_only(&request.fd) {
+fn persistent_reserve_out(
+    request: &Request<OwnedFd>,
+    fd: &Inspected,
+    config: &ExecConfig,
+) -> Response {
+    // The read-only rule (spec §4.1): see `Inspected::is_read_only`.
+    if fd.is_read_only() {
         return response(
             Completion::check_condition(SenseCode::INVALID_OPCODE),
             Vec::new(),

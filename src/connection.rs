@@ -23,7 +23,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::command::{Executor, Ran};
+use crate::command::{Executor, Ran, Routed};
 use crate::fdpass::{self, Received};
 use crate::pool::{Parked, Pool, Release};
 use crate::protocol::{
@@ -55,10 +55,15 @@ pub struct Peer {
     pub uid: u32,
     /// Peer group id.
     pub gid: u32,
-    /// The peer's command name (/proc/PID/comm, at most 15 bytes).
-    comm: [u8; 16],
+    /// The peer's command name (/proc/PID/comm, at most 16 bytes read),
+    /// escaped once for logs when the peer is made (see [`Peer::comm`]).
+    comm: [u8; COMM_ESCAPED],
     comm_len: u8,
 }
+
+/// Room for an escaped command name: 16 bytes, each at most 4 once escaped
+/// (`\xNN`).
+const COMM_ESCAPED: usize = 16 * 4;
 
 impl Peer {
     /// Credentials of the process at the other end of `stream`.
@@ -68,12 +73,13 @@ impl Peer {
             // Only possible if the socket is already dead; log what we know.
             Err(_) => (None, u32::MAX, u32::MAX),
         };
-        let mut comm = [0u8; 16];
+        let mut comm = [0u8; COMM_ESCAPED];
         let mut comm_len = 0;
         if let Some(name) = pid.and_then(|p| std::fs::read(format!("/proc/{p}/comm")).ok()) {
             let name = name.strip_suffix(b"\n").unwrap_or(&name);
-            let n = name.len().min(comm.len());
-            comm[..n].copy_from_slice(&name[..n]);
+            let escaped = crate::logging::escape(&name[..name.len().min(16)]);
+            let n = escaped.len().min(COMM_ESCAPED);
+            comm[..n].copy_from_slice(&escaped.as_bytes()[..n]);
             comm_len = n as u8;
         }
         Peer {
@@ -89,9 +95,11 @@ impl Peer {
     /// The peer's command name ("" when unknown), escaped for logs
     /// ([`crate::logging::escape`]): the client chooses it (prctl, a write
     /// to /proc/self/comm, the name of the file it executed), so it may
-    /// hold newlines, terminal escapes or any other byte.
-    pub fn comm(&self) -> String {
-        crate::logging::escape(&self.comm[..usize::from(self.comm_len)])
+    /// hold newlines, terminal escapes or any other byte. Escaped once, when
+    /// the peer is made, not on every log line.
+    pub fn comm(&self) -> &str {
+        // Escaped text is ASCII.
+        std::str::from_utf8(&self.comm[..usize::from(self.comm_len)]).unwrap_or("")
     }
 }
 
@@ -143,26 +151,40 @@ pub enum End {
 
 /// Serves one accepted connection until it ends, then says why.
 ///
-/// Between requests the connection is normally parked in the worker pool
-/// (see [`crate::pool`]): the worker that sees a request arrive reads it,
-/// executes it and writes the response, so a request costs the event loop
-/// nothing. This task then only waits, and takes over whenever the pool
-/// hands the connection back: half a request (its rest is read here, under
-/// the request timeout), a response the socket did not take at once, the
-/// end of the connection, or shutdown.
+/// # One way through for a request
 ///
-/// A request that the worker cannot execute at once comes back with the
-/// connection, unexecuted: one for a device already executing its bound of
-/// commands (D29), or for a dm-multipath device. This task queues it with
-/// the pool, where it waits for its device without holding a thread (and a
-/// multipath request goes on to the multipath worker).
+/// Every request takes the same steps, each written once, whoever drives
+/// it:
+///
+/// 1. **read and decode**: [`Session::pull`] reads what has arrived
+///    without blocking, sized as the reference sizes its reads, and feeds
+///    it to the connection's decoder until a whole request has arrived;
+/// 2. **route**: [`Executor::route`] inspects the request's fd once and
+///    decides how it is executed (refused at once, SG_IO, multipath);
+/// 3. **execute**: on a pool thread, at once if its device has a place
+///    ([`Executor::run_here`]), else queued until it has one
+///    ([`Executor::run`], D29), or on the multipath worker;
+/// 4. **answer**: [`respond`] logs and audits it, closes its fd, and writes
+///    as much of the response as the socket takes without blocking.
+///
+/// Two drivers take a request through those steps. Between requests the
+/// connection is normally parked in the worker pool (see [`crate::pool`]):
+/// the worker that sees a request arrive pulls it, executes it and writes
+/// the response, so a request costs the event loop nothing. This task then
+/// only waits, and takes over whenever the pool hands the connection back:
+/// half a request (this task pulls the rest, under the request timeout), a
+/// response the socket did not take at once (this task writes the rest), a
+/// request whose device has no place free or that is for a dm-multipath
+/// device (this task queues it with the pool, where it waits without
+/// holding a thread), the end of the connection, or shutdown.
 ///
 /// When the pool cannot take the connection (it cannot watch the socket or
-/// start a thread), requests are read here and executed on the pool, whose
-/// thread writes as much of the response as the socket takes; this task
-/// writes the rest before it reads the next request. Either way the
-/// protocol stays strictly one-at-a-time: a request is read and executed
-/// only after the previous response has been written in full.
+/// start a thread), this task pulls every request and has it routed and
+/// executed on the pool, whose thread writes as much of the response as the
+/// socket takes; this task writes the rest before it reads the next
+/// request. Either way the protocol stays strictly one-at-a-time: a request
+/// is read and executed only after the previous response has been written
+/// in full.
 pub async fn serve(
     stream: UnixStream,
     peer: Peer,
@@ -184,29 +206,29 @@ pub async fn serve(
         return end;
     }
     let mut parking = true;
-    let mut decoder = RequestDecoder::new();
+    let mut session = Session::new();
     loop {
-        if parking && decoder.is_idle() {
+        if parking && session.is_idle() {
             let returned;
-            (conn, decoder, returned) = match conn.park(decoder, &shutdown).await {
+            (conn, session, returned) = match conn.park(session, &shutdown).await {
                 Ok(parked) => parked,
                 Err(end) => return end,
             };
             let done = match returned {
                 Returned::Partial => Ok(()),
                 Returned::Pending(rest) => conn.write_rest(&rest).await,
-                Returned::Queue(request) => conn.answer(request).await,
+                Returned::Queue(routed) => conn.answer(Work::Routed(routed)).await,
                 Returned::End(end) => Err(end),
                 Returned::Refused => {
                     parking = false;
                     Ok(())
                 }
-                Returned::Shutdown => return conn.answer_arrived(&mut decoder).await,
+                Returned::Shutdown => return conn.answer_arrived(&mut session).await,
             };
             if let Err(end) = done {
                 return end;
             }
-            if decoder.is_idle() {
+            if session.is_idle() {
                 continue;
             }
         }
@@ -215,20 +237,115 @@ pub async fn serve(
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Err(End::Shutdown),
-            r = conn.read_request(&mut decoder) => r,
+            r = conn.read_request(&mut session) => r,
         };
         match next {
             // The response is written in full before the next request is
             // read, parked or not: a client that reads only once it has
             // sent everything still gets the whole of the last response.
             Ok(request) => {
-                if let Err(end) = conn.answer(request).await {
+                if let Err(end) = conn.answer(Work::Arrived(request)).await {
                     return end;
                 }
             }
             // Requests that have fully arrived are answered, as when parked.
-            Err(End::Shutdown) => return conn.answer_arrived(&mut decoder).await,
+            Err(End::Shutdown) => return conn.answer_arrived(&mut session).await,
             Err(end) => return end,
+        }
+    }
+}
+
+/// The reading side of one connection's protocol after the handshake: the
+/// request decoder and its read buffer. It moves with the connection (into
+/// the pool when parked, back to the task when returned), so half a request
+/// read by one driver is finished by the other.
+struct Session {
+    decoder: RequestDecoder<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+/// What [`Session::pull`] got.
+enum Pulled {
+    /// A whole request.
+    Request(Request<OwnedFd>),
+    /// Nothing more can be read now (or the byte budget is spent); part of
+    /// a request may have arrived ([`Session::is_idle`] says).
+    Blocked,
+    /// The connection ends.
+    End(End),
+}
+
+impl Session {
+    fn new() -> Session {
+        Session {
+            decoder: RequestDecoder::new(),
+            buf: Vec::with_capacity(CDB_SIZE),
+        }
+    }
+
+    /// At a request boundary (nothing of the next request has arrived).
+    fn is_idle(&self) -> bool {
+        self.decoder.is_idle()
+    }
+
+    /// What is being read, for the timeout message.
+    fn reading(&self) -> &'static str {
+        match self.decoder.need() {
+            Need::Cdb(_) => "CDB",
+            Need::Params(_) => "parameter list",
+        }
+    }
+
+    /// Reads from `sock` without blocking until a whole request has
+    /// arrived, nothing more has, or the connection ends; at most `budget`
+    /// bytes, which it counts down.
+    ///
+    /// Each read is sized as the decoder needs it (spec §3): the rest of
+    /// the CDB with room for fds, or parameter bytes without. A reset
+    /// connection reads as end of file.
+    fn pull(&mut self, sock: BorrowedFd<'_>, budget: &mut usize) -> Pulled {
+        loop {
+            if *budget == 0 {
+                return Pulled::Blocked;
+            }
+            let cdb = matches!(self.decoder.need(), Need::Cdb(_));
+            let n = match self.decoder.need() {
+                Need::Cdb(n) => n,
+                Need::Params(n) => n.min(MAX_TRANSFER),
+            };
+            self.buf.resize(n.min(*budget), 0);
+            let received = match fdpass::recv(sock, &mut self.buf, cdb) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pulled::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Received {
+                    len: 0,
+                    fds: Vec::new(),
+                },
+                Err(e) => return Pulled::End(End::Read(e)),
+            };
+            *budget -= received.len;
+            if received.len == 0 {
+                return Pulled::End(match (cdb, self.decoder.is_idle()) {
+                    (true, true) => End::Closed,
+                    (true, false) => End::Truncated("a CDB"),
+                    (false, _) => End::Truncated("the parameter list"),
+                });
+            }
+            let progress = if cdb {
+                match self
+                    .decoder
+                    .feed_cdb(&self.buf[..received.len], received.fds)
+                {
+                    Ok(progress) => progress,
+                    Err(violation) => return Pulled::End(End::Violation(violation)),
+                }
+            } else {
+                self.decoder.feed_params(&self.buf[..received.len])
+            };
+            if let Progress::Complete(request) = progress {
+                return Pulled::Request(request);
+            }
         }
     }
 }
@@ -238,9 +355,9 @@ pub async fn serve(
 /// blocking.
 type InFlight = oneshot::Receiver<io::Result<Vec<u8>>>;
 
-/// Sends the response for one request, from whichever thread executed it:
-/// logs it, writes as much as the socket takes without blocking, and hands
-/// the rest (and any write error) back to the connection task. Dropping it
+/// Sends the response for one request, from whichever thread executed it
+/// when the connection's task dispatched it: [`respond`], then hands the
+/// rest (and any write error) back to the connection task. Dropping it
 /// unsent (a panic) tells the connection task something went wrong.
 pub struct Responder {
     stream: Arc<UnixStream>,
@@ -251,27 +368,36 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Sends `response` for `request`, then closes the request's fd.
+    /// Sends `response` for `request`, closing the request's fd.
     pub fn send(self, request: Request<OwnedFd>, response: Response) {
-        let out = reply(&self.peer, self.started, self.audit, request, response);
-        let (written, result) = write_now(self.stream.as_fd(), &out);
+        let rest = respond(
+            self.stream.as_fd(),
+            &self.peer,
+            self.started,
+            self.audit,
+            request,
+            response,
+        );
         // The stream goes before the reply, so that the connection task,
         // once it has the reply, holds the only reference to it.
         drop(self.stream);
         // The receiver is gone only if the connection task ended.
-        let _ = self.reply.send(result.map(|()| out[written..].to_vec()));
+        let _ = self.reply.send(rest);
     }
 }
 
-/// Logs and audits one executed request, closes its fd, and encodes the
-/// response.
-fn reply(
+/// Answers one executed request, on the thread that executed it: logs and
+/// audits it, closes its fd, encodes the response and writes as much of it
+/// as the socket takes without blocking. Returns what is left to write
+/// (empty when all of it went), or the write error.
+fn respond(
+    sock: BorrowedFd<'_>,
     peer: &Peer,
     started: std::time::Instant,
     audit: bool,
     request: Request<OwnedFd>,
     response: Response,
-) -> Vec<u8> {
+) -> io::Result<Vec<u8>> {
     log_request(peer, &request, &response, started.elapsed());
     if audit && request.direction == protocol::Direction::Out {
         crate::audit::record(peer, &request, &response);
@@ -279,7 +405,8 @@ fn reply(
     drop(request);
     let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
     response.encode(&mut out);
-    out
+    let (written, result) = write_now(sock, &out);
+    result.map(|()| out[written..].to_vec())
 }
 
 /// Writes as much of `bytes` as the socket takes without blocking; returns
@@ -313,70 +440,10 @@ fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// Reads the next part of a request, sized as `decoder` needs it (spec
-/// §3): the rest of the CDB with room for fds, or parameter bytes without.
-/// A reset connection reads as end of file.
-fn recv_part(
-    sock: BorrowedFd<'_>,
-    decoder: &RequestDecoder<OwnedFd>,
-    buf: &mut Vec<u8>,
-) -> io::Result<Received> {
-    recv_part_at_most(sock, decoder, buf, usize::MAX)
-}
-
-/// [`recv_part`], reading at most `limit` bytes.
-fn recv_part_at_most(
-    sock: BorrowedFd<'_>,
-    decoder: &RequestDecoder<OwnedFd>,
-    buf: &mut Vec<u8>,
-    limit: usize,
-) -> io::Result<Received> {
-    let (n, want_fds) = match decoder.need() {
-        Need::Cdb(n) => (n, true),
-        Need::Params(n) => (n.min(MAX_TRANSFER), false),
-    };
-    buf.resize(n.min(limit), 0);
-    match fdpass::recv(sock, buf, want_fds) {
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Received {
-            len: 0,
-            fds: Vec::new(),
-        }),
-        r => r,
-    }
-}
-
-/// Feeds what [`recv_part`] read to `decoder`: the request once complete,
-/// None while more is needed, or why the connection ends.
-fn feed_part(
-    decoder: &mut RequestDecoder<OwnedFd>,
-    buf: &[u8],
-    received: Received,
-) -> Result<Option<Request<OwnedFd>>, End> {
-    let cdb = matches!(decoder.need(), Need::Cdb(_));
-    if received.len == 0 {
-        return Err(match (cdb, decoder.is_idle()) {
-            (true, true) => End::Closed,
-            (true, false) => End::Truncated("a CDB"),
-            (false, _) => End::Truncated("the parameter list"),
-        });
-    }
-    let progress = if cdb {
-        decoder
-            .feed_cdb(&buf[..received.len], received.fds)
-            .map_err(End::Violation)?
-    } else {
-        decoder.feed_params(&buf[..received.len])
-    };
-    Ok(match progress {
-        Progress::Complete(request) => Some(request),
-        _ => None,
-    })
-}
-
 /// What a parked connection brings back to its task.
 struct Back {
     stream: std::os::unix::net::UnixStream,
-    decoder: RequestDecoder<OwnedFd>,
+    session: Session,
     returned: Returned,
 }
 
@@ -387,9 +454,9 @@ enum Returned {
     Partial,
     /// The socket did not take the whole response: the task writes the rest.
     Pending(Vec<u8>),
-    /// A request read but not executed (its device is busy, or it is for a
-    /// dm-multipath device): the task queues it with the pool.
-    Queue(Request<OwnedFd>),
+    /// A request routed but not executed (its device is busy, or it is for
+    /// a dm-multipath device): the task queues it with the pool.
+    Queue(Routed),
     /// The connection ends.
     End(End),
     /// The pool could not take the connection: the task stops parking it.
@@ -398,12 +465,12 @@ enum Returned {
     Shutdown,
 }
 
-/// A connection between requests, parked in the pool: the worker that sees
-/// it readable reads, executes and answers whole requests on its own.
+/// A connection between requests, parked in the pool. It belongs to the
+/// pool while parked and to the worker serving it while served; it goes
+/// back to its task (with the stream and the session) when released.
 struct ParkedConnection {
     stream: std::os::unix::net::UnixStream,
-    decoder: RequestDecoder<OwnedFd>,
-    buf: Vec<u8>,
+    session: Session,
     peer: Peer,
     config: Arc<ConnectionConfig>,
     pool: Pool,
@@ -417,53 +484,54 @@ impl Parked for ParkedConnection {
         self.stream.as_fd()
     }
 
+    /// One request, the whole way through on this worker thread (see
+    /// [`serve`]); anything unusual goes back to the task.
     fn readable(&mut self) -> bool {
-        loop {
-            let received = match recv_part(self.stream.as_fd(), &self.decoder, &mut self.buf) {
-                Ok(r) => r,
-                // Half a request: its task reads the rest, under the timeout.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.decoder.is_idle(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.returned = Returned::End(End::Read(e));
-                    return false;
-                }
-            };
-            let request = match feed_part(&mut self.decoder, &self.buf, received) {
-                Ok(Some(request)) => request,
-                Ok(None) => continue,
-                Err(end) => {
-                    self.returned = Returned::End(end);
-                    return false;
-                }
-            };
-            let started = std::time::Instant::now();
-            let (request, response) = match self.config.executor.run_here(request, &self.pool) {
-                Ran::Answered(request, response) => (request, response),
-                // Its task queues it, where it waits without a thread.
-                Ran::Queue(request) => {
-                    self.returned = Returned::Queue(request);
-                    return false;
-                }
-            };
-            let out = reply(&self.peer, started, self.config.audit, request, response);
-            let (written, result) = write_now(self.stream.as_fd(), &out);
-            if let Err(e) = result {
+        let mut unbounded = usize::MAX;
+        let request = match self.session.pull(self.stream.as_fd(), &mut unbounded) {
+            Pulled::Request(request) => request,
+            // Half a request: its task reads the rest, under the timeout.
+            Pulled::Blocked => return self.session.is_idle(),
+            Pulled::End(end) => {
+                self.returned = Returned::End(end);
+                return false;
+            }
+        };
+        let started = std::time::Instant::now();
+        let executor = &self.config.executor;
+        let (request, response) = match executor.run_here(executor.route(request), &self.pool) {
+            Ran::Answered(request, response) => (request, response),
+            // Its task queues it, where it waits without a thread.
+            Ran::Queue(routed) => {
+                self.returned = Returned::Queue(routed);
+                return false;
+            }
+        };
+        let sock = self.stream.as_fd();
+        match respond(
+            sock,
+            &self.peer,
+            started,
+            self.config.audit,
+            request,
+            response,
+        ) {
+            Ok(rest) if rest.is_empty() => true,
+            Ok(rest) => {
+                self.returned = Returned::Pending(rest);
+                false
+            }
+            Err(e) => {
                 self.returned = Returned::End(End::Write(e));
-                return false;
+                false
             }
-            if written < out.len() {
-                self.returned = Returned::Pending(out[written..].to_vec());
-                return false;
-            }
-            return true;
         }
     }
 
     fn release(self: Box<Self>, why: Release) {
         let ParkedConnection {
             stream,
-            decoder,
+            session,
             returned,
             back,
             ..
@@ -479,10 +547,18 @@ impl Parked for ParkedConnection {
         // The receiver is gone only if the connection task ended.
         let _ = back.send(Back {
             stream,
-            decoder,
+            session,
             returned,
         });
     }
+}
+
+/// A request the task has the pool execute.
+enum Work {
+    /// Read by the task: routed on the pool thread.
+    Arrived(Request<OwnedFd>),
+    /// Routed by a parked worker, which found no place for it.
+    Routed(Routed),
 }
 
 struct Connection {
@@ -505,7 +581,7 @@ impl Connection {
         let mut got = 0;
         while got < FEATURES_SIZE {
             let r = self
-                .recv_with(Some(deadline), "handshake", |sock| {
+                .recv_with(deadline, "handshake", |sock| {
                     fdpass::recv(sock, &mut word[got..], false)
                 })
                 .await?;
@@ -521,28 +597,38 @@ impl Connection {
         protocol::check_requested_features(word).map_err(End::Violation)
     }
 
-    /// Reads one whole request. Idle time before its first byte is unbounded;
-    /// once it has started, the rest must arrive within the request timeout
-    /// (counted from now if `decoder` already holds part of it).
-    async fn read_request(
-        &self,
-        decoder: &mut RequestDecoder<OwnedFd>,
-    ) -> Result<Request<OwnedFd>, End> {
-        let mut buf = Vec::with_capacity(CDB_SIZE);
-        let mut deadline =
-            (!decoder.is_idle()).then(|| Instant::now() + self.config.request_timeout);
+    /// Reads one whole request ([`Session::pull`] each time the socket is
+    /// readable). Idle time before its first byte is unbounded; once it has
+    /// started, the rest must arrive within the request timeout (counted
+    /// from now if `session` already holds part of it).
+    async fn read_request(&self, session: &mut Session) -> Result<Request<OwnedFd>, End> {
+        let mut unbounded = usize::MAX;
+        let mut deadline = None;
         loop {
-            let what = match decoder.need() {
-                Need::Cdb(_) => "CDB",
-                Need::Params(_) => "parameter list",
-            };
-            let received = self
-                .recv_with(deadline, what, |sock| recv_part(sock, decoder, &mut buf))
-                .await?;
-            if let Some(request) = feed_part(decoder, &buf, received)? {
-                return Ok(request);
+            if deadline.is_none() && !session.is_idle() {
+                deadline = Some(Instant::now() + self.config.request_timeout);
             }
-            deadline.get_or_insert_with(|| Instant::now() + self.config.request_timeout);
+            let what = session.reading();
+            let readable = self.stream.readable();
+            match deadline {
+                None => readable.await,
+                Some(deadline) => timeout_at(deadline, readable)
+                    .await
+                    .map_err(|_| End::Timeout(what, self.config.request_timeout))?,
+            }
+            .map_err(End::Read)?;
+            // Blocked clears the readiness, as tokio requires.
+            let pulled = self.stream.try_io(Interest::READABLE, || {
+                match session.pull(self.stream.as_fd(), &mut unbounded) {
+                    Pulled::Blocked => Err(io::ErrorKind::WouldBlock.into()),
+                    pulled => Ok(pulled),
+                }
+            });
+            match pulled {
+                Ok(Pulled::Request(request)) => return Ok(request),
+                Ok(Pulled::End(end)) => return Err(end),
+                Ok(Pulled::Blocked) | Err(_) => {}
+            }
         }
     }
 
@@ -550,9 +636,9 @@ impl Connection {
     /// [`serve`]), or shutdown takes it back.
     async fn park(
         self,
-        decoder: RequestDecoder<OwnedFd>,
+        session: Session,
         shutdown: &CancellationToken,
-    ) -> Result<(Connection, RequestDecoder<OwnedFd>, Returned), End> {
+    ) -> Result<(Connection, Session, Returned), End> {
         let Connection {
             stream,
             peer,
@@ -569,8 +655,7 @@ impl Connection {
         let (tx, mut rx) = oneshot::channel();
         let key = pool.park(Box::new(ParkedConnection {
             stream,
-            decoder,
-            buf: Vec::with_capacity(CDB_SIZE),
+            session,
             peer,
             config: config.clone(),
             pool: pool.clone(),
@@ -596,7 +681,7 @@ impl Connection {
             config,
             pool,
         };
-        Ok((conn, back.decoder, back.returned))
+        Ok((conn, back.session, back.returned))
     }
 
     /// At shutdown, answers the requests that have fully arrived (a client
@@ -605,44 +690,34 @@ impl Connection {
     ///
     /// Only the bytes queued on the socket now are read: a client that keeps
     /// sending requests back to back cannot keep the helper alive.
-    async fn answer_arrived(&self, decoder: &mut RequestDecoder<OwnedFd>) -> End {
+    async fn answer_arrived(&self, session: &mut Session) -> End {
         let mut budget = match queued_bytes(self.stream.as_fd()) {
             Ok(n) => n,
             Err(_) => return End::Shutdown,
         };
-        let mut buf = Vec::with_capacity(CDB_SIZE);
         loop {
-            if budget == 0 {
-                // Whatever comes later, or the rest of a request, is not
-                // answered; an idle connection just closes.
-                return End::Shutdown;
-            }
-            let received = recv_part_at_most(self.stream.as_fd(), decoder, &mut buf, budget);
-            let received = match received {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Nothing more has arrived, or the connection is broken.
-                Err(_) => return End::Shutdown,
-            };
-            budget = budget.saturating_sub(received.len);
-            match feed_part(decoder, &buf, received) {
-                Ok(Some(request)) => {
-                    if let Err(end) = self.answer(request).await {
+            match session.pull(self.stream.as_fd(), &mut budget) {
+                Pulled::Request(request) => {
+                    if let Err(end) = self.answer(Work::Arrived(request)).await {
                         return end;
                     }
                 }
-                Ok(None) => continue,
-                Err(End::Closed) => return End::Closed,
+                // Whatever comes later, or the rest of a request, is not
+                // answered; an idle connection just closes. So is a broken
+                // connection.
+                Pulled::Blocked => return End::Shutdown,
+                Pulled::End(End::Closed) => return End::Closed,
                 // Half a request, or a broken one: closed without a reply.
-                Err(_) => return End::Shutdown,
+                Pulled::End(_) => return End::Shutdown,
             }
         }
     }
 
-    /// Starts executing a request on the SG_IO pool; the executing thread
-    /// closes the device fd as soon as the command is done and writes as much
-    /// of the response as the socket takes without blocking.
-    fn dispatch(&self, request: Request<OwnedFd>) -> InFlight {
+    /// Starts executing a request on the SG_IO pool (routing it there
+    /// first if it is not yet); the executing thread closes the device fd as
+    /// soon as the command is done and writes as much of the response as
+    /// the socket takes without blocking.
+    fn dispatch(&self, work: Work) -> InFlight {
         let (reply, in_flight) = oneshot::channel();
         let responder = Responder {
             stream: self.stream.clone(),
@@ -653,8 +728,14 @@ impl Connection {
         };
         let config = self.config.clone();
         let pool = self.pool.clone();
-        self.pool
-            .run(move || config.executor.run(request, responder, &pool));
+        self.pool.run(move || {
+            let executor = &config.executor;
+            let routed = match work {
+                Work::Arrived(request) => executor.route(request),
+                Work::Routed(routed) => routed,
+            };
+            executor.run(routed, responder, &pool)
+        });
         in_flight
     }
 
@@ -669,9 +750,9 @@ impl Connection {
         self.write_rest(&rest).await
     }
 
-    /// Executes `request` on the pool and waits until its response is out.
-    async fn answer(&self, request: Request<OwnedFd>) -> Result<(), End> {
-        let in_flight = self.dispatch(request);
+    /// Executes a request on the pool and waits until its response is out.
+    async fn answer(&self, work: Work) -> Result<(), End> {
+        let in_flight = self.dispatch(work);
         self.finish(in_flight).await
     }
 
@@ -686,10 +767,10 @@ impl Connection {
     }
 
     /// One read with `recv` (a `recvmsg` on the socket) once the socket is
-    /// readable, bounded by `deadline` when there is one.
+    /// readable, within `deadline` (the handshake's).
     async fn recv_with(
         &self,
-        deadline: Option<Instant>,
+        deadline: Instant,
         what: &'static str,
         mut recv: impl FnMut(BorrowedFd<'_>) -> io::Result<Received>,
     ) -> Result<Received, End> {
@@ -714,12 +795,9 @@ impl Connection {
                 }
             }
         };
-        match deadline {
-            None => read.await,
-            Some(deadline) => timeout_at(deadline, read)
-                .await
-                .map_err(|_| End::Timeout(what, self.config.request_timeout))?,
-        }
+        timeout_at(deadline, read)
+            .await
+            .map_err(|_| End::Timeout(what, self.config.request_timeout))?
     }
 
     /// Writes all of `bytes` before `deadline`.

@@ -1,6 +1,10 @@
 //! Which descriptors may carry a persistent-reservation command at all
 //! (D27, D28). Checked once per request, before SG_IO and before multipath
-//! detection, by [`crate::command::Executor::run_here`].
+//! detection, by [`crate::command::Executor::route`].
+//!
+//! The fd itself is inspected once per request ([`Inspected`]: one F_GETFL,
+//! one fstat); the check, the read-only rule of PR OUT, the device key of
+//! the per-device bound (D29) and multipath detection all read that.
 //!
 //! * **O_PATH descriptors (D28).** An O_PATH fd gives no access to the
 //!   device: SG_IO on it fails with EBADF. libmpathpersist, however, only
@@ -41,6 +45,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use crate::scsi::{self, Completion};
@@ -90,29 +95,90 @@ impl Refused {
     }
 }
 
+/// What the helper needs to know about a request's fd, read once per
+/// request: its status flags (F_GETFL) and what it refers to (fstat). Each
+/// is None (or the errno) when the call failed, which every reader treats
+/// as the code before this struct treated its own failing call.
+///
+/// Reading once is exact, not an approximation: neither the access mode nor
+/// O_PATH can be changed on an open file (F_SETFL ignores them), and an fd
+/// always refers to the same file.
+#[derive(Debug, Clone, Copy)]
+pub struct Inspected {
+    flags: Option<OFlag>,
+    stat: Result<Stat, Errno>,
+}
+
+/// The part of `struct stat` the helper reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// File type (`st_mode & S_IFMT`).
+    pub kind: libc::mode_t,
+    /// Device number, for block and character devices.
+    pub rdev: u64,
+    /// File system and inode, for anything else.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+}
+
+impl Inspected {
+    /// Inspects `fd`: one F_GETFL, one fstat.
+    pub fn of(fd: BorrowedFd<'_>) -> Inspected {
+        let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)
+            .ok()
+            .map(OFlag::from_bits_truncate);
+        let stat = nix::sys::stat::fstat(fd).map(|st| Stat {
+            kind: st.st_mode & libc::S_IFMT,
+            rdev: st.st_rdev,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        });
+        Inspected { flags, stat }
+    }
+
+    /// True when the fd was opened read-only. PR OUT changes device state,
+    /// and with CAP_SYS_RAWIO the kernel would not stop it on a read-only
+    /// fd, so the helper refuses it itself (spec §4.1). If F_GETFL failed
+    /// the reference lets the command through, and so do we.
+    pub fn is_read_only(&self) -> bool {
+        self.flags
+            .is_some_and(|flags| flags & OFlag::O_ACCMODE == OFlag::O_RDONLY)
+    }
+
+    /// True when the fd was opened with O_PATH (false if F_GETFL failed).
+    pub fn is_o_path(&self) -> bool {
+        self.flags
+            .is_some_and(|flags| flags.contains(OFlag::O_PATH))
+    }
+
+    /// What fstat said, or its errno.
+    pub fn stat(&self) -> Result<Stat, Errno> {
+        self.stat
+    }
+}
+
 /// Checks `fd` (see the module documentation); `Ok(())` lets the command
 /// through to SG_IO or the multipath worker.
-pub fn check(fd: BorrowedFd<'_>) -> Result<(), Refused> {
+pub fn check(fd: &Inspected) -> Result<(), Refused> {
     check_in(fd, Path::new("/sys"))
 }
 
 /// [`check`] with sysfs mounted at `sysfs` (tests use a fake tree).
-pub fn check_in(fd: BorrowedFd<'_>, sysfs: &Path) -> Result<(), Refused> {
+pub fn check_in(fd: &Inspected, sysfs: &Path) -> Result<(), Refused> {
     // F_GETFL reports O_PATH; a failing F_GETFL leaves it to the kernel.
-    if let Ok(flags) = fcntl(fd.as_fd(), FcntlArg::F_GETFL) {
-        if OFlag::from_bits_truncate(flags).contains(OFlag::O_PATH) {
-            return Err(Refused::OPath);
-        }
+    if fd.is_o_path() {
+        return Err(Refused::OPath);
     }
-    let Ok(st) = nix::sys::stat::fstat(fd) else {
+    let Ok(st) = fd.stat() else {
         return Ok(());
     };
-    if st.st_mode & libc::S_IFMT != libc::S_IFBLK {
+    if st.kind != libc::S_IFBLK {
         // sg character devices and anything else: whole devices, or not
         // SCSI at all (the ioctl fails).
         return Ok(());
     }
-    let dev = format!("{}:{}", libc::major(st.st_rdev), libc::minor(st.st_rdev));
+    let dev = format!("{}:{}", libc::major(st.rdev), libc::minor(st.rdev));
     whole_unit(&sysfs.join("dev/block").join(&dev), &dev, 0)
 }
 
@@ -274,17 +340,56 @@ mod tests {
     }
 
     #[test]
+    fn one_inspection_answers_every_question_about_the_fd() {
+        use crate::isolation::DevKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"x").unwrap();
+        let ro = fs::File::open(&path).unwrap();
+        let rw = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let o_path: std::os::fd::OwnedFd = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let (ro_i, rw_i) = (Inspected::of(ro.as_fd()), Inspected::of(rw.as_fd()));
+        assert!(ro_i.is_read_only() && !ro_i.is_o_path());
+        assert!(!rw_i.is_read_only() && !rw_i.is_o_path());
+        assert!(Inspected::of(o_path.as_fd()).is_o_path());
+        let st = nix::sys::stat::stat(&path).unwrap();
+        let got = rw_i.stat().unwrap();
+        assert_eq!(
+            (got.kind, got.dev, got.ino),
+            (libc::S_IFREG, st.st_dev, st.st_ino)
+        );
+        // The device key read from the inspection is the one fstat gives.
+        assert_eq!(DevKey::inspected(&rw_i), DevKey::of(rw.as_fd()));
+        let null = fs::File::open("/dev/null").unwrap();
+        let null_i = Inspected::of(null.as_fd());
+        assert_eq!(null_i.stat().unwrap().kind, libc::S_IFCHR);
+        assert_eq!(DevKey::inspected(&null_i), DevKey::of(null.as_fd()));
+    }
+
+    #[test]
     fn o_path_is_refused_and_other_fds_pass() {
         let s = Sysfs::new();
         let f = fs::File::open("/dev/null").unwrap();
-        assert_eq!(check_in(f.as_fd(), s.root()), Ok(()));
+        assert_eq!(check_in(&Inspected::of(f.as_fd()), s.root()), Ok(()));
         let o_path: std::os::fd::OwnedFd = nix::fcntl::open(
             "/dev/null",
             OFlag::O_PATH | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .unwrap();
-        assert_eq!(check_in(o_path.as_fd(), s.root()), Err(Refused::OPath));
+        assert_eq!(
+            check_in(&Inspected::of(o_path.as_fd()), s.root()),
+            Err(Refused::OPath)
+        );
         let c = Refused::OPath.completion();
         assert_eq!(c.status, scsi::status::CHECK_CONDITION);
         assert_eq!(c.sense, scsi::SenseCode::IO_ERROR.fixed_buffer());

@@ -22,8 +22,8 @@
 //!
 //! The bookkeeping is one map under one lock, held for a few hash-map
 //! operations per request; a device has an entry only while it has commands
-//! executing. Finding a fd's device costs a system call (fstat), about an
-//! eighth of what a whole request costs the helper, so the pool skips it for
+//! executing. The device's key comes from the fstat the request's fd had
+//! anyway ([`crate::device::Inspected`]); still, the pool skips the map for
 //! a command that starts while no other executes (the usual case: one kept
 //! thread takes request after request): such an *unkeyed* command counts as
 //! executing on every device until it ends, which keeps the bound exact.
@@ -31,6 +31,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::BorrowedFd;
+
+use crate::device::Inspected;
 
 /// Identifies the device a command goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,13 +49,17 @@ pub enum DevKey {
 impl DevKey {
     /// The device `fd` refers to (one fstat).
     pub fn of(fd: BorrowedFd<'_>) -> DevKey {
-        match nix::sys::stat::fstat(fd) {
+        DevKey::inspected(&Inspected::of(fd))
+    }
+
+    /// The device of an fd already inspected (no system call).
+    pub fn inspected(fd: &Inspected) -> DevKey {
+        match fd.stat() {
             Ok(st) => {
-                let kind = st.st_mode & libc::S_IFMT;
-                if kind == libc::S_IFBLK || kind == libc::S_IFCHR {
-                    DevKey::Rdev(st.st_rdev)
+                if st.kind == libc::S_IFBLK || st.kind == libc::S_IFCHR {
+                    DevKey::Rdev(st.rdev)
                 } else {
-                    DevKey::File(st.st_dev, st.st_ino)
+                    DevKey::File(st.dev, st.ino)
                 }
             }
             Err(_) => DevKey::Unknown,

@@ -11,7 +11,9 @@
 //!   then a pool thread); on 2 CPUs that doubled the requests per second. A
 //!   connection that does anything unusual (half a request, end of file, a
 //!   protocol violation, a response the socket does not take at once) is
-//!   handed back to its task on the event loop, which handles it as before;
+//!   handed back to its task on the event loop, which carries on with the
+//!   same steps (`connection::serve` lists them: each is written once and
+//!   used by both);
 //! * **jobs** ([`Pool::run`]): closures queued by the event loop, counted by
 //!   an eventfd in semaphore mode, one count per job.
 //!
@@ -34,6 +36,31 @@
 //!   within milliseconds, exactly as when the event loop queued jobs;
 //! * threads beyond the first exit after [`IDLE_EXIT`] without work; the
 //!   watchdog sleeps when no thread has been busy for a while.
+//!
+//! Why the pool has its own threads instead of tokio's `spawn_blocking`
+//! (which the first version used):
+//!
+//! * **a wake-up per request.** `spawn_blocking` hands every closure to a
+//!   blocking thread: an idle one is woken for it (a futex wake and a
+//!   context switch), or a new one is started when none is idle. A PR
+//!   command on a healthy device takes microseconds, so under load that
+//!   hand-over cost more than the command, and it dominated the helper's
+//!   CPU time. Here the thread that finishes a request takes the next one
+//!   without sleeping, and only one thread is kept;
+//! * **growth on stall, not on demand.** `spawn_blocking` starts a thread
+//!   whenever none is idle, so a burst of short requests starts a burst of
+//!   threads. This pool adds one only when a thread has been on the same
+//!   request for [`STALL`] (a slow or hung device), which is when another
+//!   thread is actually needed, and the per-device bound (D29) keeps a hung
+//!   device from taking them all;
+//! * **waiting on the sockets themselves.** A blocking-pool closure cannot
+//!   wait for a socket, so every request would first wake the event loop,
+//!   which would then wake a blocking thread: two wake-ups per request. The
+//!   workers here wait in one epoll set that holds the parked connections'
+//!   sockets as well as the job queue, so the thread that sees a request
+//!   arrive is the one that executes and answers it (one wake-up); the event
+//!   loop (a current-thread runtime) only handles new connections and the
+//!   unusual cases.
 
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
@@ -335,7 +362,7 @@ impl Pool {
     /// Runs `f` on the calling thread if `key` has a place free (see
     /// [`crate::isolation`]), holding the place while `f` runs; None if the
     /// device already executes its bound of commands.
-    pub fn run_on_device<R>(&self, fd: BorrowedFd<'_>, f: impl FnOnce() -> R) -> Option<R> {
+    pub fn run_on_device<R>(&self, key: DevKey, f: impl FnOnce() -> R) -> Option<R> {
         let inner = &self.inner;
         if inner.unkeyed_ok
             && inner
@@ -353,7 +380,6 @@ impl Pool {
             let _done = Unkeyed(&inner.executing);
             return Some(f());
         }
-        let key = DevKey::of(fd);
         if !self.enter(key) {
             return None;
         }
@@ -833,7 +859,7 @@ mod tests {
                     started.clone(),
                 );
                 std::thread::spawn(move || {
-                    pool.run_on_device(a.as_fd(), || {
+                    pool.run_on_device(DevKey::of(a.as_fd()), || {
                         started.fetch_add(1, Ordering::SeqCst);
                         wait(&gate)
                     })
@@ -842,8 +868,8 @@ mod tests {
             .collect();
         wait_for("two commands on a", || started.load(Ordering::SeqCst) == 2);
         // A third on a is refused; b still has a place.
-        assert!(pool.run_on_device(a.as_fd(), || ()).is_none());
-        assert_eq!(pool.run_on_device(b.as_fd(), || 7), Some(7));
+        assert!(pool.run_on_device(DevKey::of(a.as_fd()), || ()).is_none());
+        assert_eq!(pool.run_on_device(DevKey::of(b.as_fd()), || 7), Some(7));
         // A request queued for a starts, on a pool thread, when one of a's
         // commands ends.
         let (tx, rx) = mpsc::channel();

@@ -17,7 +17,7 @@
 //! data   := `length` bytes (fewer if the input ends first)
 //! ```
 //!
-//! The helper side reads each chunk as `connection::read_request` does:
+//! The helper side reads each chunk as `connection::Session::pull` does:
 //! while the decoder wants CDB bytes, one read of at most `Need::Cdb(n)`
 //! bytes with a control buffer; while it wants parameters, reads of at most
 //! `min(n, 8192)` bytes without one. The chunk's fds arrive with the first

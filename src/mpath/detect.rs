@@ -11,9 +11,11 @@
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use thiserror::Error;
+
+use crate::device::Inspected;
 
 /// DM_IOCTL type byte.
 const DM_IOCTL: u8 = 0xfd;
@@ -110,16 +112,17 @@ impl Control {
         Ok(Control { file })
     }
 
-    /// True if `fd` refers to a dm device whose first target is multipath.
-    pub fn is_multipath(&self, fd: &OwnedFd) -> Result<bool, DetectError> {
-        let st = nix::sys::stat::fstat(fd).map_err(DetectError::Fstat)?;
+    /// True if `fd` (inspected: its fstat is read, not repeated) refers to
+    /// a dm device whose first target is multipath.
+    pub fn is_multipath(&self, fd: &Inspected) -> Result<bool, DetectError> {
+        let st = fd.stat().map_err(DetectError::Fstat)?;
         let mut size = 16 * 1024;
         loop {
             // An 8-byte aligned buffer: the dm_ioctl header, then targets.
             let mut buf = vec![0u64; size / 8];
             let hdr = buf.as_mut_ptr().cast::<DmIoctl>();
             let mut h = header(size);
-            h.dev = st.st_rdev;
+            h.dev = st.rdev;
             h.flags = DM_NOFLUSH_FLAG;
             // SAFETY: `buf` is `size` bytes, 8-byte aligned, larger than a
             // dm_ioctl; the header written into it says so (data_size), so

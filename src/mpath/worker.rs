@@ -156,7 +156,7 @@ impl std::fmt::Debug for Job {
 
 impl Multipath {
     /// True if `fd` is a dm-multipath device (called on a pool thread).
-    pub fn detect(&self, fd: &OwnedFd) -> Result<bool, DetectError> {
+    pub fn detect(&self, fd: &crate::device::Inspected) -> Result<bool, DetectError> {
         self.control.is_multipath(fd)
     }
 
