@@ -38,8 +38,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use pr_helper::client::Client;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
 use pr_helper::protocol::{MAX_TRANSFER, RESPONSE_HEADER_SIZE};
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 use pr_helper::scsi::SenseCode;
 
 #[path = "../tests/common/procfs.rs"]

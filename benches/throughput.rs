@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pr_helper::pr::{pr_in_cdb, sa_in};
+use pr_helper::scsi::pr::{pr_in_cdb, sa_in};
 
 #[path = "../tests/common/procfs.rs"]
 mod procfs;
@@ -201,7 +201,7 @@ async fn client_loop(
         loop {
             stream.writable().await.unwrap();
             match stream.try_io(Interest::WRITABLE, || {
-                pr_helper::fdpass::send(
+                pr_helper::protocol::fdpass::send(
                     stream.as_fd(),
                     &[std::io::IoSlice::new(&cdb)],
                     &[f.as_fd()],

@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pr_helper::cli::{Cli, ClientCommand};
-use pr_helper::{startup, tools};
+use pr_helper::process::cli::{Cli, ClientCommand};
+use pr_helper::{client::tools, process::startup};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

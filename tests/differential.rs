@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::fakedev::FakeDev;
 use common::fds;
 use common::*;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 
 /// Kinds of fd a case can attach.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +130,11 @@ fn run(helper: &Helper, fds: &Fds, case: &Case) -> Observation {
         match step {
             Step::Send(data, kinds) => {
                 let fdv: Vec<BorrowedFd<'_>> = kinds.iter().map(|k| fds.get(*k)).collect();
-                let _ = pr_helper::fdpass::send(s.as_fd(), &[std::io::IoSlice::new(data)], &fdv);
+                let _ = pr_helper::protocol::fdpass::send(
+                    s.as_fd(),
+                    &[std::io::IoSlice::new(data)],
+                    &fdv,
+                );
             }
             Step::Pause => std::thread::sleep(Duration::from_millis(30)),
             Step::Eof => {
@@ -139,7 +143,7 @@ fn run(helper: &Helper, fds: &Fds, case: &Case) -> Observation {
         }
     }
     std::thread::sleep(Duration::from_millis(30));
-    let _ = pr_helper::fdpass::send(
+    let _ = pr_helper::protocol::fdpass::send(
         s.as_fd(),
         &[std::io::IoSlice::new(&pr_in_cdb(0, 8))],
         &[fds.get(Fd::RwFile)],

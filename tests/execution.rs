@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::fakedev::FakeDev;
 use common::reply as expect;
 use common::*;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 
 const PARAMS: [u8; 24] = [0; 24];
 

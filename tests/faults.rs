@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use common::fakedev::FakeDev;
 use common::procfs::cpu_time;
 use common::*;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 
 const PARAMS: [u8; 24] = [0; 24];
 
@@ -773,7 +773,7 @@ fn sigterm_ends_the_helper_while_clients_keep_sending() {
             let w = s.spawn(move || {
                 let (mut before, mut total) = (0usize, 0usize);
                 loop {
-                    let sent = pr_helper::fdpass::send(
+                    let sent = pr_helper::protocol::fdpass::send(
                         writer.as_fd(),
                         &[io::IoSlice::new(&pr_in_cdb(0, 8))],
                         &[f.as_fd()],

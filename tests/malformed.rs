@@ -17,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 
 /// The kinds of fd a row can pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,7 +386,7 @@ fn run_row(h: &Helper, fds: &Fds, row: &Row) {
         let sent = match step {
             Step::Send(bytes, kinds) => {
                 let v: Vec<BorrowedFd<'_>> = kinds.iter().map(|k| fds.get(*k)).collect();
-                pr_helper::fdpass::send(s.as_fd(), &[std::io::IoSlice::new(bytes)], &v)
+                pr_helper::protocol::fdpass::send(s.as_fd(), &[std::io::IoSlice::new(bytes)], &v)
                     .map(|n| assert_eq!(n, bytes.len(), "{}: short sendmsg", row.name))
             }
             Step::Eof => s.shutdown(std::net::Shutdown::Write),

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pr_helper::pr::pr_in_cdb;
+use pr_helper::scsi::pr::pr_in_cdb;
 
 /// Runs pr-helper to completion with a clean PR_HELPER_* environment.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -277,7 +277,7 @@ fn trace_patterns_turn_on_trace_records() {
         let log = std::fs::read_to_string(&trace_file).unwrap_or_default();
         // The per-request debug record of the connection target went to the
         // trace file although verbosity is the default (warnings).
-        if log.contains("request") && log.contains("pr_helper::connection") {
+        if log.contains("request") && log.contains("pr_helper::server::connection") {
             break;
         }
         assert!(Instant::now() < deadline, "trace file:\n{log}");
@@ -873,14 +873,18 @@ wait $JPID || true
     let r = c.execute(&pr_in_cdb(1, 64), f.as_fd(), &[]).unwrap();
     assert_eq!(r.header.status, 2);
     // A PR OUT: its audit record is checked below.
-    let params = pr_helper::pr::ParamList {
+    let params = pr_helper::scsi::pr::ParamList {
         key: 0xa1a1,
         sa_key: 0xb2b2,
         ..Default::default()
     }
     .encode();
     let r = c
-        .execute(&pr_helper::pr::pr_out_cdb(4, 0, 5, 24), f.as_fd(), &params)
+        .execute(
+            &pr_helper::scsi::pr::pr_out_cdb(4, 0, 5, 24),
+            f.as_fd(),
+            &params,
+        )
         .unwrap();
     assert_eq!(r.header.status, 2);
     drop(c);

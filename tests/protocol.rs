@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::fds;
 use common::*;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 
 const GOOD_PARAMS: [u8; 24] = [0; 24];
 
@@ -152,7 +152,7 @@ fn fds_beyond_the_first_end_the_request_at_once() {
             for byte in &cdb[..15] {
                 // Sends after the helper closed the connection fail (EPIPE,
                 // ECONNRESET): that is the point.
-                let _ = pr_helper::fdpass::send(
+                let _ = pr_helper::protocol::fdpass::send(
                     c.stream().as_fd(),
                     &[std::io::IoSlice::new(std::slice::from_ref(byte))],
                     &sixteen,
@@ -354,7 +354,7 @@ fn fd_with_parameter_bytes_is_discarded() {
     // parameter bytes: the kernel drops it, the request lacks an fd.
     c.stream().write_all(&pr_out_cdb(0, 0, 0, 24)).unwrap();
     // The helper may already have closed the connection (EPIPE).
-    let _ = pr_helper::fdpass::send(
+    let _ = pr_helper::protocol::fdpass::send(
         c.stream().as_fd(),
         &[std::io::IoSlice::new(&GOOD_PARAMS)],
         &[f.as_fd()],

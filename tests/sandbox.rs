@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pr_helper::sandbox::{self, Profile};
+use pr_helper::process::sandbox::{self, Profile};
 
 const CHILD: &str = "PRH_SANDBOX_CHILD";
 
@@ -206,7 +206,7 @@ fn access_policy_by_uid_and_gid() {
     let f = common::fds::rw_file(h.dir.path());
     let mut c = h.client();
     assert_eq!(
-        c.execute(&pr_helper::pr::pr_in_cdb(0, 8), f.as_fd(), &[])
+        c.execute(&pr_helper::scsi::pr::pr_in_cdb(0, 8), f.as_fd(), &[])
             .unwrap()
             .header
             .status,

@@ -1,10 +1,10 @@
 //! `pr-helper persist --json`: the JSON written for each kind of reply,
 //! byte for byte (field order, number and string forms, null).
 
+use pr_helper::client::tools::reply_json;
 use pr_helper::client::Reply;
-use pr_helper::pr::{pr_in_cdb, pr_out_cdb, sa_in};
 use pr_helper::protocol::{ResponseHeader, SENSE_SIZE};
-use pr_helper::tools::reply_json;
+use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb, sa_in};
 
 fn reply(status: u32, sense: &[u8], data: Vec<u8>) -> Reply {
     let mut s = [0u8; SENSE_SIZE];

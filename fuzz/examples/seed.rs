@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use fuzz_support::decoder::{self, Chunk};
 use fuzz_support::mpath::{self, reply_kind, BuiltPrOut};
 use fuzz_support::{handshake, scsi};
-use pr_helper::pr::{self, pr_in_cdb, pr_out_cdb};
+use pr_helper::scsi::pr::{self, pr_in_cdb, pr_out_cdb};
 use pr_helper::scsi::{host, SenseCode};
 
 type Corpus = BTreeMap<String, Vec<u8>>;

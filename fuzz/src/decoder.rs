@@ -50,7 +50,7 @@ use pr_helper::protocol::{
 };
 
 /// Most fds one `recvmsg` of the helper takes (`fdpass::MAX_FDS_PER_MESSAGE`).
-const MAX_FDS_PER_MESSAGE: usize = pr_helper::fdpass::MAX_FDS_PER_MESSAGE;
+const MAX_FDS_PER_MESSAGE: usize = pr_helper::protocol::fdpass::MAX_FDS_PER_MESSAGE;
 
 thread_local! {
     /// Drop count of every token created for the current input.
@@ -455,7 +455,7 @@ pub fn run(input: &[u8]) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pr_helper::pr::{pr_in_cdb, pr_out_cdb};
+    use pr_helper::scsi::pr::{pr_in_cdb, pr_out_cdb};
 
     #[test]
     fn encode_parse_round_trip() {

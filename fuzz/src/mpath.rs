@@ -41,7 +41,7 @@ use pr_helper::mpath::translate::{
     build_pr_in, map_result, parse_pr_in, parse_pr_out, Mapped, PrinReply, TransportId,
     MAX_ISCSI_TID_LEN, MAX_TRANSPORT_IDS, PR_OUT_FIXED_PARAM_SIZE,
 };
-use pr_helper::pr;
+use pr_helper::scsi::pr;
 use pr_helper::protocol::{CDB_SIZE, MAX_TRANSFER};
 use pr_helper::scsi::{status, SenseCode};
 

@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 
 use thiserror::Error;
 
-use crate::device::Inspected;
+use crate::server::device::Inspected;
 
 /// DM_IOCTL type byte.
 const DM_IOCTL: u8 = 0xfd;

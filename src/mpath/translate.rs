@@ -21,7 +21,7 @@ pub const MAX_ISCSI_TID_LEN: usize = 252;
 
 /// PR IN service actions served through the library.
 pub mod sa_in {
-    pub use crate::pr::sa_in::*;
+    pub use crate::scsi::pr::sa_in::*;
 }
 
 /// One TransportID as the library holds it.
@@ -89,7 +89,7 @@ pub fn parse_pr_out(cdb: &[u8; CDB_SIZE], params: &[u8]) -> Result<ProutRequest,
     // 2. Service actions the library implements (REGISTER AND MOVE is not
     // representable in its descriptor, REPLACE LOST RESERVATION unknown).
     let service_action = cdb[1];
-    if service_action > crate::pr::sa_out::REGISTER_AND_IGNORE {
+    if service_action > crate::scsi::pr::sa_out::REGISTER_AND_IGNORE {
         return Err(SenseCode::INVALID_FIELD);
     }
     let mut key = [0u8; 8];
@@ -324,7 +324,7 @@ pub fn map_result(result: i32) -> Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pr;
+    use crate::scsi::pr;
 
     fn cdb_out(sa: u8, scope_type: u8, len: u16) -> [u8; 16] {
         let mut c = [0u8; 16];

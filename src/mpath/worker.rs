@@ -31,12 +31,12 @@ use thiserror::Error;
 use super::detect::{Control, DetectError};
 use super::ffi;
 use super::translate::{self, Mapped};
-use crate::command::response;
-use crate::connection::Responder;
-use crate::pool::Ticket;
 use crate::protocol::{Direction, Request, Response};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, status, Completion, SenseCode, TEST_UNIT_READY};
+use crate::server::command::response;
+use crate::server::connection::Responder;
+use crate::server::pool::Ticket;
 
 /// Why multipath support could not start (D7: the reference ignores these).
 #[derive(Debug, Error)]
@@ -156,7 +156,7 @@ impl std::fmt::Debug for Job {
 
 impl Multipath {
     /// True if `fd` is a dm-multipath device (called on a pool thread).
-    pub fn detect(&self, fd: &crate::device::Inspected) -> Result<bool, DetectError> {
+    pub fn detect(&self, fd: &crate::server::device::Inspected) -> Result<bool, DetectError> {
         self.control.is_multipath(fd)
     }
 

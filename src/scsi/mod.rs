@@ -4,6 +4,9 @@
 //!
 //! Everything in this module is pure; the one ioctl lives in [`sgio`].
 
+/// Persistent-reservation constants, CDBs and TransportIDs (SPC-4).
+pub mod pr;
+
 pub mod sgio;
 
 use crate::protocol::SENSE_SIZE;

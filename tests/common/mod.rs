@@ -247,7 +247,7 @@ impl Helper {
         let mut c = self.client();
         let f = fds::rw_file(self.dir.path());
         let r = c
-            .execute(&pr_helper::pr::pr_in_cdb(0, 8), f.as_fd(), &[])
+            .execute(&pr_helper::scsi::pr::pr_in_cdb(0, 8), f.as_fd(), &[])
             .expect("helper still answers");
         assert_eq!(r.header.status, 2);
     }
@@ -385,7 +385,7 @@ pub fn assert_still_open(stream: &UnixStream, for_: Duration) {
 
 /// Sends raw bytes with optional fds attached in one sendmsg.
 pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let n = pr_helper::fdpass::send(stream.as_fd(), &[std::io::IoSlice::new(bytes)], fds)
+    let n = pr_helper::protocol::fdpass::send(stream.as_fd(), &[std::io::IoSlice::new(bytes)], fds)
         .expect("sendmsg");
     assert_eq!(n, bytes.len(), "short sendmsg");
 }

@@ -1,6 +1,6 @@
 //! Writes pr-helper(8) and the bash, zsh and fish completions, all generated
-//! from pr-helper's clap definition (`pr_helper::cli::Cli`, whose helper
-//! options are the settings of `pr_helper::config::Config`), into the
+//! from pr-helper's clap definition (`pr_helper::process::cli::Cli`, whose helper
+//! options are the settings of `pr_helper::process::config::Config`), into the
 //! directory given as the first argument:
 //!
 //! ```text
@@ -8,7 +8,7 @@
 //! ```
 //!
 //! With a second argument, also writes the commented configuration example
-//! (`pr_helper::config::example_file`) there:
+//! (`pr_helper::process::config::example_file`) there:
 //!
 //! ```text
 //! cargo run --manifest-path packaging/gen-docs/Cargo.toml -- packaging/generated docs/config.toml.example
@@ -25,8 +25,8 @@ use std::process::ExitCode;
 
 use clap::{Arg, CommandFactory};
 use clap_complete::Shell;
-use pr_helper::cli::Cli;
-use pr_helper::config::{self, DEFAULT_CONFIG_FILE, DEFAULT_PIDFILE, ENV_PREFIX};
+use pr_helper::process::cli::Cli;
+use pr_helper::process::config::{self, DEFAULT_CONFIG_FILE, DEFAULT_PIDFILE, ENV_PREFIX};
 use pr_helper::protocol::DEFAULT_SOCKET;
 use roff::{bold, roman, Roff};
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use pr_helper::pr::{self, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
+use pr_helper::scsi::pr::{self, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
 use pr_helper::scsi::SenseCode;
 
 use crate::exec::{self, Outcome, Via};

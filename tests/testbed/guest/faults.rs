@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use pr_helper::pr::{pr_in_cdb, sa_in};
+use pr_helper::scsi::pr::{pr_in_cdb, sa_in};
 use pr_helper::scsi::sgio::{self, DataPhase};
 use pr_helper::scsi::{self, SenseCode};
 

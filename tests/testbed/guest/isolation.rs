@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pr_helper::pr::{pr_in_cdb, sa_in};
+use pr_helper::scsi::pr::{pr_in_cdb, sa_in};
 
 use crate::exec::{self, Via};
 use crate::{lio, result};

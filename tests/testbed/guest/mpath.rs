@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pr_helper::pr::{self, flags, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
+use pr_helper::scsi::pr::{self, flags, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
 
 use crate::exec::{self, Outcome, Via};
 use crate::{lio, result};

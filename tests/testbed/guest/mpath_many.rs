@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pr_helper::pr::{self, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
+use pr_helper::scsi::pr::{self, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
 
 use crate::devices::{o_path_read_keys, refused};
 use crate::exec::{self, Via};

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use pr_helper::pr::{
+use pr_helper::scsi::pr::{
     self, flags, pr_in_cdb, pr_out_cdb, pr_type, sa_in, sa_out, MoveParamList, ParamList,
 };
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use clap::{ArgGroup, Args};
 
 use crate::client::{Client, Reply};
-use crate::pr::{self, decode, flags, sa_in, sa_out};
 use crate::protocol::{CDB_SIZE, DEFAULT_SOCKET, SENSE_SIZE};
+use crate::scsi::pr::{self, decode, flags, sa_in, sa_out};
 use crate::scsi::{self, status, SenseCode};
 
 /// `pr-helper ping`.

@@ -1,6 +1,6 @@
 //! Which descriptors may carry a persistent-reservation command at all
 //! (D27, D28). Checked once per request, before SG_IO and before multipath
-//! detection, by [`crate::command::Executor::route`].
+//! detection, by [`crate::server::command::Executor::route`].
 //!
 //! The fd itself is inspected once per request ([`Inspected`]: one F_GETFL,
 //! one fstat); the check, the read-only rule of PR OUT, the device key of
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn one_inspection_answers_every_question_about_the_fd() {
-        use crate::isolation::DevKey;
+        use crate::server::isolation::DevKey;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, b"x").unwrap();

@@ -6,13 +6,16 @@
 //!
 //! Used by the `persist`/`ping` subcommands, the benchmark and the tests.
 
+/// The client subcommands: `ping`, `persist`, `probe`.
+pub mod tools;
+
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::fdpass;
+use crate::protocol::fdpass;
 use crate::protocol::{self, ResponseHeader, CDB_SIZE, FEATURES_SIZE, RESPONSE_HEADER_SIZE};
 
 /// A response as the client sees it.

@@ -141,6 +141,6 @@ pub fn notify(state: &str) {
         sock.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = result {
-        tracing::warn!(target: "pr_helper::activation", "sd_notify {state:?} failed: {e}");
+        tracing::warn!(target: "pr_helper::process::activation", "sd_notify {state:?} failed: {e}");
     }
 }

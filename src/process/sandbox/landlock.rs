@@ -21,7 +21,7 @@ use landlock::{
     RulesetError, RulesetStatus, ABI,
 };
 
-use super::Profile;
+use super::profile::Profile;
 
 /// libmultipath's state directory.
 const MULTIPATH_STATE: &str = "/etc/multipath";

@@ -1,13 +1,13 @@
 //! The `pr-helper` command line: the helper's options ([`ServerArgs`], one
-//! per setting, defined with the settings in [`crate::config`]) or one of the
+//! per setting, defined with the settings in [`crate::process::config`]) or one of the
 //! client tools, whose options the tools define themselves
-//! ([`crate::tools`]). Only the binary and the documentation generator use
+//! ([`crate::client::tools`]). Only the binary and the documentation generator use
 //! this; the client tools do not.
 
 use clap::{Parser, Subcommand};
 
-use crate::config::ServerArgs;
-use crate::tools::{PersistArgs, PingArgs, ProbeArgs};
+use crate::client::tools::{PersistArgs, PingArgs, ProbeArgs};
+use crate::process::config::ServerArgs;
 
 /// The command line. Server options are qemu-pr-helper's (same letters, same
 /// meaning), plus long options for every other setting.

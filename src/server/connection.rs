@@ -23,14 +23,14 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::command::{Executor, Ran, Routed};
-use crate::fdpass::{self, Received};
-use crate::pool::{Parked, Pool, Release};
+use crate::protocol::fdpass::{self, Received};
 use crate::protocol::{
     self, Need, Progress, Request, RequestDecoder, Response, Violation, CDB_SIZE, FEATURES_SIZE,
     MAX_TRANSFER,
 };
 use crate::scsi::{self, SenseCode};
+use crate::server::command::{Executor, Ran, Routed};
+use crate::server::pool::{Parked, Pool, Release};
 
 /// Per-connection settings shared by all connections.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ impl Peer {
         let mut comm_len = 0;
         if let Some(name) = pid.and_then(|p| std::fs::read(format!("/proc/{p}/comm")).ok()) {
             let name = name.strip_suffix(b"\n").unwrap_or(&name);
-            let escaped = crate::logging::escape(&name[..name.len().min(16)]);
+            let escaped = crate::process::logging::escape(&name[..name.len().min(16)]);
             let n = escaped.len().min(COMM_ESCAPED);
             comm[..n].copy_from_slice(&escaped.as_bytes()[..n]);
             comm_len = n as u8;
@@ -93,7 +93,7 @@ impl Peer {
     }
 
     /// The peer's command name ("" when unknown), escaped for logs
-    /// ([`crate::logging::escape`]): the client chooses it (prctl, a write
+    /// ([`crate::process::logging::escape`]): the client chooses it (prctl, a write
     /// to /proc/self/comm, the name of the file it executed), so it may
     /// hold newlines, terminal escapes or any other byte. Escaped once, when
     /// the peer is made, not on every log line.
@@ -168,7 +168,7 @@ pub enum End {
 ///    as much of the response as the socket takes without blocking.
 ///
 /// Two drivers take a request through those steps. Between requests the
-/// connection is normally parked in the worker pool (see [`crate::pool`]):
+/// connection is normally parked in the worker pool (see [`crate::server::pool`]):
 /// the worker that sees a request arrive pulls it, executes it and writes
 /// the response, so a request costs the event loop nothing. This task then
 /// only waits, and takes over whenever the pool hands the connection back:
@@ -400,7 +400,7 @@ fn respond(
 ) -> io::Result<Vec<u8>> {
     log_request(peer, &request, &response, started.elapsed());
     if audit && request.direction == protocol::Direction::Out {
-        crate::audit::record(peer, &request, &response);
+        crate::server::audit::record(peer, &request, &response);
     }
     drop(request);
     let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());

@@ -193,7 +193,7 @@ impl Pidfile {
         }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::info!(
-                target: "pr_helper::daemon",
+                target: "pr_helper::process::daemon",
                 "cannot remove pid file {}: {e}; emptying it instead",
                 self.path.display()
             );

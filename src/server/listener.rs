@@ -129,10 +129,13 @@ pub struct Setup {
 impl Setup {
     /// The configured `socket_mode` and `socket_group` (the group resolved).
     pub fn from_config(
-        config: &crate::config::Config,
-    ) -> Result<Setup, crate::privileges::PrivilegeError> {
+        config: &crate::process::config::Config,
+    ) -> Result<Setup, crate::process::privileges::PrivilegeError> {
         let group = match &config.socket_group {
-            Some(name) => Some((name.clone(), crate::privileges::resolve_group(name)?)),
+            Some(name) => Some((
+                name.clone(),
+                crate::process::privileges::resolve_group(name)?,
+            )),
             None => None,
         };
         Ok(Setup {

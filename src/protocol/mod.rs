@@ -16,6 +16,9 @@
 //!   framing, exactly like QEMU's client);
 //! * response: status (4), payload length (4), sense (96), payload.
 
+/// Passing file descriptors over the socket (SCM_RIGHTS).
+pub mod fdpass;
+
 /// Bytes of CDB on the wire for every request.
 pub const CDB_SIZE: usize = 16;
 /// Bytes of sense data in every response.

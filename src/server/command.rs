@@ -8,14 +8,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use crate::connection::Responder;
-use crate::device::{self, Inspected};
-use crate::isolation::{Admission, DevKey};
-use crate::pool::Pool;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
-use crate::ratelimit::RateLimited;
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
+use crate::server::connection::Responder;
+use crate::server::device::{self, Inspected};
+use crate::server::isolation::{Admission, DevKey};
+use crate::server::pool::Pool;
+use crate::server::ratelimit::RateLimited;
 
 /// Settings that shape command execution.
 #[derive(Debug, Clone)]
@@ -177,7 +177,7 @@ pub struct Routed {
 /// worker compares it: reserved bits set go to the worker, which refuses).
 #[cfg(feature = "mpath")]
 fn is_read_full_status(request: &Request<OwnedFd>) -> bool {
-    request.direction == Direction::In && request.cdb[1] == crate::pr::sa_in::READ_FULL_STATUS
+    request.direction == Direction::In && request.cdb[1] == crate::scsi::pr::sa_in::READ_FULL_STATUS
 }
 
 /// Refusals are logged at warning level, at most one line every 10 s (a

@@ -30,7 +30,7 @@ use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::logging::{LogTarget, TraceOptions};
+use crate::process::logging::{LogTarget, TraceOptions};
 use crate::protocol::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 
 /// Default pidfile path, used with `-d` when no `-f` is given.
@@ -233,9 +233,9 @@ impl Config {
     }
 }
 
-impl From<&Config> for crate::logging::Settings {
+impl From<&Config> for crate::process::logging::Settings {
     fn from(c: &Config) -> Self {
-        crate::logging::Settings {
+        crate::process::logging::Settings {
             verbosity: c.verbosity,
             log_target: c.log_target,
             trace: c.trace.clone(),
@@ -681,13 +681,15 @@ impl Loaded {
             }
         }
         if let Some(user) = &c.user {
-            crate::privileges::resolve_user(user).map_err(|e| self.invalid("user", e))?;
+            crate::process::privileges::resolve_user(user).map_err(|e| self.invalid("user", e))?;
         }
         if let Some(group) = &c.group {
-            crate::privileges::resolve_group(group).map_err(|e| self.invalid("group", e))?;
+            crate::process::privileges::resolve_group(group)
+                .map_err(|e| self.invalid("group", e))?;
         }
         if let Some(group) = &c.socket_group {
-            crate::privileges::resolve_group(group).map_err(|e| self.invalid("socket_group", e))?;
+            crate::process::privileges::resolve_group(group)
+                .map_err(|e| self.invalid("socket_group", e))?;
         }
         if c.multipath && !cfg!(feature = "mpath") {
             return Err(self.invalid(

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::connection::{self, ConnectionConfig, Peer};
-use crate::pool::Pool;
-use crate::ratelimit::RateLimited;
+use crate::server::connection::{self, ConnectionConfig, Peer};
+use crate::server::pool::Pool;
+use crate::server::ratelimit::RateLimited;
 
 /// Settings for [`run`].
 #[derive(Clone)]

@@ -14,17 +14,19 @@ use std::process::ExitCode;
 use thiserror::Error;
 use tracing::{error, info};
 
-use crate::activation::ActivationError;
-use crate::command::{ExecConfig, Executor};
-use crate::config::{self, Config, ConfigError, ServerArgs};
-use crate::connection::ConnectionConfig;
-use crate::daemon::{self, Daemon, DaemonError, Pidfile};
-use crate::listener::ListenerError;
-use crate::pool::Pool;
-use crate::privileges::PrivilegeError;
-use crate::sandbox::SandboxError;
-use crate::server::{self, ServerConfig};
-use crate::{activation, listener, logging, privileges, signals};
+use crate::process::activation::ActivationError;
+use crate::process::config::{self, Config, ConfigError, ServerArgs};
+use crate::process::daemon::{self, Daemon, DaemonError, Pidfile};
+use crate::process::privileges::PrivilegeError;
+use crate::process::sandbox::SandboxError;
+use crate::server::accept::{self as server, ServerConfig};
+use crate::server::command::{ExecConfig, Executor};
+use crate::server::connection::ConnectionConfig;
+use crate::server::listener::ListenerError;
+use crate::server::pool::Pool;
+use crate::{
+    process::activation, process::logging, process::privileges, process::signals, server::listener,
+};
 
 /// Why the helper could not start: every fatal error of [`run`]. Its text is
 /// what the user sees, as `pr-helper: <message>` on stderr (through the
@@ -169,17 +171,17 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     // here on (multipath worker, SG_IO pool) inherits it.
     let mut removable: Vec<PathBuf> = created.0.iter().map(|(p, _)| p.clone()).collect();
     removable.extend(pidfile.as_ref().map(|p| p.path().to_path_buf()));
-    let sandbox = crate::sandbox::Settings {
+    let sandbox = crate::process::sandbox::Settings {
         seccomp: config.seccomp,
         landlock: config.landlock,
         profile: if config.multipath {
-            crate::sandbox::Profile::Multipath
+            crate::process::sandbox::Profile::Multipath
         } else {
-            crate::sandbox::Profile::Plain
+            crate::process::sandbox::Profile::Plain
         },
         removable,
     };
-    or_log!(crate::sandbox::apply(&sandbox));
+    or_log!(crate::process::sandbox::apply(&sandbox));
 
     #[cfg_attr(not(feature = "mpath"), allow(unused_mut))]
     let mut executor = Executor::new(ExecConfig {
@@ -257,7 +259,7 @@ fn serve(
         max_connections: config.max_connections,
         max_connections_per_client: config.max_connections_per_client,
         pool,
-        policy: crate::server::AccessPolicy {
+        policy: crate::server::accept::AccessPolicy {
             uids: config.allowed_uids.clone(),
             gids: config.allowed_gids.clone(),
         },
@@ -381,7 +383,7 @@ mod tests {
                 "Cannot lock pid file /run/p.pid: EAGAIN: Try again",
             ),
             (
-                SandboxError::Seccomp(crate::sandbox::seccomp::SeccompError::Handler(
+                SandboxError::Seccomp(crate::process::sandbox::seccomp::SeccompError::Handler(
                     io::Error::from_raw_os_error(libc::EINVAL),
                 ))
                 .into(),

@@ -25,7 +25,7 @@
 // Unsafe code: the SIGSYS handler (sigaction, write, _exit) and prctl.
 #![allow(unsafe_code)]
 
-use super::Profile;
+use super::profile::Profile;
 
 /// Why the filter could not be installed (the texts are the underlying
 /// errors'; [`super::SandboxError`] says what was being done).
@@ -70,7 +70,7 @@ mod table {
         SeccompFilter, SeccompRule, TargetArch,
     };
 
-    use crate::sandbox::Profile;
+    use crate::process::sandbox::profile::Profile;
 
     #[cfg(target_arch = "x86_64")]
     pub const TARGET: TargetArch = TargetArch::x86_64;

@@ -12,19 +12,12 @@
 //! would try.
 
 pub mod landlock;
+mod profile;
 pub mod seccomp;
 
-use std::path::PathBuf;
+pub use profile::Profile;
 
-/// Which build the filters are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    /// SG_IO only: fds arrive over the socket.
-    Plain,
-    /// With libmpathpersist, which opens path devices, reads sysfs and
-    /// multipath.conf, and talks to multipathd.
-    Multipath,
-}
+use std::path::PathBuf;
 
 /// What to install.
 #[derive(Debug, Clone)]

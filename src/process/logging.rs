@@ -213,7 +213,7 @@ pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destinat
     let filter = |extra: bool| {
         let mut f = EnvFilter::default().add_directive(base.into());
         if audit && config.verbosity < 2 {
-            if let Ok(d) = "pr_helper::audit=info".parse() {
+            if let Ok(d) = "pr_helper::server::audit=info".parse() {
                 f = f.add_directive(d);
             }
         }

@@ -18,7 +18,7 @@
 //!   an eventfd in semaphore mode, one count per job.
 //!
 //! Every command takes a place on its device first ([`Pool::run_on_device`],
-//! [`Pool::enter_or_wait`]; see [`crate::isolation`], D29): a device executes
+//! [`Pool::enter_or_wait`]; see [`crate::server::isolation`], D29): a device executes
 //! at most two at once, so one that never answers holds at most two threads.
 //! A parked connection whose request finds its device full is handed back to
 //! its task, which queues the request here to wait without a thread.
@@ -73,7 +73,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::isolation::{Admission, DevKey, Devices, Waiting};
+use crate::server::isolation::{Admission, DevKey, Devices, Waiting};
 
 /// How long a thread may stay on one piece of work, with no other thread
 /// waiting for work, before the watchdog adds a thread.
@@ -281,9 +281,11 @@ impl Pool {
                 watchdog: Watchdog::default(),
                 max_threads: max_threads.max(1),
                 name: name.to_string(),
-                devices: Mutex::new(Devices::new(crate::isolation::bound_for(max_threads))),
+                devices: Mutex::new(Devices::new(crate::server::isolation::bound_for(
+                    max_threads,
+                ))),
                 executing: AtomicUsize::new(0),
-                unkeyed_ok: crate::isolation::bound_for(max_threads) >= 2,
+                unkeyed_ok: crate::server::isolation::bound_for(max_threads) >= 2,
             }),
         })
     }
@@ -360,7 +362,7 @@ impl Pool {
     }
 
     /// Runs `f` on the calling thread if `key` has a place free (see
-    /// [`crate::isolation`]), holding the place while `f` runs; None if the
+    /// [`crate::server::isolation`]), holding the place while `f` runs; None if the
     /// device already executes its bound of commands.
     pub fn run_on_device<R>(&self, key: DevKey, f: impl FnOnce() -> R) -> Option<R> {
         let inner = &self.inner;
@@ -524,8 +526,9 @@ impl Inner {
             // the threads that exist. The watchdog retries every STALL while
             // a request is stuck, so the warning is rate-limited (as D10's).
             Err(e) => {
-                static LOG: Mutex<crate::ratelimit::RateLimited> =
-                    Mutex::new(crate::ratelimit::RateLimited::new(Duration::from_secs(10)));
+                static LOG: Mutex<crate::server::ratelimit::RateLimited> = Mutex::new(
+                    crate::server::ratelimit::RateLimited::new(Duration::from_secs(10)),
+                );
                 if let Some(suppressed) = lock(&LOG).allow() {
                     tracing::warn!(suppressed, "cannot start an SG_IO thread: {e}");
                 }

@@ -23,7 +23,7 @@
 //! The bookkeeping is one map under one lock, held for a few hash-map
 //! operations per request; a device has an entry only while it has commands
 //! executing. The device's key comes from the fstat the request's fd had
-//! anyway ([`crate::device::Inspected`]); still, the pool skips the map for
+//! anyway ([`crate::server::device::Inspected`]); still, the pool skips the map for
 //! a command that starts while no other executes (the usual case: one kept
 //! thread takes request after request): such an *unkeyed* command counts as
 //! executing on every device until it ends, which keeps the bound exact.
@@ -32,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::BorrowedFd;
 
-use crate::device::Inspected;
+use crate::server::device::Inspected;
 
 /// Identifies the device a command goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
