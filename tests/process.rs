@@ -277,7 +277,7 @@ fn trace_patterns_turn_on_trace_records() {
         let log = std::fs::read_to_string(&trace_file).unwrap_or_default();
         // The per-request debug record of the connection target went to the
         // trace file although verbosity is the default (warnings).
-        if log.contains("request") && log.contains("pr_helper::server::connection") {
+        if log.contains("request") && log.contains("pr_helper::server::reply") {
             break;
         }
         assert!(Instant::now() < deadline, "trace file:\n{log}");

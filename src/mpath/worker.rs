@@ -34,9 +34,8 @@ use super::translate::{self, Mapped};
 use crate::protocol::{Direction, Request, Response};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, status, Completion, SenseCode, TEST_UNIT_READY};
-use crate::server::command::response;
-use crate::server::connection::Responder;
 use crate::server::pool::Ticket;
+use crate::server::reply::{response, Responder};
 
 /// Why multipath support could not start (D7: the reference ignores these).
 #[derive(Debug, Error)]

@@ -139,7 +139,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
             (l, None)
         }
         None => {
-            let setup = or_fatal!(listener::Setup::from_config(&config));
+            let setup = or_fatal!(socket_setup(&config));
             let bound = or_fatal!(listener::bind_with(&config.socket, &setup));
             (bound.listener, Some((bound.path, bound.id)))
         }
@@ -322,6 +322,19 @@ fn raise_fd_limit() {
         Ok(_) => {}
         Err(e) => tracing::info!("cannot read the open file limit: {e}"),
     }
+}
+
+/// The configured `socket_mode` and `socket_group` (the group resolved),
+/// for the socket pr-helper creates.
+fn socket_setup(config: &Config) -> Result<listener::Setup, privileges::PrivilegeError> {
+    let group = match &config.socket_group {
+        Some(name) => Some((name.clone(), privileges::resolve_group(name)?)),
+        None => None,
+    };
+    Ok(listener::Setup {
+        mode: config.socket_mode.map(|m| m.0),
+        group,
+    })
 }
 
 #[cfg(test)]

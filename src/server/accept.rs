@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::server::connection::{self, ConnectionConfig, Peer};
+use crate::server::connection::{self, ConnectionConfig};
+use crate::server::end::log_end;
+use crate::server::peer::Peer;
 use crate::server::pool::Pool;
 use crate::server::ratelimit::RateLimited;
 
@@ -241,7 +243,7 @@ impl Acceptor {
         self.tracker.spawn(async move {
             tracing::debug!("{peer}: accepted");
             let end = connection::serve(stream, peer, config, pool, shutdown).await;
-            connection::log_end(&peer, &end);
+            log_end(&peer, &end);
             drop(client_slot);
             drop(permit);
         });

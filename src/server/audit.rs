@@ -1,5 +1,5 @@
 //! The audit trail: one record per PERSISTENT RESERVE OUT, at info level on
-//! the `pr_helper::server::audit` target, with structured fields, so an operator
+//! the `pr_helper::audit` target, with structured fields, so an operator
 //! can answer "who preempted node B's key at 03:12" from the journal:
 //!
 //! `journalctl SYSLOG_IDENTIFIER=pr-helper PRH_SERVICE_ACTION=PREEMPT`
@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::protocol::{Request, Response};
 use crate::scsi::{self, SenseCode};
-use crate::server::connection::Peer;
+use crate::server::peer::Peer;
 
 /// Name of a PR OUT service action.
 pub fn service_action_name(sa: u8) -> &'static str {
@@ -62,7 +62,7 @@ fn key(params: &[u8], at: usize) -> String {
 
 /// Logs the audit record for an executed PR OUT.
 pub fn record(peer: &Peer, request: &Request<OwnedFd>, response: &Response) {
-    if !tracing::enabled!(target: "pr_helper::server::audit", tracing::Level::INFO) {
+    if !tracing::enabled!(target: "pr_helper::audit", tracing::Level::INFO) {
         return;
     }
     let (device, wwid) = device_identity(&request.fd);
@@ -78,7 +78,7 @@ pub fn record(peer: &Peer, request: &Request<OwnedFd>, response: &Response) {
     // Escaped: the client chose it.
     let comm = peer.comm();
     info!(
-        target: "pr_helper::server::audit",
+        target: "pr_helper::audit",
         peer_pid = peer.pid.unwrap_or(-1),
         peer_uid = peer.uid,
         peer_gid = peer.gid,

@@ -11,11 +11,11 @@ use std::time::Duration;
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
-use crate::server::connection::Responder;
 use crate::server::device::{self, Inspected};
 use crate::server::isolation::{Admission, DevKey};
 use crate::server::pool::Pool;
 use crate::server::ratelimit::RateLimited;
+use crate::server::reply::{response, Responder};
 
 /// Settings that shape command execution.
 #[derive(Debug, Clone)]
@@ -272,16 +272,4 @@ fn persistent_reserve_out(
         config.sgio_timeout,
     );
     response(scsi::complete(outcome, request.params.len()), Vec::new())
-}
-
-/// The reply for a completion: PR IN data travels only with GOOD.
-pub fn response(completion: Completion, mut data: Vec<u8>) -> Response {
-    if completion.status != scsi::status::GOOD {
-        data.clear();
-    }
-    Response {
-        status: completion.status,
-        sense: completion.sense,
-        data,
-    }
 }

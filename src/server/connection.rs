@@ -7,30 +7,25 @@
 //! OUT parameter bytes without one), so the same byte-and-fd stream is
 //! framed identically, including which fds the kernel discards.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::socket::MsgFlags;
-use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::protocol::fdpass::{self, Received};
-use crate::protocol::{
-    self, Need, Progress, Request, RequestDecoder, Response, Violation, CDB_SIZE, FEATURES_SIZE,
-    MAX_TRANSFER,
-};
-use crate::scsi::{self, SenseCode};
+use crate::protocol::{self, Request, FEATURES_SIZE};
 use crate::server::command::{Executor, Ran, Routed};
+use crate::server::end::End;
+use crate::server::peer::Peer;
 use crate::server::pool::{Parked, Pool, Release};
+use crate::server::reply::{respond, InFlight, Responder};
+use crate::server::session::{Pulled, Session};
 
 /// Per-connection settings shared by all connections.
 #[derive(Debug, Clone)]
@@ -42,111 +37,6 @@ pub struct ConnectionConfig {
     pub executor: Executor,
     /// Log an audit record for every PR OUT.
     pub audit: bool,
-}
-
-/// Who is on the other end, from SO_PEERCRED at accept time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// Connection number, unique for the life of the process.
-    pub id: u64,
-    /// Peer process id, if the kernel knows it.
-    pub pid: Option<i32>,
-    /// Peer user id.
-    pub uid: u32,
-    /// Peer group id.
-    pub gid: u32,
-    /// The peer's command name (/proc/PID/comm, at most 16 bytes read),
-    /// escaped once for logs when the peer is made (see [`Peer::comm`]).
-    comm: [u8; COMM_ESCAPED],
-    comm_len: u8,
-}
-
-/// Room for an escaped command name: 16 bytes, each at most 4 once escaped
-/// (`\xNN`).
-const COMM_ESCAPED: usize = 16 * 4;
-
-impl Peer {
-    /// Credentials of the process at the other end of `stream`.
-    pub fn of(id: u64, stream: &UnixStream) -> Self {
-        let (pid, uid, gid) = match stream.peer_cred() {
-            Ok(cred) => (cred.pid(), cred.uid(), cred.gid()),
-            // Only possible if the socket is already dead; log what we know.
-            Err(_) => (None, u32::MAX, u32::MAX),
-        };
-        let mut comm = [0u8; COMM_ESCAPED];
-        let mut comm_len = 0;
-        if let Some(name) = pid.and_then(|p| std::fs::read(format!("/proc/{p}/comm")).ok()) {
-            let name = name.strip_suffix(b"\n").unwrap_or(&name);
-            let escaped = crate::process::logging::escape(&name[..name.len().min(16)]);
-            let n = escaped.len().min(COMM_ESCAPED);
-            comm[..n].copy_from_slice(&escaped.as_bytes()[..n]);
-            comm_len = n as u8;
-        }
-        Peer {
-            id,
-            pid,
-            uid,
-            gid,
-            comm,
-            comm_len,
-        }
-    }
-
-    /// The peer's command name ("" when unknown), escaped for logs
-    /// ([`crate::process::logging::escape`]): the client chooses it (prctl, a write
-    /// to /proc/self/comm, the name of the file it executed), so it may
-    /// hold newlines, terminal escapes or any other byte. Escaped once, when
-    /// the peer is made, not on every log line.
-    pub fn comm(&self) -> &str {
-        // Escaped text is ASCII.
-        std::str::from_utf8(&self.comm[..usize::from(self.comm_len)]).unwrap_or("")
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "connection {} (pid ", self.id)?;
-        match self.pid {
-            Some(pid) => write!(f, "{pid}")?,
-            None => f.write_str("?")?,
-        }
-        write!(f, ", uid {}, gid {}", self.uid, self.gid)?;
-        if self.comm_len > 0 {
-            write!(f, ", {}", self.comm())?;
-        }
-        f.write_str(")")
-    }
-}
-
-/// Why a connection ended. Every variant but [`End::Closed`] and
-/// [`End::Shutdown`] is logged as a warning naming the peer.
-#[derive(Debug, Error)]
-pub enum End {
-    /// The client closed the connection at a request boundary.
-    #[error("client closed the connection")]
-    Closed,
-    /// The helper is shutting down.
-    #[error("helper shutting down")]
-    Shutdown,
-    /// The client broke the protocol (spec §6.1).
-    #[error("{0}")]
-    Violation(Violation),
-    /// The client closed the connection in the middle of a request.
-    #[error("unexpected end-of-file in the middle of {0}")]
-    Truncated(&'static str),
-    /// A started request did not finish arriving in time (D9).
-    #[error("{0} not complete after {1:?}, closing")]
-    Timeout(&'static str, Duration),
-    /// Reading from the socket failed.
-    #[error("unable to read from socket: {0}")]
-    Read(io::Error),
-    /// Writing to the socket failed.
-    #[error("unable to write to socket: {0}")]
-    Write(io::Error),
-    /// Executing a command failed inside the helper (a bug: it is logged as
-    /// an error, the connection is closed, and the helper keeps serving).
-    #[error("internal error executing a command: {0}")]
-    Internal(String),
 }
 
 /// Serves one accepted connection until it ends, then says why.
@@ -253,179 +143,6 @@ pub async fn serve(
             Err(end) => return end,
         }
     }
-}
-
-/// The reading side of one connection's protocol after the handshake: the
-/// request decoder and its read buffer. It moves with the connection (into
-/// the pool when parked, back to the task when returned), so half a request
-/// read by one driver is finished by the other.
-struct Session {
-    decoder: RequestDecoder<OwnedFd>,
-    buf: Vec<u8>,
-}
-
-/// What [`Session::pull`] got.
-enum Pulled {
-    /// A whole request.
-    Request(Request<OwnedFd>),
-    /// Nothing more can be read now (or the byte budget is spent); part of
-    /// a request may have arrived ([`Session::is_idle`] says).
-    Blocked,
-    /// The connection ends.
-    End(End),
-}
-
-impl Session {
-    fn new() -> Session {
-        Session {
-            decoder: RequestDecoder::new(),
-            buf: Vec::with_capacity(CDB_SIZE),
-        }
-    }
-
-    /// At a request boundary (nothing of the next request has arrived).
-    fn is_idle(&self) -> bool {
-        self.decoder.is_idle()
-    }
-
-    /// What is being read, for the timeout message.
-    fn reading(&self) -> &'static str {
-        match self.decoder.need() {
-            Need::Cdb(_) => "CDB",
-            Need::Params(_) => "parameter list",
-        }
-    }
-
-    /// Reads from `sock` without blocking until a whole request has
-    /// arrived, nothing more has, or the connection ends; at most `budget`
-    /// bytes, which it counts down.
-    ///
-    /// Each read is sized as the decoder needs it (spec §3): the rest of
-    /// the CDB with room for fds, or parameter bytes without. A reset
-    /// connection reads as end of file.
-    fn pull(&mut self, sock: BorrowedFd<'_>, budget: &mut usize) -> Pulled {
-        loop {
-            if *budget == 0 {
-                return Pulled::Blocked;
-            }
-            let cdb = matches!(self.decoder.need(), Need::Cdb(_));
-            let n = match self.decoder.need() {
-                Need::Cdb(n) => n,
-                Need::Params(n) => n.min(MAX_TRANSFER),
-            };
-            self.buf.resize(n.min(*budget), 0);
-            let received = match fdpass::recv(sock, &mut self.buf, cdb) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pulled::Blocked,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Received {
-                    len: 0,
-                    fds: Vec::new(),
-                },
-                Err(e) => return Pulled::End(End::Read(e)),
-            };
-            *budget -= received.len;
-            if received.len == 0 {
-                return Pulled::End(match (cdb, self.decoder.is_idle()) {
-                    (true, true) => End::Closed,
-                    (true, false) => End::Truncated("a CDB"),
-                    (false, _) => End::Truncated("the parameter list"),
-                });
-            }
-            let progress = if cdb {
-                match self
-                    .decoder
-                    .feed_cdb(&self.buf[..received.len], received.fds)
-                {
-                    Ok(progress) => progress,
-                    Err(violation) => return Pulled::End(End::Violation(violation)),
-                }
-            } else {
-                self.decoder.feed_params(&self.buf[..received.len])
-            };
-            if let Progress::Complete(request) = progress {
-                return Pulled::Request(request);
-            }
-        }
-    }
-}
-
-/// A request executing on the SG_IO pool (or the multipath worker);
-/// resolves to the part of the response that could not be written without
-/// blocking.
-type InFlight = oneshot::Receiver<io::Result<Vec<u8>>>;
-
-/// Sends the response for one request, from whichever thread executed it
-/// when the connection's task dispatched it: [`respond`], then hands the
-/// rest (and any write error) back to the connection task. Dropping it
-/// unsent (a panic) tells the connection task something went wrong.
-pub struct Responder {
-    stream: Arc<UnixStream>,
-    peer: Peer,
-    started: std::time::Instant,
-    audit: bool,
-    reply: oneshot::Sender<io::Result<Vec<u8>>>,
-}
-
-impl Responder {
-    /// Sends `response` for `request`, closing the request's fd.
-    pub fn send(self, request: Request<OwnedFd>, response: Response) {
-        let rest = respond(
-            self.stream.as_fd(),
-            &self.peer,
-            self.started,
-            self.audit,
-            request,
-            response,
-        );
-        // The stream goes before the reply, so that the connection task,
-        // once it has the reply, holds the only reference to it.
-        drop(self.stream);
-        // The receiver is gone only if the connection task ended.
-        let _ = self.reply.send(rest);
-    }
-}
-
-/// Answers one executed request, on the thread that executed it: logs and
-/// audits it, closes its fd, encodes the response and writes as much of it
-/// as the socket takes without blocking. Returns what is left to write
-/// (empty when all of it went), or the write error.
-fn respond(
-    sock: BorrowedFd<'_>,
-    peer: &Peer,
-    started: std::time::Instant,
-    audit: bool,
-    request: Request<OwnedFd>,
-    response: Response,
-) -> io::Result<Vec<u8>> {
-    log_request(peer, &request, &response, started.elapsed());
-    if audit && request.direction == protocol::Direction::Out {
-        crate::server::audit::record(peer, &request, &response);
-    }
-    drop(request);
-    let mut out = Vec::with_capacity(protocol::RESPONSE_HEADER_SIZE + response.data.len());
-    response.encode(&mut out);
-    let (written, result) = write_now(sock, &out);
-    result.map(|()| out[written..].to_vec())
-}
-
-/// Writes as much of `bytes` as the socket takes without blocking; returns
-/// how much that was, and the error if writing failed.
-fn write_now(sock: BorrowedFd<'_>, bytes: &[u8]) -> (usize, io::Result<()>) {
-    let mut written = 0;
-    while written < bytes.len() {
-        match nix::sys::socket::send(
-            sock.as_raw_fd(),
-            &bytes[written..],
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        ) {
-            Ok(n) => written += n,
-            Err(Errno::EAGAIN) => break,
-            Err(Errno::EINTR) => {}
-            Err(e) => return (written, Err(e.into())),
-        }
-    }
-    (written, Ok(()))
 }
 
 /// Bytes received on `sock` and not read yet (FIONREAD).
@@ -818,46 +535,5 @@ impl Connection {
             Ok(result) => result.map_err(End::Write),
             Err(_) => Err(End::Timeout("response write", self.config.request_timeout)),
         }
-    }
-}
-
-/// Logs one executed request at debug level with structured fields.
-fn log_request(peer: &Peer, request: &Request<OwnedFd>, response: &Response, elapsed: Duration) {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return;
-    }
-    let device = nix::sys::stat::fstat(&request.fd)
-        .map(|st| {
-            let rdev = st.st_rdev;
-            format!("{}:{}", libc::major(rdev), libc::minor(rdev))
-        })
-        .unwrap_or_else(|_| "?".to_string());
-    let sense = (response.status == scsi::status::CHECK_CONDITION)
-        .then(|| SenseCode::parse(&response.sense))
-        .flatten();
-    let hex = |v: Option<u8>| v.map(|b| format!("{b:02x}")).unwrap_or_default();
-    debug!(
-        conn = peer.id,
-        peer_pid = peer.pid.unwrap_or(-1),
-        peer_uid = peer.uid,
-        device = %device,
-        opcode = format_args!("{:#04x}", request.cdb[0]),
-        service_action = request.service_action(),
-        status = format_args!("{:#04x}", response.status),
-        sense_key = %hex(sense.map(|s| s.key)),
-        asc = %hex(sense.map(|s| s.asc)),
-        ascq = %hex(sense.map(|s| s.ascq)),
-        data_len = response.data.len(),
-        duration_us = elapsed.as_micros() as u64,
-        "request"
-    );
-}
-
-/// Logs how a connection ended, at the level its cause deserves.
-pub fn log_end(peer: &Peer, end: &End) {
-    match end {
-        End::Closed | End::Shutdown => debug!("{peer}: {end}"),
-        End::Internal(_) => tracing::error!("{peer}: {end}"),
-        _ => warn!("{peer}: {end}"),
     }
 }

@@ -126,25 +126,6 @@ pub struct Setup {
     pub group: Option<(String, Gid)>,
 }
 
-impl Setup {
-    /// The configured `socket_mode` and `socket_group` (the group resolved).
-    pub fn from_config(
-        config: &crate::process::config::Config,
-    ) -> Result<Setup, crate::process::privileges::PrivilegeError> {
-        let group = match &config.socket_group {
-            Some(name) => Some((
-                name.clone(),
-                crate::process::privileges::resolve_group(name)?,
-            )),
-            None => None,
-        };
-        Ok(Setup {
-            mode: config.socket_mode.map(|m| m.0),
-            group,
-        })
-    }
-}
-
 /// Binds and listens on `path` with the default mode and group, replacing
 /// a stale socket (D11).
 pub fn bind(path: &Path) -> Result<BoundSocket, ListenerError> {

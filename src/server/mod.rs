@@ -3,7 +3,12 @@
 //! * [`listener`]: the socket, made in a private directory and renamed into
 //!   place;
 //! * [`accept`]: the accept loop, the connection limits, graceful shutdown;
-//! * [`connection`]: one client, from handshake to its last reply;
+//! * [`connection`]: one client, from handshake to its last reply: the
+//!   connection task and the parked worker, the two drivers of a request;
+//! * [`peer`]: who is on the other end;
+//! * [`session`]: reading and decoding requests;
+//! * [`reply`]: answering a request: response, log, audit, write;
+//! * [`end`]: why a connection ended;
 //! * [`command`]: one request: read-only check, device check, SG_IO or
 //!   multipath, the reply;
 //! * [`device`]: which fds may carry a PR command;
@@ -17,7 +22,11 @@ pub mod audit;
 pub mod command;
 pub mod connection;
 pub mod device;
+pub mod end;
 pub mod isolation;
 pub mod listener;
+pub mod peer;
 pub mod pool;
 pub mod ratelimit;
+pub mod reply;
+pub mod session;
