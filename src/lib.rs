@@ -9,7 +9,7 @@
 //! * [`protocol`]: the wire format (pure encode/decode) and fd passing;
 //! * [`scsi`]: status and sense rules, the SG_IO ioctl, and the SPC
 //!   persistent-reservation constants, CDBs and TransportIDs;
-//! * [`server`]: the listening socket, the accept loop, connections, running
+//! * `server`: the listening socket, the accept loop, connections, running
 //!   one request (device checks, the per-device bound, the SG_IO pool), the
 //!   audit record;
 //! * [`mpath`]: beside the server, dm-multipath devices through
@@ -33,4 +33,4 @@ pub mod mpath;
 pub mod process;
 pub mod protocol;
 pub mod scsi;
-pub mod server;
+pub(crate) mod server;

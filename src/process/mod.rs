@@ -6,19 +6,19 @@
 //!   subcommands;
 //! * [`config`]: the settings, defined once, and their layers (defaults,
 //!   file, environment, command line);
-//! * [`logging`]: stderr or the journal, verbosity, `-T`;
-//! * [`activation`]: systemd socket activation and sd_notify;
-//! * [`daemon`]: `-d` with a readiness pipe, the pidfile;
-//! * [`privileges`]: capabilities and identity;
-//! * [`signals`]: SIGTERM, SIGINT, SIGHUP;
+//! * `logging`: stderr or the journal, verbosity, `-T`;
+//! * `activation`: systemd socket activation and sd_notify;
+//! * `daemon`: `-d` with a readiness pipe, the pidfile;
+//! * `privileges`: capabilities and identity;
+//! * `signals`: SIGTERM, SIGINT, SIGHUP;
 //! * [`sandbox`]: Landlock and seccomp after start-up.
 
-pub mod activation;
+pub(crate) mod activation;
 pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod logging;
-pub mod privileges;
+pub(crate) mod daemon;
+pub(crate) mod logging;
+pub(crate) mod privileges;
 pub mod sandbox;
-pub mod signals;
+pub(crate) mod signals;
 pub mod startup;

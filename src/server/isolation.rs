@@ -1,5 +1,5 @@
-//! Per-device isolation (D29): at most [`Devices::bound`] commands execute
-//! at once on one device; further requests for it wait here, in memory,
+//! Per-device isolation (D29): at most two commands (the bound given to
+//! [`Devices::new`]) execute at once on one device; further requests for it wait here, in memory,
 //! without holding a thread, and start as soon as one of the device's
 //! commands ends.
 //!
@@ -30,7 +30,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::fd::BorrowedFd;
 
 use crate::server::device::Inspected;
 
@@ -48,7 +47,8 @@ pub enum DevKey {
 
 impl DevKey {
     /// The device `fd` refers to (one fstat).
-    pub fn of(fd: BorrowedFd<'_>) -> DevKey {
+    #[cfg(test)]
+    pub fn of(fd: std::os::fd::BorrowedFd<'_>) -> DevKey {
         DevKey::inspected(&Inspected::of(fd))
     }
 
@@ -135,13 +135,9 @@ impl<T> Devices<T> {
         }
     }
 
-    /// Commands that may execute at once on one device.
-    pub fn bound(&self) -> usize {
-        self.bound
-    }
-
     /// Takes a place on `key` if one is free. Nobody waits while a place is
     /// free, so this is fair to waiting requests.
+    #[cfg(test)]
     pub fn try_enter(&mut self, key: DevKey) -> bool {
         self.try_enter_beside(key, 0)
     }

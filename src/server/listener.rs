@@ -128,6 +128,7 @@ pub struct Setup {
 
 /// Binds and listens on `path` with the default mode and group, replacing
 /// a stale socket (D11).
+#[cfg(test)]
 pub fn bind(path: &Path) -> Result<BoundSocket, ListenerError> {
     bind_with(path, &Setup::default())
 }

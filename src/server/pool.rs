@@ -357,6 +357,7 @@ impl Pool {
     }
 
     /// Most threads that ever existed at once.
+    #[cfg(test)]
     pub fn peak_threads(&self) -> usize {
         lock(&self.inner.threads).peak
     }
@@ -478,6 +479,7 @@ impl Ticket {
 
     /// The pool the ticket belongs to, to run follow-up work for the same
     /// command (the place stays taken while the ticket lives).
+    #[cfg(feature = "mpath")]
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
