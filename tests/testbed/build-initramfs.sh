@@ -13,13 +13,32 @@
 # (the host's qemu-system-x86_64 with its libraries and firmware), the kernel,
 # and an inner initramfs (virtio-scsi, sd, sg, sg3-utils, busybox and
 # tests/testbed/inner-init) as /boot/inner.cpio.gz.
+#
+# With TESTBED_ARCH=aarch64 it builds the arm64 guest's initramfs from the
+# arm64 cache (tests/testbed/fetch-arm64.sh): the kernel modules, busybox,
+# sg3-utils and glibc come from there, PR_HELPER and GUEST_RUNNER must be
+# aarch64 static binaries, and each HOST_BINARY names a path inside the
+# arm64 root (e.g. /usr/bin/qemu-pr-helper), whose libraries are found
+# through their ELF DT_NEEDED entries (the host's ldd cannot load arm64
+# programs). Neither TESTBED_NESTED nor TESTBED_MPATH_HELPER is supported
+# there.
 set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: $0 OUT PR_HELPER GUEST_RUNNER [HOST_BINARY...]" >&2; exit 2; }
 OUT=$1; PRH=$2; RUNNER=$3; shift 3
 HERE=$(cd "$(dirname "$0")" && pwd)
-CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed
+ARCH=${TESTBED_ARCH:-x86_64}
+BASE=${PRH_TEST_CACHE:-/var/cache/pr-helper}
+# busybox of the amd64 cache makes the cpio archives (it runs on the host).
+HOST_BUSYBOX=$BASE/testbed/root/bin/busybox
+case $ARCH in
+    x86_64) CACHE=$BASE/testbed MULTIARCH=x86_64-linux-gnu FETCH=fetch.sh ;;
+    aarch64) CACHE=$BASE/testbed-arm64 MULTIARCH=aarch64-linux-gnu FETCH=fetch-arm64.sh
+        [ "${TESTBED_NESTED:-0}" = 0 ] && [ -z "${TESTBED_MPATH_HELPER:-}" ] ||
+            { echo "$0: the aarch64 test bed has no nested or multipath image" >&2; exit 2; } ;;
+    *) echo "$0: TESTBED_ARCH must be x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
+esac
 ROOT=$CACHE/root
-[ -f "$CACHE/root.done" ] || { echo "test bed cache missing: run tests/run setup (tests/testbed/fetch.sh)" >&2; exit 1; }
+[ -f "$CACHE/root.done" ] && [ -x "$HOST_BUSYBOX" ] || { echo "test bed cache missing: run tests/run setup (tests/testbed/$FETCH)" >&2; exit 1; }
 KVER=$(cat "$CACHE/kernel-version")
 MODDIR=$ROOT/lib/modules/$KVER
 
@@ -80,8 +99,41 @@ add_modules() {
 }
 add_modules "$I" $WANTED
 
+# aarch64: the libraries BINARY needs, recursively (DT_NEEDED entries,
+# found in the arm64 root's library directories).
+needed_arm64() {
+    local todo=("$1") seen=" " f lib path
+    while [ ${#todo[@]} -gt 0 ]; do
+        f=${todo[0]}
+        todo=("${todo[@]:1}")
+        for lib in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+            case $seen in *" $lib "*) continue ;; esac
+            seen="$seen$lib "
+            path=""
+            for d in "$ROOT/lib/$MULTIARCH" "$ROOT/usr/lib/$MULTIARCH"; do
+                [ -e "$d/$lib" ] && { path=$d/$lib; break; }
+            done
+            [ -n "$path" ] || { echo "$0: $lib (needed by $f) is not in the arm64 cache" >&2; exit 1; }
+            echo "$path"
+            todo+=("$path")
+        done
+    done
+}
+
 # glibc programs with their libraries: copy_with_libs ROOTDIR BINARY DEST
 copy_with_libs() {
+    if [ "$ARCH" = aarch64 ]; then
+        local root=$1 bin=$2 dest=$3 lib libs
+        install -D -m 755 "$bin" "$root$dest"
+        mkdir -p "$root/usr/lib/$MULTIARCH" "$root/lib"
+        libs=$(needed_arm64 "$bin")
+        for lib in $libs; do
+            cp -L "$lib" "$root/usr/lib/$MULTIARCH/$(basename "$lib")"
+        done
+        cp -L "$ROOT/lib/ld-linux-aarch64.so.1" "$root/lib/"
+        [ -e "$root/lib/$MULTIARCH" ] || ln -s "../usr/lib/$MULTIARCH" "$root/lib/$MULTIARCH"
+        return 0
+    fi
     local root=$1 bin=$2 dest=$3 lib
     install -D -m 755 "$bin" "$root$dest"
     mkdir -p "$root/usr/lib/x86_64-linux-gnu" "$root/lib64"
@@ -98,7 +150,11 @@ for tool in $SG_TOOLS; do
     copy_with_libs "$I" "$ROOT/usr/bin/$tool" "/usr/bin/$tool"
 done
 for bin in "$@"; do
-    copy_with_libs "$I" "$bin" "$bin"
+    if [ "$ARCH" = aarch64 ]; then
+        copy_with_libs "$I" "$ROOT$bin" "$bin"
+    else
+        copy_with_libs "$I" "$bin" "$bin"
+    fi
 done
 
 if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
@@ -139,7 +195,7 @@ if [ "${TESTBED_NESTED:-0}" = 1 ]; then
         copy_with_libs "$J" "$ROOT/usr/bin/$tool" "/usr/bin/$tool"
     done
     mkdir -p "$I/boot"
-    (cd "$J" && find . | "$ROOT/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$I/boot/inner.cpio.gz"
+    (cd "$J" && find . | "$HOST_BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1) > "$I/boot/inner.cpio.gz"
     cp "$ROOT/boot/vmlinuz-$KVER" "$I/boot/vmlinuz"
     # QEMU for the nested guest, with the firmware a -kernel boot loads.
     copy_with_libs "$I" /usr/bin/qemu-system-x86_64 /usr/bin/qemu-system-x86_64
@@ -150,5 +206,5 @@ fi
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$I/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$I/etc/group"
 
-(cd "$I" && find . | "$ROOT/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$OUT"
+(cd "$I" && find . | "$HOST_BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1) > "$OUT"
 echo "initramfs $OUT: $(du -h "$OUT" | cut -f1), kernel $KVER"
