@@ -16,6 +16,8 @@ use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use thiserror::Error;
+
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::fmt::format::Writer;
@@ -128,6 +130,36 @@ fn directives(selected: &[&str], level: &str) -> Vec<tracing_subscriber::filter:
         .collect()
 }
 
+/// Why logging could not be set up (a start-up error).
+#[derive(Debug, Error)]
+pub enum LoggingError {
+    /// A `-T` option other than enable, events, file.
+    #[error("unknown trace option '{0}' (enable, events, file)")]
+    UnknownTraceOption(String),
+    /// `-T events=FILE` cannot be read.
+    #[error("cannot read trace events file {}: {source}", .path.display())]
+    EventsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `-T file=FILE` cannot be opened.
+    #[error("cannot open trace file {}: {source}", .path.display())]
+    TraceFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The journal's socket cannot be used.
+    #[error("cannot log to journald: {0}")]
+    Journald(std::io::Error),
+    /// Another logger is already installed.
+    #[error("cannot install the logger: {0}")]
+    Install(tracing_subscriber::util::TryInitError),
+}
+
 /// Parsed `-T` options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceOptions {
@@ -144,16 +176,14 @@ pub struct TraceOptions {
 impl TraceOptions {
     /// Parses `[[enable=]PATTERN][,events=FILE][,file=FILE]` (options may
     /// repeat and come in any order).
-    pub fn parse(text: &str) -> Result<TraceOptions, String> {
+    pub fn parse(text: &str) -> Result<TraceOptions, LoggingError> {
         let mut t = TraceOptions::default();
         for part in text.split(',').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
                 Some(("enable", p)) => t.patterns.push(p.to_string()),
                 Some(("events", f)) => t.events_file = Some(PathBuf::from(f)),
                 Some(("file", f)) => t.file = Some(PathBuf::from(f)),
-                Some((k, _)) => {
-                    return Err(format!("unknown trace option '{k}' (enable, events, file)"))
-                }
+                Some((k, _)) => return Err(LoggingError::UnknownTraceOption(k.to_string())),
                 None if part == "help" => t.help = true,
                 None => t.patterns.push(part.to_string()),
             }
@@ -162,11 +192,14 @@ impl TraceOptions {
     }
 
     /// Every pattern: those given plus those in the events file.
-    pub fn all_patterns(&self) -> Result<Vec<String>, String> {
+    pub fn all_patterns(&self) -> Result<Vec<String>, LoggingError> {
         let mut patterns = self.patterns.clone();
         if let Some(file) = &self.events_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read trace events file {}: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(file).map_err(|source| LoggingError::EventsFile {
+                    path: file.clone(),
+                    source,
+                })?;
             patterns.extend(
                 text.lines()
                     .map(str::trim)
@@ -178,7 +211,7 @@ impl TraceOptions {
     }
 
     /// The targets the patterns select.
-    pub fn selected(&self) -> Result<Vec<&'static str>, String> {
+    pub fn selected(&self) -> Result<Vec<&'static str>, LoggingError> {
         let patterns = self.all_patterns()?;
         Ok(TARGETS
             .iter()
@@ -239,7 +272,7 @@ pub enum Destination {
 
 /// Installs the global subscriber. `daemonizing`: stderr is about to become
 /// /dev/null, so `auto` prefers journald.
-pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destination, String> {
+pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destination, LoggingError> {
     let config = &settings.into();
     let trace = match &config.trace {
         Some(t) => TraceOptions::parse(t)?,
@@ -266,9 +299,7 @@ pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destinat
     };
     let journald = match config.log_target {
         LogTarget::Stderr => None,
-        LogTarget::Journald => {
-            Some(journald_layer().map_err(|e| format!("cannot log to journald: {e}"))?)
-        }
+        LogTarget::Journald => Some(journald_layer().map_err(LoggingError::Journald)?),
         LogTarget::Auto if stderr_is_journal() || daemonizing => journald_layer().ok(),
         LogTarget::Auto => None,
     };
@@ -285,7 +316,10 @@ pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destinat
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| format!("cannot open trace file {}: {e}", path.display()))?,
+                .map_err(|source| LoggingError::TraceFile {
+                    path: path.clone(),
+                    source,
+                })?,
         ),
         None => None,
     };
@@ -314,7 +348,7 @@ pub fn init(settings: impl Into<Settings>, daemonizing: bool) -> Result<Destinat
         );
     }
     let result = tracing_subscriber::registry().with(layers).try_init();
-    result.map_err(|e| format!("cannot install the logger: {e}"))?;
+    result.map_err(LoggingError::Install)?;
     Ok(destination)
 }
 
@@ -366,6 +400,23 @@ mod tests {
         assert_eq!(t.patterns, vec!["pool", "server"]);
         assert!(TraceOptions::parse("help").unwrap().help);
         assert!(TraceOptions::parse("colour=red").is_err());
+    }
+
+    #[test]
+    fn logging_errors_keep_their_messages() {
+        let e = TraceOptions::parse("colour=red").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown trace option 'colour' (enable, events, file)"
+        );
+        let e = TraceOptions::parse("events=/nonexistent/events")
+            .unwrap()
+            .selected()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read trace events file /nonexistent/events: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

@@ -40,9 +40,9 @@ pub enum StartupError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Logging could not be set up (the logging layer's message).
-    #[error("{0}")]
-    Logging(String),
+    /// Logging could not be set up.
+    #[error(transparent)]
+    Logging(#[from] logging::LoggingError),
     /// Multipath support could not start (D7).
     #[cfg(feature = "mpath")]
     #[error(transparent)]
@@ -116,7 +116,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    or_fatal!(logging::init(&config, config.daemon).map_err(StartupError::Logging));
+    or_fatal!(logging::init(&config, config.daemon));
     let socket_path_given = loaded.origin_of("socket") != "built-in default";
 
     // Multipath first, as in the reference: a failure stops the start
