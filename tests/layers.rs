@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, bottom first, and what each top-level module may import
-/// besides itself. Multipath sits beside the server (the server hands
-/// multipath maps to it, it answers through the server's reply handle);
+/// besides itself. Multipath sits beside the server and uses it (its reply
+/// handle, pool tickets and fd inspection); the server reaches multipath
+/// only through its own trait (`server::command::MultipathBackend`);
 /// the client side uses the bottom layer only; the process layer builds
 /// everything else. The crate root (lib.rs) and the binary (main.rs) sit
 /// above all of them.
@@ -24,7 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // constants and TransportIDs.
     ("scsi", &["protocol"]),
     // Running requests.
-    ("server", &["protocol", "scsi", "mpath"]),
+    ("server", &["protocol", "scsi"]),
     ("mpath", &["protocol", "scsi", "server"]),
     // The client side: talks the protocol, builds and decodes PR commands.
     ("client", &["protocol", "scsi"]),

@@ -34,6 +34,8 @@ use super::translate::{self, Mapped};
 use crate::protocol::{Direction, Request, Response};
 use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, status, Completion, SenseCode, TEST_UNIT_READY};
+use crate::server::command::MultipathBackend;
+use crate::server::device::Inspected;
 use crate::server::pool::Ticket;
 use crate::server::reply::{response, Responder};
 
@@ -153,15 +155,14 @@ impl std::fmt::Debug for Job {
     }
 }
 
-impl Multipath {
-    /// True if `fd` is a dm-multipath device (called on a pool thread).
-    pub fn detect(&self, fd: &crate::server::device::Inspected) -> Result<bool, DetectError> {
-        self.control.is_multipath(fd)
+impl MultipathBackend for Multipath {
+    fn detect(&self, fd: &Inspected) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.control.is_multipath(fd)?)
     }
 
     /// Queues a request for the worker, which answers it; `ticket` is its
     /// place on the map, released once it is answered.
-    pub fn submit(&self, request: Request<OwnedFd>, responder: Responder, ticket: Ticket) {
+    fn submit(&self, request: Request<OwnedFd>, responder: Responder, ticket: Ticket) {
         let job = Job {
             request,
             responder,

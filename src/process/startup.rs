@@ -189,9 +189,9 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     });
     #[cfg(feature = "mpath")]
     if let Some(prepared) = multipath {
-        executor.multipath = Some(or_log!(
+        executor.multipath = Some(std::sync::Arc::new(or_log!(
             prepared.start(config.verbosity, config.sgio_timeout())
-        ));
+        )));
     }
     let code = serve(listener, &config, executor, created);
     if let Some(p) = pidfile {

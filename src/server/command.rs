@@ -6,6 +6,8 @@
 //! code runs it on the SG_IO pool, at most two at once per device (D29).
 
 use std::os::fd::{AsFd, OwnedFd};
+#[cfg(feature = "mpath")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::{Direction, Request, Response, MAX_TRANSFER};
@@ -14,6 +16,8 @@ use crate::scsi::{self, Completion, SenseCode};
 use crate::server::device::{self, Inspected};
 use crate::server::isolation::{Admission, DevKey};
 use crate::server::pool::Pool;
+#[cfg(feature = "mpath")]
+use crate::server::pool::Ticket;
 use crate::server::ratelimit::RateLimited;
 use crate::server::reply::{response, Responder};
 
@@ -40,7 +44,22 @@ pub struct Executor {
     pub config: ExecConfig,
     /// Multipath support, when compiled in and enabled.
     #[cfg(feature = "mpath")]
-    pub multipath: Option<crate::mpath::Multipath>,
+    pub multipath: Option<Arc<dyn MultipathBackend>>,
+}
+
+/// What the server needs of multipath support, which `crate::mpath`
+/// implements beside the server: whether an fd is a dm-multipath map, and
+/// handing it a request to answer. A trait, so that dependencies point one
+/// way: multipath uses the server's reply handle, pool ticket and fd
+/// inspection, and the server does not import multipath (one dynamic call
+/// per multipath request and one per detection, in `mpath` builds only).
+#[cfg(feature = "mpath")]
+pub trait MultipathBackend: Send + Sync + std::fmt::Debug {
+    /// True if `fd` is a dm-multipath device (called on a pool thread).
+    fn detect(&self, fd: &Inspected) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>;
+    /// Takes `request` to answer through `responder`; `ticket` is its place
+    /// on the map (D29), given up once it is answered.
+    fn submit(&self, request: Request<OwnedFd>, responder: Responder, ticket: Ticket);
 }
 
 impl Executor {
@@ -205,7 +224,7 @@ enum Way {
     Sgio,
     /// By the multipath worker.
     #[cfg(feature = "mpath")]
-    Multipath(crate::mpath::Multipath),
+    Multipath(Arc<dyn MultipathBackend>),
 }
 
 /// What [`Executor::run_here`] did with a request.
