@@ -32,12 +32,14 @@ use super::profile::Profile;
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// The allow-list did not compile to BPF.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[error(transparent)]
     Compile(#[from] seccompiler::BackendError),
     /// sigaction(SIGSYS) failed.
     #[error(transparent)]
     Handler(std::io::Error),
     /// The kernel refused the filter.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[error(transparent)]
     Apply(#[from] seccompiler::Error),
     /// prctl(PR_SET_NO_NEW_PRIVS) failed (builds without an allow-list).
