@@ -415,7 +415,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "cannot read trace events file /nonexistent/events: No such file or directory (os error 2)"
+            format!(
+                "cannot read trace events file /nonexistent/events: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
         );
     }
 
