@@ -32,6 +32,44 @@ fn cache() -> PathBuf {
     PathBuf::from(base).join("testbed")
 }
 
+/// Builds the guest's static pr-helper and scenario runner for `target`
+/// (release, locked) and returns the directory they are in.
+fn build_for_guest(target: &str, envs: &[(&str, &str)]) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .envs(envs.iter().copied())
+        .args(["build", "--release", "--locked", "--target", target])
+        .args(["--bin", "pr-helper", "--example", "testbed-guest"])
+        .status()
+        .expect("cargo build (guest)");
+    assert!(
+        status.success(),
+        "static {target} build failed (rustup target add {target})"
+    );
+    root().join("target").join(target).join("release")
+}
+
+/// Runs tests/testbed/build-initramfs.sh for `initramfs`, with the guest
+/// binaries in `out` and qemu-pr-helper and dmsetup at the paths the
+/// guest's root has them; `envs` select the variant.
+fn build_initramfs(initramfs: &Path, out: &Path, dmsetup: &str, envs: &[(&str, &std::ffi::OsStr)]) {
+    let status = Command::new(root().join("tests/testbed/build-initramfs.sh"))
+        .envs(envs.iter().copied())
+        .arg(initramfs)
+        .arg(out.join("pr-helper"))
+        .arg(out.join("examples/testbed-guest"))
+        .arg("/usr/bin/qemu-pr-helper")
+        .arg(dmsetup)
+        .status()
+        .expect("build-initramfs.sh");
+    assert!(
+        status.success(),
+        "initramfs build failed: {}",
+        initramfs.display()
+    );
+}
+
 struct Artifacts {
     kernel: PathBuf,
     initramfs: PathBuf,
@@ -65,23 +103,7 @@ fn artifacts() -> &'static Artifacts {
                 "{bin} missing: run `tests/run setup`"
             );
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "x86_64-unknown-linux-musl",
-                "--bin",
-                "pr-helper",
-                "--example",
-                "testbed-guest",
-            ])
-            .status()
-            .expect("cargo build (musl)");
-        assert!(status.success(), "static musl build failed");
+        let out = build_for_guest("x86_64-unknown-linux-musl", &[]);
         // The multipath build links glibc's libmpathpersist; a debug build is
         // enough for the guest and much quicker to make.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -104,23 +126,14 @@ fn artifacts() -> &'static Artifacts {
             "multipath build failed (is multipath-tools installed? run `tests/run setup`)"
         );
         let mpath_helper = root().join("target/x86_64-unknown-linux-gnu/debug/pr-helper");
-        let out = root().join("target/x86_64-unknown-linux-musl/release");
         let build = |file: &str, nested: bool, mpath: bool| {
             let path = root().join("target").join(file);
-            let mut cmd = Command::new(root().join("tests/testbed/build-initramfs.sh"));
+            let nested = std::ffi::OsStr::new(if nested { "1" } else { "0" });
+            let mut envs = vec![("TESTBED_NESTED", nested)];
             if mpath {
-                cmd.env("TESTBED_MPATH_HELPER", &mpath_helper);
+                envs.push(("TESTBED_MPATH_HELPER", mpath_helper.as_os_str()));
             }
-            let status = cmd
-                .env("TESTBED_NESTED", if nested { "1" } else { "0" })
-                .arg(&path)
-                .arg(out.join("pr-helper"))
-                .arg(out.join("examples/testbed-guest"))
-                .arg("/usr/bin/qemu-pr-helper")
-                .arg("/usr/sbin/dmsetup")
-                .status()
-                .expect("build-initramfs.sh");
-            assert!(status.success(), "initramfs build failed");
+            build_initramfs(&path, &out, "/usr/sbin/dmsetup", &envs);
             path
         };
         Artifacts {
@@ -157,40 +170,18 @@ fn arm64_artifacts() -> &'static Arm64Artifacts {
         );
         // Linked with rust-lld, as packaging/build-static.sh links the
         // released aarch64 binary (no cross gcc needed).
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "aarch64-unknown-linux-musl",
-                "--bin",
-                "pr-helper",
-                "--example",
-                "testbed-guest",
-            ])
-            .status()
-            .expect("cargo build (aarch64 musl)");
-        assert!(
-            status.success(),
-            "static aarch64 musl build failed (rustup target add aarch64-unknown-linux-musl)"
+        let out = build_for_guest(
+            "aarch64-unknown-linux-musl",
+            &[("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")],
         );
-        let out = root().join("target/aarch64-unknown-linux-musl/release");
         let initramfs = root().join("target/testbed-aarch64-initramfs.cpio.gz");
-        let status = Command::new(root().join("tests/testbed/build-initramfs.sh"))
-            .env("TESTBED_ARCH", "aarch64")
-            .arg(&initramfs)
-            .arg(out.join("pr-helper"))
-            .arg(out.join("examples/testbed-guest"))
-            // Paths inside the arm64 root of the cache.
-            .arg("/usr/bin/qemu-pr-helper")
-            .arg("/sbin/dmsetup")
-            .status()
-            .expect("build-initramfs.sh");
-        assert!(status.success(), "aarch64 initramfs build failed");
+        // dmsetup's path inside the arm64 root of the cache.
+        build_initramfs(
+            &initramfs,
+            &out,
+            "/sbin/dmsetup",
+            &[("TESTBED_ARCH", std::ffi::OsStr::new("aarch64"))],
+        );
         Arm64Artifacts { kernel, initramfs }
     })
 }
