@@ -48,7 +48,9 @@ for t in "${TARGETS[@]}"; do
     [ -f "$FUZZ_DIR/fuzz_targets/$t.rs" ] || { echo "unknown target: $t (have: ${ALL_TARGETS[*]})" >&2; exit 2; }
 done
 
-command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: run fuzz/setup.sh" >&2; exit 1; }
+. "$FUZZ_DIR/tool.sh"
+export PATH=$CARGO_FUZZ_ROOT/bin:$PATH
+command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz $CARGO_FUZZ_VERSION missing from $CARGO_FUZZ_ROOT: run fuzz/setup.sh" >&2; exit 1; }
 
 SANITIZER=${FUZZ_SANITIZER:-none}
 WORK=${FUZZ_WORK:-$FUZZ_DIR/target/corpus}

@@ -1,9 +1,11 @@
 #!/bin/bash
 # One-time setup for fuzz/run.sh (needs the network: crates.io, Debian):
-# a C++ compiler (libfuzzer-sys builds libFuzzer from source), cargo-fuzz,
-# and every crate the fuzz crate needs, so that run.sh works offline.
+# a C++ compiler (libfuzzer-sys builds libFuzzer from source), cargo-fuzz
+# (the version fuzz/tool.sh pins, into $CARGO_FUZZ_ROOT), and every crate
+# the fuzz crate needs, so that run.sh works offline.
 set -euo pipefail
 FUZZ_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$FUZZ_DIR/tool.sh"
 
 if ! command -v c++ >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
@@ -15,10 +17,10 @@ if ! command -v c++ >/dev/null; then
     fi
 fi
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+if ! "$CARGO_FUZZ_ROOT/bin/cargo-fuzz" --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
+    cargo install --locked --quiet --force --root "$CARGO_FUZZ_ROOT" --version "$CARGO_FUZZ_VERSION" cargo-fuzz
 fi
-cargo fuzz --version
+"$CARGO_FUZZ_ROOT/bin/cargo-fuzz" --version
 
 cd "$FUZZ_DIR"
 cargo fetch

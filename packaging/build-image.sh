@@ -11,7 +11,7 @@
 #
 #   packaging/build-image.sh BINARY [TAG]            (static musl binary)
 #   packaging/build-image.sh --mpath BINARY [TAG]    (glibc build with --features mpath,
-#                                                     base: $PRH_MPATH_BASE from setup.sh)
+#                                                     base: $PRH_MPATH_BASE, from the root setup.sh made)
 #   packaging/build-image.sh --arch aarch64 BINARY [TAG]
 #                                                    (the static image for linux/arm64;
 #                                                     packaging/build-multiarch-image.sh
@@ -42,8 +42,7 @@ fi
 if [ -n "$mpath" ]; then
     tag=${2:-localhost/pr-helper:mpath}
     containerfile=$PRH_ROOT/Containerfile.mpath
-    prh_buildah inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1 ||
-        prh_die "base image $PRH_MPATH_BASE missing (run packaging/setup.sh)"
+    prh_mpath_base
     install -D -m 0755 "$bin" "$ctx/rootfs/usr/bin/pr-helper"
     install -D -m 0644 "$PRH_ROOT/LICENSE" "$ctx/rootfs/usr/share/licenses/pr-helper/LICENSE"
     install -D -m 0644 "$PRH_ROOT/packaging/licenses/THIRD-PARTY-NOTICES" \

@@ -60,12 +60,50 @@ prh_source_date_epoch() {
         git -C "$PRH_ROOT" log -1 --format=%ct 2>/dev/null || echo 0
     fi
 }
-# The local base image of the multipath variant (made by packaging/setup.sh).
-PRH_MPATH_BASE=${PRH_MPATH_BASE:-localhost/pr-helper-mpath-base:bookworm}
-
 # Container tools as they work on our machines (testbed README section 3):
 # vfs storage (no overlay in nested setups), runc (crun fails on hybrid
-# cgroups) and explicit ulimits (root lacks CAP_SYS_RESOURCE).
-prh_buildah() { buildah --storage-driver vfs "$@"; }
-prh_podman() { podman --storage-driver vfs --runtime runc "$@"; }
+# cgroups) and explicit ulimits (root lacks CAP_SYS_RESOURCE). The
+# machine's container storage, unless PRH_CONTAINER_STORAGE names a
+# directory of its own (packaging/test.sh: one in its fresh work directory,
+# so no image of an earlier run is ever seen).
+prh_storage_args() {
+    [ -z "${PRH_CONTAINER_STORAGE:-}" ] ||
+        printf '%s\n' --root "$PRH_CONTAINER_STORAGE/root" --runroot "$PRH_CONTAINER_STORAGE/run"
+}
+prh_buildah() { buildah --storage-driver vfs $(prh_storage_args) "$@"; }
+prh_podman() {
+    podman --storage-driver vfs --runtime runc $(prh_storage_args) \
+        ${PRH_CONTAINER_STORAGE:+--tmpdir "$PRH_CONTAINER_STORAGE/tmp"} "$@"
+}
 PRH_PODMAN_ULIMITS=(--ulimit nofile=1024:20000 --ulimit nproc=1024:1024)
+
+# The local base image of the multipath variant: no registry here, so a
+# Debian 12 root made by packaging/setup.sh with mmdebstrap from the Debian
+# mirror, cached as a tarball named after what it was made from, and
+# imported into the container storage in use when first needed.
+PRH_MPATH_BASE=${PRH_MPATH_BASE:-localhost/pr-helper-mpath-base:bookworm}
+PRH_MPATH_BASE_MMDEBSTRAP=(--variant=minbase --include=multipath-tools,ca-certificates bookworm)
+# The systemd boot test's root: systemd as PID 1 (systemd-sysv, dbus),
+# libnss-systemd (names of dynamic users), socat (a client that holds a
+# connection).
+PRH_NSPAWN_MMDEBSTRAP=(--variant=minbase --include=systemd,systemd-sysv,dbus,libnss-systemd,socat bookworm)
+# prh_rootfs_tar NAME ARGS...: the cache path of the root made by
+# `mmdebstrap ARGS...`: the name carries a hash of the arguments.
+prh_rootfs_tar() {
+    local name=$1
+    shift
+    printf '%s/%s-%s.tar\n' "$PRH_PKG_CACHE" "$name" "$(printf '%s\n' "$@" | sha256sum | cut -c1-16)"
+}
+PRH_MPATH_BASE_TAR=$(prh_rootfs_tar mpath-base "${PRH_MPATH_BASE_MMDEBSTRAP[@]}")
+PRH_NSPAWN_TAR=$(prh_rootfs_tar nspawn "${PRH_NSPAWN_MMDEBSTRAP[@]}")
+# prh_mpath_base: make sure $PRH_MPATH_BASE is in the storage in use (from
+# the cached root; fails when setup has not made it).
+prh_mpath_base() {
+    prh_buildah inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1 && return 0
+    [ -f "$PRH_MPATH_BASE_TAR" ] || prh_die "$PRH_MPATH_BASE_TAR missing (run packaging/setup.sh)"
+    local ctr
+    ctr=$(prh_buildah from scratch)
+    prh_buildah add "$ctr" "$PRH_MPATH_BASE_TAR" / >/dev/null
+    prh_buildah commit --quiet --timestamp 0 "$ctr" "$PRH_MPATH_BASE" >/dev/null
+    prh_buildah rm "$ctr" >/dev/null
+}

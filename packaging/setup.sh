@@ -18,22 +18,31 @@
 #   - every crate of Cargo.lock (and of packaging/gen-docs) in the cargo
 #     registry cache, so `cargo vendor --offline` and `cargo build --offline`
 #     work later;
-#   - a local base image for the multipath variant (Debian bookworm with
-#     multipath-tools, made with mmdebstrap from the Debian mirror), since
-#     registries cannot be reached here;
+#   - the root of a local base image for the multipath variant (Debian
+#     bookworm with multipath-tools, made with mmdebstrap from the Debian
+#     mirror, since registries cannot be reached here), kept as
+#     $PRH_PKG_CACHE/mpath-base-HASH.tar and imported by build-image.sh;
 #   - a Debian 12 root with systemd for packaging/systemd-boot-test.sh
-#     (mmdebstrap, kept as $PRH_PKG_CACHE/nspawn-bookworm.tar).
+#     (mmdebstrap, kept as $PRH_PKG_CACHE/nspawn-HASH.tar).
+#   HASH: of the mmdebstrap arguments (packaging/lib.sh), so a changed
+#   package list makes a new root.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-[ "$(id -u)" = 0 ] || prh_die "run as root (apt-get install)"
-prh_need apt-get cargo rustup
-
 CARGO_DEB_VERSION=3.8.0
 PKGS=(buildah podman runc rpm rpmlint lintian nix-bin mmdebstrap multipath-tools
     dpkg-dev fakeroot qemu-user-static file systemd-container python3-pyflakes)
+# --print-packages: the Debian packages above (tests/run installs them
+# with its own, in one apt-get run).
+if [ "${1:-}" = --print-packages ]; then
+    echo "${PKGS[*]}"
+    exit 0
+fi
+
+[ "$(id -u)" = 0 ] || prh_die "run as root (apt-get install)"
+prh_need apt-get cargo rustup
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -47,10 +56,30 @@ if [ ${#missing[@]} -gt 0 ]; then
     TMPDIR=/var/tmp DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The multipath image's base and the systemd boot test's root: no registry
+# here, so Debian roots made from the Debian mirror (packaging/lib.sh says
+# what each holds; the file names carry a hash of that). With a registry,
+# Containerfile.mpath's default base (docker.io/library/debian:bookworm-slim)
+# is used instead.
+mkroot() { # TARBALL MMDEBSTRAP-ARGS...
+    local tarball=$1
+    shift
+    [ -f "$tarball" ] && return 0
+    echo "setup: $(basename "$tarball") with mmdebstrap $*"
+    mmdebstrap --quiet --mode=root "$@" "$tarball.tmp.tar"
+    mv "$tarball.tmp.tar" "$tarball"
+}
+# Both in the background (network and disk) while cargo builds the tools
+# below (processor).
+mkdir -p "$PRH_PKG_CACHE"
+mkroot "$PRH_MPATH_BASE_TAR" "${PRH_MPATH_BASE_MMDEBSTRAP[@]}" &
+mpath_base=$!
+mkroot "$PRH_NSPAWN_TAR" "${PRH_NSPAWN_MMDEBSTRAP[@]}" &
+nspawn_root=$!
+
 echo "setup: rust targets ${PRH_ARCHES[*]/%/-unknown-linux-musl}"
 rustup target add "${PRH_ARCHES[@]/%/-unknown-linux-musl}" >/dev/null
 
-mkdir -p "$PRH_PKG_CACHE"
 if ! "$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
     echo "setup: cargo install cargo-deb $CARGO_DEB_VERSION"
     cargo install --locked --quiet --root "$PRH_PKG_CACHE/cargo-deb" \
@@ -69,27 +98,6 @@ echo "setup: cargo fetch (crates for offline builds and cargo vendor)"
 (cd "$PRH_ROOT" && cargo fetch --locked --quiet)
 (cd "$PRH_ROOT/packaging/gen-docs" && cargo fetch --locked --quiet)
 
-# The multipath image's base: no registry here, so a local image made from
-# the Debian mirror. With a registry, Containerfile.mpath's default base
-# (docker.io/library/debian:bookworm-slim) is used instead.
-if ! buildah --storage-driver vfs inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1; then
-    echo "setup: building local base image $PRH_MPATH_BASE with mmdebstrap"
-    tarball=$PRH_PKG_CACHE/mpath-base.tar
-    mmdebstrap --quiet --variant=minbase --include=multipath-tools,ca-certificates \
-        --mode=root bookworm "$tarball"
-    ctr=$(buildah --storage-driver vfs from scratch)
-    buildah --storage-driver vfs add "$ctr" "$tarball" /
-    buildah --storage-driver vfs commit --quiet --timestamp 0 "$ctr" "$PRH_MPATH_BASE" >/dev/null
-    buildah --storage-driver vfs rm "$ctr" >/dev/null
-    rm -f "$tarball"
-fi
-# The systemd boot test's root: systemd as PID 1 (systemd-sysv, dbus),
-# libnss-systemd (names of dynamic users), socat (a client that holds a
-# connection).
-if [ ! -f "$PRH_PKG_CACHE/nspawn-bookworm.tar" ]; then
-    echo "setup: Debian 12 root for the systemd boot test (mmdebstrap)"
-    mmdebstrap --quiet --variant=minbase --include=systemd,systemd-sysv,dbus,libnss-systemd,socat \
-        --mode=root bookworm "$PRH_PKG_CACHE/nspawn-bookworm.tar.tmp.tar"
-    mv "$PRH_PKG_CACHE/nspawn-bookworm.tar.tmp.tar" "$PRH_PKG_CACHE/nspawn-bookworm.tar"
-fi
+wait "$mpath_base" || prh_die "mmdebstrap of the multipath base failed"
+wait "$nspawn_root" || prh_die "mmdebstrap of the systemd boot test root failed"
 echo "setup: done"

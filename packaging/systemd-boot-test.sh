@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The .deb under a real systemd as PID 1: boots a Debian 12 root (made by
-# packaging/setup.sh with mmdebstrap, cached as $PRH_PKG_CACHE/nspawn-bookworm.tar)
+# packaging/setup.sh with mmdebstrap, cached as $PRH_PKG_CACHE/nspawn-HASH.tar)
 # with
 #   systemd-nspawn -D ROOT --boot --register=no --keep-unit --capability=CAP_SYS_RAWIO
 # and runs packaging/systemd-boot/guest.sh there as a oneshot unit once the
@@ -29,8 +29,8 @@ prh_need systemd-nspawn losetup tar timeout
 [ "$(id -u)" = 0 ] || prh_die "run as root"
 [ $# -ge 1 ] || prh_die "usage: $0 DEB [WORKDIR]"
 deb=$(realpath "$1")
-w=${2:-$PRH_PKG_CACHE/test/boot}
-tarball=$PRH_PKG_CACHE/nspawn-bookworm.tar
+w=${2:-${TMPDIR:-/var/tmp}/pr-helper-boot-test}
+tarball=$PRH_NSPAWN_TAR
 [ -f "$tarball" ] || prh_die "$tarball missing (run packaging/setup.sh)"
 
 root=$w/root

@@ -34,16 +34,27 @@
 #
 #   packaging/test.sh [SECTION...]     (default: all, in the order above)
 #
-# Work and build directories: $PRH_TEST_DIR (default $PRH_PKG_CACHE/test; kept
-# between runs so the second run builds incrementally). Exits non-zero with
-# a message on the first failure or missing prerequisite.
+# Work and build directories: $PRH_TEST_DIR (default
+# /var/tmp/pr-helper-packaging-test; tests/run gives target/test-work/packaging),
+# removed and made anew at every run, container storage included (images are
+# built into $PRH_TEST_DIR/containers, not the machine's storage): nothing an
+# earlier run left is seen, and every build starts from nothing. Only what
+# packaging/setup.sh put in $PRH_PKG_CACHE (tools, Debian roots, each named
+# after its version or inputs) is reused. Sections run after one another
+# share the run's directory (the static section's binary is the others'). Exits
+# non-zero with a message on the first failure or missing prerequisite.
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-W=${PRH_TEST_DIR:-$PRH_PKG_CACHE/test}
+W=${PRH_TEST_DIR:-/var/tmp/pr-helper-packaging-test}
+case "$W" in /* ) ;; *) W=$PWD/$W ;; esac
+[ "$W" != / ] && [ "$W" != "$PRH_ROOT" ] || prh_die "PRH_TEST_DIR=$W: not a work directory"
+# Anything an interrupted run left mounted below it goes first.
+for m in $(findmnt -rn -o TARGET | grep "^$W/" | sort -r); do umount -l "$m" || true; done
+rm -rf "$W"
 mkdir -p "$W"
-W=$(cd "$W" && pwd)
+export PRH_CONTAINER_STORAGE=$W/containers
 SECTIONS=(versions licenses static docs systemd image rpm deb boot nix)
 [ $# -gt 0 ] && SECTIONS=("$@")
 export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
@@ -447,8 +458,7 @@ t_image() {
         figure "multipath image: skipped (PRH_SKIP_MPATH)"
         return
     fi
-    prh_buildah inspect --type image "$PRH_MPATH_BASE" >/dev/null 2>&1 ||
-        fail "base image $PRH_MPATH_BASE missing (run packaging/setup.sh)"
+    prh_mpath_base
     ldconfig -p | grep -q "libmpathpersist.so.0 " || fail "libmpathpersist missing (run packaging/setup.sh)"
     (cd "$PRH_ROOT" && CARGO_TARGET_DIR=$W/mpath cargo build --quiet --release --locked --offline \
         --features mpath --bin pr-helper)
@@ -747,6 +757,8 @@ sys.exit(1 if bad else 0)
 }
 t_nix() {
     local f src=$W/nix/src json show lock_ref
+    rm -rf "$W/nix"
+    mkdir -p "$W/nix"
     for f in flake.nix nix/*.nix packaging/nix-stub/*.nix; do
         nix-instantiate --store dummy:// --parse "$PRH_ROOT/$f" >/dev/null || fail "$f does not parse"
     done
