@@ -120,6 +120,18 @@ fn usage_and_validation_errors_exit_one() {
         "invalid group 'no-such-group-pr-helper'",
     );
     assert_fails(&["-u", "-5"], &[], "invalid user");
+    // (uid_t)-1 and (gid_t)-1 mean "leave unchanged" to setresuid and
+    // setresgid: accepted, they kept root without a word (D32).
+    assert_fails(
+        &["-u", "4294967295"],
+        &[],
+        "invalid user '4294967295': id 4294967295 is (uid_t)-1",
+    );
+    assert_fails(
+        &["-g", "4294967295"],
+        &[],
+        "invalid group '4294967295': id 4294967295 is (uid_t)-1",
+    );
     assert_fails(&["--sgio-timeout", "x"], &[], "--sgio-timeout");
     assert_fails(&["-T", "colour=blue"], &[], "unknown trace option");
     assert_fails(

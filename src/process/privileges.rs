@@ -32,7 +32,20 @@ pub enum PrivilegeError {
     /// `-g` (or `socket_group`) is neither a known group nor a number.
     #[error("invalid group '{0}'")]
     InvalidGroup(String),
+    /// `-u` or `-g` names id 4294967295, which set*id(2) read as "leave
+    /// unchanged": the process would keep root without a word.
+    #[error(
+        "invalid {0} '{1}': id 4294967295 is (uid_t)-1, which setresuid/setresgid \
+         take as \"leave unchanged\""
+    )]
+    UnchangedId(&'static str, String),
+    /// After the switch the kernel reports other ids than asked for.
+    #[error("Failed to drop privileges: asked for {asked}, running as {got}")]
+    NotSwitched { asked: String, got: String },
 }
+
+/// The id every set*id(2) call reads as "leave unchanged".
+const UNCHANGED: u32 = u32::MAX;
 
 /// The identity and capabilities to run with.
 #[derive(Debug, Clone, Default)]
@@ -47,23 +60,54 @@ pub struct Target {
 
 /// Looks up a user by name, else as a number (qemu-pr-helper's rule).
 /// Returns the uid and, for a name, the user's primary group.
+/// Id 4294967295 is refused, by number or by name (D32).
 pub fn resolve_user(name: &str) -> Result<(Uid, Option<Gid>), PrivilegeError> {
-    if let Ok(Some(user)) = User::from_name(name) {
-        return Ok((user.uid, Some(user.gid)));
+    let found = match User::from_name(name) {
+        Ok(Some(user)) => (user.uid, Some(user.gid)),
+        _ => name
+            .parse::<u32>()
+            .map(|uid| (Uid::from_raw(uid), None))
+            .map_err(|_| PrivilegeError::InvalidUser(name.to_string()))?,
+    };
+    if found.0.as_raw() == UNCHANGED || found.1.is_some_and(|g| g.as_raw() == UNCHANGED) {
+        return Err(PrivilegeError::UnchangedId("user", name.to_string()));
     }
-    name.parse::<u32>()
-        .map(|uid| (Uid::from_raw(uid), None))
-        .map_err(|_| PrivilegeError::InvalidUser(name.to_string()))
+    Ok(found)
 }
 
-/// Looks up a group by name, else as a number.
+/// Looks up a group by name, else as a number. Id 4294967295 is refused
+/// (D32).
 pub fn resolve_group(name: &str) -> Result<Gid, PrivilegeError> {
-    if let Ok(Some(group)) = Group::from_name(name) {
-        return Ok(group.gid);
+    let gid = match Group::from_name(name) {
+        Ok(Some(group)) => group.gid,
+        _ => name
+            .parse::<u32>()
+            .map(Gid::from_raw)
+            .map_err(|_| PrivilegeError::InvalidGroup(name.to_string()))?,
+    };
+    if gid.as_raw() == UNCHANGED {
+        return Err(PrivilegeError::UnchangedId("group", name.to_string()));
     }
-    name.parse::<u32>()
-        .map(Gid::from_raw)
-        .map_err(|_| PrivilegeError::InvalidGroup(name.to_string()))
+    Ok(gid)
+}
+
+/// Fails unless the real, effective and saved ids are all `uid` and `gid`:
+/// what every switch is checked against, so that no set*id(2) call that
+/// changed less than asked goes unnoticed.
+fn verify_ids(uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
+    let r = nix::unistd::getresuid()
+        .map_err(|e| PrivilegeError::Identity(format!("getresuid: {e}")))?;
+    let g = nix::unistd::getresgid()
+        .map_err(|e| PrivilegeError::Identity(format!("getresgid: {e}")))?;
+    let got = [r.real, r.effective, r.saved].map(Uid::as_raw);
+    let got_g = [g.real, g.effective, g.saved].map(Gid::as_raw);
+    if got != [uid.as_raw(); 3] || got_g != [gid.as_raw(); 3] {
+        return Err(PrivilegeError::NotSwitched {
+            asked: format!("uid {uid} gid {gid}"),
+            got: format!("uids {got:?} gids {got_g:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// The capabilities pr-helper keeps.
@@ -174,6 +218,7 @@ pub fn drop_privileges(target: &Target) -> Result<(), PrivilegeError> {
             .map_err(|e| PrivilegeError::Identity(format!("cannot switch to user {uid}: {e}")))?;
         nix::sys::prctl::set_keepcaps(false).map_err(|e| caps_err("PR_SET_KEEPCAPS", e))?;
     }
+    verify_ids(uid, gid)?;
 
     // Finally the capability sets themselves.
     caps::clear(None, CapSet::Ambient).map_err(|e| caps_err("clearing ambient capabilities", e))?;
@@ -223,11 +268,35 @@ mod tests {
             resolve_user("4294967296").unwrap_err().to_string(),
             "invalid user '4294967296'"
         );
+        // (uid_t)-1 and (gid_t)-1: "leave unchanged" to setresuid, so
+        // accepting them would keep root (D32).
+        assert_eq!(
+            resolve_user("4294967295").unwrap_err().to_string(),
+            "invalid user '4294967295': id 4294967295 is (uid_t)-1, which \
+             setresuid/setresgid take as \"leave unchanged\""
+        );
+        assert!(matches!(
+            resolve_group("4294967295"),
+            Err(PrivilegeError::UnchangedId("group", _))
+        ));
+        assert_eq!(resolve_user("4294967294").unwrap().0.as_raw(), 4294967294);
         assert_eq!(resolve_group("root").unwrap(), Gid::from_raw(0));
         assert_eq!(resolve_group("77").unwrap(), Gid::from_raw(77));
         assert_eq!(
             resolve_group("no-such-group-xyz").unwrap_err().to_string(),
             "invalid group 'no-such-group-xyz'"
+        );
+    }
+
+    #[test]
+    fn ids_are_verified_after_the_switch() {
+        let (u, g) = (Uid::current(), Gid::current());
+        assert!(verify_ids(u, g).is_ok());
+        let other = Uid::from_raw(u.as_raw().wrapping_add(1));
+        let e = verify_ids(other, g).unwrap_err().to_string();
+        assert!(
+            e.starts_with("Failed to drop privileges: asked for uid"),
+            "{e}"
         );
     }
 }
