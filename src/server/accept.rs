@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::server::connection::{self, ConnectionConfig};
-use crate::server::end::log_end;
+use crate::server::end::{log_end, log_held_back};
 use crate::server::peer::Peer;
 use crate::server::pool::Pool;
 use crate::server::ratelimit::RateLimited;
@@ -119,6 +119,7 @@ pub async fn run(
     // connection close.
     let grace = connection.executor.config.sgio_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+        log_held_back();
         info!("all connections closed");
         return;
     }
@@ -127,6 +128,7 @@ pub async fn run(
     let closed = tokio::time::timeout(FINAL_WRITES, tracker.wait())
         .await
         .is_ok();
+    log_held_back();
     warn!(
         "exiting after {grace:?} of shutdown: {cancelled} requests waiting for a device were \
          answered with an error; {executing} commands still executing are abandoned{}",
