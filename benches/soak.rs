@@ -210,6 +210,8 @@ impl Helper {
             .arg(&socket)
             .arg("--max-connections")
             .arg(max_connections.to_string())
+            // Every connection comes from this one process.
+            .args(["--max-connections-per-client", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("helper stderr file"))

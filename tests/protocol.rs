@@ -580,6 +580,35 @@ fn connections_per_client_process_are_bounded() {
     h.assert_no_errors();
 }
 
+/// Issue 22, item 7: by default (no option) one client process holds at
+/// most 64 connections (of 1,024), so one QEMU holding all it can get does
+/// not lock the other VMs out: the 65th is refused, another process is
+/// served, and the first one's connections still are.
+#[test]
+fn by_default_one_client_cannot_take_every_connection() {
+    let (h, baseline) = helper(&[]);
+    let f = fds::rw_file(h.dir.path());
+    let mut mine: Vec<_> = (0..64).map(|_| h.client()).collect();
+    let mut s = h.raw();
+    let (bytes, closed) = read_until_close(&mut s, Duration::from_secs(5));
+    assert_eq!((bytes.len(), closed), (0, true), "the 65th is refused");
+    h.wait_for_log("64 connections already open from this process", 1);
+    let out = std::process::Command::new(our_binary())
+        .arg("ping")
+        .arg("-k")
+        .arg(&h.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "another client is served: {out:?}");
+    for c in mine.iter_mut().step_by(9) {
+        let r = c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
+        assert_eq!(r.to_bytes(), io_error());
+    }
+    drop(mine);
+    h.assert_fds_return_to(baseline);
+    h.assert_no_errors();
+}
+
 #[test]
 fn client_vanishing_before_its_response_is_harmless() {
     let (h, baseline) = helper(&[]);

@@ -114,12 +114,14 @@ pub struct Config {
     pub max_connections: usize,
     /// Most simultaneous connections from one client process (by its pid); 0: no limit
     ///
-    /// Counted by the peer's SO_PEERCRED pid, so that one client cannot take
-    /// every max_connections slot; one more is accepted and closed, with a
-    /// warning naming it. QEMU opens one per pr-manager-helper object. Peers
-    /// in a pid namespace the helper cannot see (pid 0) are not counted. 0
-    /// means no limit, as in qemu-pr-helper.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Counted by the peer's SO_PEERCRED pid, so that one client (one
+    /// compromised guest's QEMU) cannot take every max_connections slot and
+    /// lock every other VM on the host out; one more is accepted and closed,
+    /// with a warning naming it. QEMU opens one per pr-manager-helper
+    /// object, so 64 leaves ample room. Peers in a pid namespace the helper
+    /// cannot see (pid 0) are not counted. 0 means no limit, as in
+    /// qemu-pr-helper.
+    #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_connections_per_client: usize,
     /// Most SG_IO commands executing at once
     ///
@@ -1054,7 +1056,7 @@ mod tests {
                 .unwrap()
                 .config
                 .max_connections_per_client,
-            0
+            64
         );
         figment::Jail::expect_with(|jail| {
             jail.clear_env();
