@@ -1059,3 +1059,127 @@ fn sigterm_with_a_hung_device_exits_after_the_sgio_timeout() {
         .stderr()
         .contains("4 requests waiting for a device were answered with an error"));
 }
+
+/// A loop device over a 16 MiB image with one MBR partition (2048 + 8192
+/// sectors), attached with partition scanning; detached when dropped.
+struct PartitionedLoop {
+    dev: String,
+}
+
+impl PartitionedLoop {
+    fn new(dir: &Path) -> PartitionedLoop {
+        let image = dir.join("disk.img");
+        let mut mbr = vec![0u8; 512];
+        // One primary partition of type 0x83 at LBA 2048, 8192 sectors.
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&8192u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(16 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["--find", "--partscan", "--show"])
+            .arg(&image)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let l = PartitionedLoop { dev };
+        // A kernel without an MBR parser (CONFIG_MSDOS_PARTITION off, as on
+        // some cloud kernels) finds no partition: partx adds it (BLKPG).
+        std::thread::sleep(Duration::from_millis(500));
+        if !Path::new(&l.partition()).exists() {
+            let out = Command::new("partx")
+                .args(["--add", &l.dev])
+                .output()
+                .expect("partx (util-linux)");
+            assert!(out.status.success(), "partx --add: {out:?}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&l.partition()).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not appear",
+                l.partition()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        l
+    }
+
+    fn partition(&self) -> String {
+        format!("{}p1", self.dev)
+    }
+}
+
+impl Drop for PartitionedLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// Lowers `pid`'s soft RLIMIT_NOFILE so that exactly one fd number is free
+/// below it: the next fd the helper receives takes the last slot.
+fn leave_one_free_fd(pid: u32) {
+    let mut open: Vec<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    open.sort_unstable();
+    let mut holes = (0..).filter(|n| open.binary_search(n).is_err());
+    let _first = holes.next().unwrap();
+    let second = holes.next().unwrap();
+    set_nofile_soft_limit(pid, second);
+}
+
+/// Issue 22, item 1: the partition rule (D27) must not fail open when the
+/// helper has no fd to spare. With one free fd slot, the request's own fd
+/// takes it; the check used to open /sys/dev/block/M:m, failed with EMFILE
+/// and let SG_IO run on the whole disk. Now it needs no fd (readlinkat and
+/// fstatat relative to /sys/dev/block opened at start-up) and refuses, for
+/// PR IN and PR OUT alike; the helper recovers once fds are back.
+#[test]
+fn the_partition_rule_holds_when_the_helper_has_no_fd_to_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = PartitionedLoop::new(dir.path());
+    for (what, cdb, params) in [
+        ("PR IN READ KEYS", pr_in_cdb(0, 8), &[][..]),
+        ("PR OUT REGISTER", pr_out_cdb(0, 0, 0, 24), &PARAMS[..]),
+    ] {
+        let part = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk.partition())
+            .unwrap();
+        let (h, baseline) = started(&[]);
+        let mut c = h.client();
+        let limit_before = h.idle_fd_count();
+        leave_one_free_fd(h.pid());
+        let r = c.execute(&cdb, part.as_fd(), params).unwrap();
+        // The reply for a refused partition: what the kernel's ENOTTY gives.
+        assert_eq!(r.to_bytes(), io_error(), "{what}");
+        let refused = h.wait_for_log("is a partition", 1);
+        assert!(
+            refused[0].contains(&format!(
+                "{} (",
+                Path::new(&disk.partition())
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+            )),
+            "{what}: {refused:?}"
+        );
+        set_nofile_soft_limit(h.pid(), 1 << 14);
+        drop(c);
+        h.assert_fds_return_to(baseline);
+        h.assert_serving();
+        h.assert_no_errors();
+        eprintln!(
+            "{what} on {} with one free fd slot ({limit_before} fds open): refused",
+            disk.partition()
+        );
+    }
+}

@@ -62,6 +62,10 @@ pub enum StartupError {
     /// Landlock or seccomp could not be applied.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// /sys/dev/block could not be opened: without it partitions cannot be
+    /// told from whole disks (D27), and every block device would be refused.
+    #[error("cannot open /sys/dev/block (needed to tell partitions from whole disks): {0}")]
+    Sysfs(nix::Error),
     /// The async runtime could not be built.
     #[error("cannot start the event loop: {0}")]
     EventLoop(io::Error),
@@ -106,7 +110,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         print!("{}", loaded.render());
         return ExitCode::SUCCESS;
     }
-    let config = loaded.config.clone();
+    let mut config = loaded.config.clone();
     if let Some(trace) = &config.trace {
         if logging::TraceOptions::parse(trace).is_ok_and(|t| t.help) {
             println!("Log targets that -T patterns select:");
@@ -128,7 +132,9 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         None
     };
 
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
+    config.max_connections = fit_connections(config.max_connections, fd_limit);
+    or_fatal!(crate::server::device::init().map_err(StartupError::Sysfs));
 
     // The socket comes first: it is libvirt's readiness signal, and QEMUs
     // that connect before the event loop runs wait in the backlog.
@@ -301,27 +307,62 @@ fn fatal(e: impl Into<StartupError>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Raises the soft limit on open files to the hard limit. Every connection
-/// holds a socket and, while a request is in flight, a device fd; under
-/// systemd's default soft limit of 1024 the helper would run out of fds
-/// before reaching its default connection limit. Raising the soft limit up
-/// to the hard one needs no privilege; failing to is only worth a note (the
-/// server refuses connections cleanly when fds run out, D10).
-fn raise_fd_limit() {
-    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            match nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-                hard,
-                hard,
-            ) {
-                Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
-                Err(e) => tracing::info!("cannot raise the open file limit from {soft}: {e}"),
+/// Raises the soft limit on open files to the hard limit; returns the soft
+/// limit in force (None if it cannot be read). Every connection holds a
+/// socket and, while a request is in flight, a device fd; under systemd's
+/// default soft limit of 1024 the helper would run out of fds before
+/// reaching its default connection limit. Raising the soft limit up to the
+/// hard one needs no privilege; failing to is only worth a note.
+fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::debug!("open file limit raised from {soft} to {hard}");
+                Some(hard)
             }
+            Err(e) => {
+                tracing::info!("cannot raise the open file limit from {soft}: {e}");
+                Some(soft)
+            }
+        },
+        Ok((soft, _)) => Some(soft),
+        Err(e) => {
+            tracing::info!("cannot read the open file limit: {e}");
+            None
         }
-        Ok(_) => {}
-        Err(e) => tracing::info!("cannot read the open file limit: {e}"),
     }
+}
+
+/// The fds one connection can hold: its socket, and the fd of a request
+/// in flight.
+const FDS_PER_CONNECTION: u64 = 2;
+/// The fds kept for everything else: the listener and its reserve fd, the
+/// event loop, the pool's threads, /sys/dev/block, journald, the reading
+/// of a request's extra fds (up to 16 per message, closed at once) and the
+/// device-mapper check's files.
+const FDS_RESERVED: u64 = 256;
+
+/// `max_connections`, lowered (with a warning) so that every connection
+/// it admits can hold its fds with [`FDS_RESERVED`] to spare under the
+/// open-file limit `limit`: clients filling every connection slot must not
+/// leave the helper without the fds it needs to check and run a request.
+fn fit_connections(max_connections: usize, limit: Option<u64>) -> usize {
+    let Some(limit) = limit else {
+        return max_connections;
+    };
+    let fit = limit.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    if max_connections as u64 <= fit {
+        return max_connections;
+    }
+    let lowered = usize::try_from(fit.max(1)).unwrap_or(max_connections);
+    tracing::warn!(
+        "max_connections lowered from {max_connections} to {lowered}: the open file limit \
+         ({limit}) leaves room for {FDS_PER_CONNECTION} fds per connection and \
+         {FDS_RESERVED} for the helper itself only up to {lowered}; raise LimitNOFILE= \
+         (or ulimit -n) to keep {max_connections}"
+    );
+    lowered
 }
 
 /// The configured `socket_mode` and `socket_group` (the group resolved),
@@ -340,6 +381,17 @@ fn socket_setup(config: &Config) -> Result<listener::Setup, privileges::Privileg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 22, item 1: every admitted connection can hold its fds with
+    /// the reserve to spare under the open-file limit.
+    #[test]
+    fn max_connections_fits_the_open_file_limit() {
+        assert_eq!(fit_connections(1024, Some(524_288)), 1024);
+        assert_eq!(fit_connections(1024, Some(2 * 1024 + 256)), 1024);
+        assert_eq!(fit_connections(1024, Some(1024)), 384);
+        assert_eq!(fit_connections(1024, Some(64)), 1);
+        assert_eq!(fit_connections(1024, None), 1024);
+    }
 
     /// Each layer's error converts into the one start-up error with its own
     /// text unchanged (what `pr-helper: ...` prints), and the messages that

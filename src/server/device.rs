@@ -24,29 +24,46 @@
 //!   CAP_SYS_RAWIO, so it applies the same rule itself.
 //!
 //! The rule is evaluated from sysfs (no privilege, no device-mapper ioctl,
-//! the same in plain and multipath builds):
+//! the same in plain and multipath builds), relative to `/sys/dev/block`
+//! opened once at start-up ([`init`]), so that deciding for a whole disk or
+//! a partition opens nothing at request time: a client that fills the
+//! helper's fd table cannot make the check fail.
 //!
-//! * `/sys/dev/block/M:m/partition` exists: a partition, refused;
-//! * `/sys/dev/block/M:m/dm` exists: every device below it
-//!   (`slaves/*`) must have exactly the dm device's size, and is checked in
-//!   turn. For a single-target table this is the kernel's test: the table
-//!   is validated to fit inside each device (`start + len <= size`), so
-//!   `len == size` implies `start == 0`. A table the kernel refuses whatever
-//!   the caller's capabilities (more than one target, a target without
-//!   `prepare_ioctl`) gets the same reply either way: ENOTTY.
+//! * The entry `M:m` is a symbolic link to the device's directory. A
+//!   partition's directory is always its disk's child
+//!   (`…/block/sda/sda1`), so when exactly one component follows the
+//!   first `block` of the link (`…/block/sda`, `…/virtual/block/loop0`),
+//!   the device is a whole disk: one `readlinkat`, the common case. Any
+//!   other shape is decided by the entries themselves:
+//! * `M:m/partition` exists: a partition, refused;
+//! * `M:m/dm` exists (the kernel names every dm device `dm-N`): every
+//!   device below it (`slaves/*`) must have exactly the dm device's size,
+//!   and is checked in turn. For a single-target table this is the kernel's
+//!   test: the table is validated to fit inside each device
+//!   (`start + len <= size`), so `len == size` implies `start == 0`. A table
+//!   the kernel refuses whatever the caller's capabilities (more than one
+//!   target, a target without `prepare_ioctl`) gets the same reply either
+//!   way: ENOTTY. Reading sizes and listing `slaves/` needs fds; when none
+//!   can be had the request is refused.
+//!
+//! The check fails closed: any error other than "this entry does not
+//! exist" refuses the request. A device number with no entry at all is a
+//! disk or partition that went away under an open fd; a deleted partition
+//! still takes SG_IO (to the whole disk) from a caller with CAP_SYS_RAWIO,
+//! so it is refused too, with the reply the kernel gives for a removed
+//! device (ENODEV, 04/44/00).
 //!
 //! Nothing is cached: a device number can be reused by a different
-//! partition or a reloaded dm table at any time. The cost is a few sysfs
-//! reads per request (measured in README, "Benchmark").
-//!
-//! A block device without a sysfs entry (a disk that went away under an
-//! open fd) is left to the kernel, which fails the ioctl as before.
+//! partition or a reloaded dm table at any time.
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
+use nix::sys::stat::Mode;
 
 use crate::scsi::{self, Completion};
 
@@ -63,6 +80,10 @@ pub enum Refused {
     Partition(String),
     /// A device-mapper device that maps only part of the device below (D27).
     PartialMapping(String),
+    /// The device has no sysfs entry any more: removed under an open fd.
+    Gone(String),
+    /// What the fd refers to could not be determined (the error says why).
+    Unchecked(String),
 }
 
 impl std::fmt::Display for Refused {
@@ -77,6 +98,14 @@ impl std::fmt::Display for Refused {
                 f,
                 "{dev} maps only part of the device below it: a SCSI command would act on the whole disk"
             ),
+            Refused::Gone(dev) => write!(
+                f,
+                "block device {dev} has no sysfs entry (removed while the fd was open)"
+            ),
+            Refused::Unchecked(why) => write!(
+                f,
+                "cannot tell whether the fd is a whole device ({why}); refused rather than risk the whole disk"
+            ),
         }
     }
 }
@@ -89,7 +118,10 @@ impl Refused {
     pub fn completion(&self) -> Completion {
         let errno = match self {
             Refused::OPath => libc::EBADF,
-            Refused::Partition(_) | Refused::PartialMapping(_) => libc::ENOTTY,
+            Refused::Gone(_) => libc::ENODEV,
+            Refused::Partition(_) | Refused::PartialMapping(_) | Refused::Unchecked(_) => {
+                libc::ENOTTY
+            }
         };
         scsi::complete(Err(errno), 0)
     }
@@ -147,6 +179,7 @@ impl Inspected {
     }
 
     /// True when the fd was opened with O_PATH (false if F_GETFL failed).
+    #[cfg(test)]
     pub fn is_o_path(&self) -> bool {
         self.flags
             .is_some_and(|flags| flags.contains(OFlag::O_PATH))
@@ -158,85 +191,149 @@ impl Inspected {
     }
 }
 
+/// `/sys/dev/block`, opened by [`init`] (or, failing that, by the first
+/// check that can).
+static DEV_BLOCK: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Opens `/sys/dev/block` for every later check; called at start-up,
+/// before the sandbox and while fds are plentiful.
+pub fn init() -> Result<(), Errno> {
+    dev_block().map(|_| ())
+}
+
+fn dev_block() -> Result<BorrowedFd<'static>, Errno> {
+    if let Some(fd) = DEV_BLOCK.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = nix::fcntl::open(
+        "/sys/dev/block",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(DEV_BLOCK.get_or_init(|| fd).as_fd())
+}
+
 /// Checks `fd` (see the module documentation); `Ok(())` lets the command
 /// through to SG_IO or the multipath worker.
 pub fn check(fd: &Inspected) -> Result<(), Refused> {
-    check_in(fd, Path::new("/sys"))
+    // Anything but a block device needs no sysfs (below).
+    if !matches!(fd.stat(), Ok(st) if st.kind == libc::S_IFBLK) {
+        return check_in(fd, None);
+    }
+    match dev_block() {
+        Ok(dir) => check_in(fd, Some(dir)),
+        Err(e) => Err(Refused::Unchecked(format!("/sys/dev/block: {e}"))),
+    }
 }
 
-/// [`check`] with sysfs mounted at `sysfs` (tests use a fake tree).
-pub fn check_in(fd: &Inspected, sysfs: &Path) -> Result<(), Refused> {
-    // F_GETFL reports O_PATH; a failing F_GETFL leaves it to the kernel.
-    if fd.is_o_path() {
-        return Err(Refused::OPath);
+/// [`check`] with `dev_block` as `/sys/dev/block` (tests use a fake tree).
+pub fn check_in(fd: &Inspected, dev_block: Option<BorrowedFd<'_>>) -> Result<(), Refused> {
+    match fd.flags {
+        None => return Err(Refused::Unchecked("F_GETFL failed".into())),
+        Some(flags) if flags.contains(OFlag::O_PATH) => return Err(Refused::OPath),
+        Some(_) => {}
     }
-    let Ok(st) = fd.stat() else {
-        return Ok(());
-    };
+    let st = fd
+        .stat()
+        .map_err(|e| Refused::Unchecked(format!("fstat: {e}")))?;
     if st.kind != libc::S_IFBLK {
         // sg character devices and anything else: whole devices, or not
         // SCSI at all (the ioctl fails).
         return Ok(());
     }
+    let dev_block = dev_block.ok_or_else(|| Refused::Unchecked("no /sys/dev/block".to_string()))?;
     let dev = format!("{}:{}", libc::major(st.rdev), libc::minor(st.rdev));
-    whole_unit(&sysfs.join("dev/block").join(&dev), &dev, 0)
+    whole_unit(dev_block, &dev, 0)
 }
 
-/// The kernel's rule for the block device whose sysfs directory is `dir`.
-///
-/// The common case (a whole disk) costs one path walk: the directory is
-/// opened once (O_PATH) and `partition` and `dm` are looked up relative to
-/// it.
-fn whole_unit(dir: &Path, dev: &str, depth: usize) -> Result<(), Refused> {
-    // No sysfs entry (the disk went away, or no sysfs at all): left to the
-    // kernel, as before this check existed.
-    let Ok(dir_fd) = nix::fcntl::open(
-        dir,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    ) else {
-        return Ok(());
+/// The kernel's rule for block device `dev` ("M:m"), with `dir` the
+/// `/sys/dev/block` directory.
+fn whole_unit(dir: BorrowedFd<'_>, dev: &str, depth: usize) -> Result<(), Refused> {
+    let link = match nix::fcntl::readlinkat(dir, dev) {
+        Ok(link) => link,
+        Err(Errno::ENOENT) => return Err(Refused::Gone(dev.to_string())),
+        Err(e) => return Err(Refused::Unchecked(format!("readlink {dev}: {e}"))),
     };
-    let has = |name: &str| {
-        nix::sys::stat::fstatat(&dir_fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    let link = link.as_bytes();
+    let name = link.rsplit(|&b| b == b'/').next().unwrap_or(link);
+    let named = || format!("{} ({dev})", String::from_utf8_lossy(name));
+    let exists = |entry: &str| -> Result<bool, Refused> {
+        match nix::sys::stat::fstatat(
+            dir,
+            format!("{dev}/{entry}").as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(Refused::Unchecked(format!("{dev}/{entry}: {e}"))),
+        }
     };
-    let name = || {
-        std::fs::read_link(dir)
-            .ok()
-            .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .map_or_else(|| dev.to_string(), |n| format!("{n} ({dev})"))
+    let is_dm = if after_first_block(link) == Some(1) {
+        // A whole disk (a partition has at least two components there); the
+        // kernel names device-mapper devices dm-N and nothing else so.
+        name.starts_with(b"dm-") && exists("dm")?
+    } else {
+        if exists("partition")? {
+            return Err(Refused::Partition(named()));
+        }
+        exists("dm")?
     };
-    if has("partition") {
-        return Err(Refused::Partition(name()));
-    }
-    if !has("dm") {
+    if !is_dm {
         return Ok(());
     }
     // Anything unreadable from here on refuses: the device exists and is a
     // dm device, so the rule must be decided, not guessed.
-    let partial = || Refused::PartialMapping(name());
+    let partial = || Refused::PartialMapping(named());
     if depth >= MAX_DEPTH {
         return Err(partial());
     }
-    let size = read_trimmed(&dir.join("size")).ok_or_else(partial)?;
-    let slaves = std::fs::read_dir(dir.join("slaves")).map_err(|_| partial())?;
-    for slave in slaves {
-        let slave: PathBuf = slave.map_err(|_| partial())?.path();
-        let below = read_trimmed(&slave.join("dev")).ok_or_else(partial)?;
-        let below_size = read_trimmed(&slave.join("size")).ok_or_else(partial)?;
+    let size = read_trimmed(dir, &format!("{dev}/size")).ok_or_else(partial)?;
+    let slaves_path = format!("{dev}/slaves");
+    let mut slaves = nix::dir::Dir::openat(
+        dir,
+        slaves_path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|_| partial())?;
+    let mut below_devs = Vec::new();
+    for entry in slaves.iter() {
+        let entry = entry.map_err(|_| partial())?;
+        let slave = OsStr::from_bytes(entry.file_name().to_bytes());
+        if slave == "." || slave == ".." {
+            continue;
+        }
+        let slave = slave.to_str().ok_or_else(partial)?;
+        let at = |file: &str| format!("{slaves_path}/{slave}/{file}");
+        let below = read_trimmed(dir, &at("dev")).ok_or_else(partial)?;
+        let below_size = read_trimmed(dir, &at("size")).ok_or_else(partial)?;
         if below_size != size {
             return Err(partial());
         }
-        let below_dir = dir.parent().map(|p| p.join(&below)).ok_or_else(partial)?;
-        whole_unit(&below_dir, &below, depth + 1)?;
+        below_devs.push(below);
+    }
+    drop(slaves);
+    for below in below_devs {
+        whole_unit(dir, &below, depth + 1)?;
     }
     Ok(())
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
+/// How many components of a sysfs device link follow its first `block`
+/// component (None without one).
+fn after_first_block(link: &[u8]) -> Option<usize> {
+    let mut parts = link.split(|&b| b == b'/').filter(|p| !p.is_empty());
+    parts.by_ref().find(|p| *p == b"block")?;
+    Some(parts.count())
+}
+
+/// The trimmed text of `path` below `dir`.
+fn read_trimmed(dir: BorrowedFd<'_>, path: &str) -> Option<String> {
+    let fd =
+        nix::fcntl::openat(dir, path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text).ok()?;
+    Some(text.trim().to_string())
 }
 
 #[cfg(test)]
@@ -245,11 +342,37 @@ mod tests {
     use std::fs;
     use std::os::fd::AsFd;
     use std::os::unix::fs::symlink;
+    use std::path::{Path, PathBuf};
 
     /// A fake sysfs: /sys/dev/block/M:m -> ../../devices/NAME, as on Linux.
     struct Sysfs(tempfile::TempDir);
 
     impl Sysfs {
+        /// `dev/block` opened as the helper opens /sys/dev/block.
+        fn dev_block(&self) -> OwnedFd {
+            nix::fcntl::open(
+                &self.root().join("dev/block"),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        }
+
+        /// A device at `path` below `devices/` (the real layout: disks
+        /// under `…/block/NAME`, partitions in their disk's directory).
+        fn at(&self, path: &str, dev: &str, size: u64) -> PathBuf {
+            let d = self.root().join("devices").join(path);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
+            fs::write(d.join("size"), format!("{size}\n")).unwrap();
+            symlink(
+                format!("../../devices/{path}"),
+                self.root().join("dev/block").join(dev),
+            )
+            .unwrap();
+            d
+        }
+
         fn new() -> Self {
             let t = tempfile::tempdir().unwrap();
             fs::create_dir_all(t.path().join("dev/block")).unwrap();
@@ -289,8 +412,7 @@ mod tests {
         }
 
         fn check(&self, dev: &str) -> Result<(), Refused> {
-            let dir = self.root().join("dev/block").join(dev);
-            whole_unit(&dir, dev, 0)
+            whole_unit(self.dev_block().as_fd(), dev, 0)
         }
     }
 
@@ -327,8 +449,14 @@ mod tests {
         // answers (ENOTTY), nothing to refuse here.
         s.dm("dm-6", "254:6", 0, &[]);
         assert_eq!(s.check("254:6"), Ok(()));
-        // No sysfs entry (the disk went away): the kernel answers.
-        assert_eq!(s.check("8:99"), Ok(()));
+        // No sysfs entry: a disk or partition removed under an open fd.
+        // A deleted partition would still take SG_IO to the whole disk, so
+        // it is refused, with the reply for a removed device.
+        assert_eq!(s.check("8:99"), Err(Refused::Gone("8:99".into())));
+        assert_eq!(
+            Refused::Gone("8:99".into()).completion(),
+            scsi::complete(Err(libc::ENODEV), 0)
+        );
         // A dm device whose size cannot be read: refused, not guessed.
         s.dm("dm-7", "254:7", 1, &["sda"]);
         fs::remove_file(s.root().join("devices/dm-7/size")).unwrap();
@@ -337,6 +465,59 @@ mod tests {
         s.dm("dm-8", "254:8", 5, &["dm-9"]);
         s.dm("dm-9", "254:9", 5, &["dm-8"]);
         assert!(matches!(s.check("254:8"), Err(Refused::PartialMapping(_))));
+    }
+
+    /// The layout of a real sysfs: whole disks decided from the link alone,
+    /// everything else from the entries.
+    #[test]
+    fn the_link_decides_whole_disks_and_nothing_else() {
+        let s = Sysfs::new();
+        let scsi = "pci0000:00/0000:00:04.0/host0/target0:0:0/0:0:0:0/block";
+        s.at(&format!("{scsi}/sda"), "8:0", 32768);
+        let p = s.at(&format!("{scsi}/sda/sda1"), "8:1", 8192);
+        fs::write(p.join("partition"), "1\n").unwrap();
+        s.at("virtual/block/loop0", "7:0", 32768);
+        let lp = s.at("virtual/block/loop0/loop0p1", "259:0", 100);
+        fs::write(lp.join("partition"), "1\n").unwrap();
+        assert_eq!(s.check("8:0"), Ok(()));
+        assert_eq!(s.check("7:0"), Ok(()));
+        assert!(matches!(s.check("8:1"), Err(Refused::Partition(n)) if n == "sda1 (8:1)"));
+        assert!(matches!(s.check("259:0"), Err(Refused::Partition(n)) if n == "loop0p1 (259:0)"));
+        // A disk named "block": its partitions still have two components
+        // after the first "block".
+        s.at("virtual/block/block", "7:9", 32768);
+        let bp = s.at("virtual/block/block/block1", "259:9", 100);
+        fs::write(bp.join("partition"), "1\n").unwrap();
+        assert_eq!(s.check("7:9"), Ok(()));
+        assert!(matches!(s.check("259:9"), Err(Refused::Partition(_))));
+        // No "block" in the link (an NVMe multipath head): the entries decide.
+        let nv = s.at(
+            "virtual/nvme-subsystem/nvme-subsys0/nvme0n1/nvme0n1p1",
+            "259:5",
+            100,
+        );
+        fs::write(nv.join("partition"), "1\n").unwrap();
+        assert!(matches!(s.check("259:5"), Err(Refused::Partition(_))));
+        // dm devices: named dm-N with a dm/ directory; the rule as above.
+        let dm = s.at("virtual/block/dm-0", "254:0", 8192);
+        fs::create_dir_all(dm.join("dm")).unwrap();
+        fs::create_dir_all(dm.join("slaves")).unwrap();
+        symlink(format!("../../../../{scsi}/sda"), dm.join("slaves/sda")).unwrap();
+        assert!(matches!(s.check("254:0"), Err(Refused::PartialMapping(n)) if n == "dm-0 (254:0)"));
+        fs::write(dm.join("size"), "32768\n").unwrap();
+        assert_eq!(s.check("254:0"), Ok(()));
+        // A slave that is a partition: refused one level down.
+        fs::write(dm.join("size"), "8192\n").unwrap();
+        fs::remove_file(dm.join("slaves/sda")).unwrap();
+        symlink(
+            format!("../../../../{scsi}/sda/sda1"),
+            dm.join("slaves/sda1"),
+        )
+        .unwrap();
+        assert!(matches!(s.check("254:0"), Err(Refused::Partition(n)) if n.contains("sda1")));
+        // Named dm- but no dm/ directory: not device-mapper.
+        s.at("virtual/block/dm-odd", "7:5", 1);
+        assert_eq!(s.check("7:5"), Ok(()));
     }
 
     #[test]
@@ -378,8 +559,29 @@ mod tests {
     #[test]
     fn o_path_is_refused_and_other_fds_pass() {
         let s = Sysfs::new();
+        let dir = s.dev_block();
         let f = fs::File::open("/dev/null").unwrap();
-        assert_eq!(check_in(&Inspected::of(f.as_fd()), s.root()), Ok(()));
+        assert_eq!(
+            check_in(&Inspected::of(f.as_fd()), Some(dir.as_fd())),
+            Ok(())
+        );
+        // Any failure to inspect refuses.
+        let failed = Inspected {
+            flags: None,
+            stat: Err(Errno::EBADF),
+        };
+        assert!(matches!(
+            check_in(&failed, Some(dir.as_fd())),
+            Err(Refused::Unchecked(_))
+        ));
+        let failed = Inspected {
+            flags: Some(OFlag::O_RDWR),
+            stat: Err(Errno::ENOMEM),
+        };
+        assert!(matches!(
+            check_in(&failed, Some(dir.as_fd())),
+            Err(Refused::Unchecked(_))
+        ));
         let o_path: std::os::fd::OwnedFd = nix::fcntl::open(
             "/dev/null",
             OFlag::O_PATH | OFlag::O_CLOEXEC,
@@ -387,7 +589,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            check_in(&Inspected::of(o_path.as_fd()), s.root()),
+            check_in(&Inspected::of(o_path.as_fd()), Some(dir.as_fd())),
             Err(Refused::OPath)
         );
         let c = Refused::OPath.completion();
