@@ -120,6 +120,55 @@ fn landlock_denies_open_but_allows_proc() {
     assert!(stdout.contains("PROC allowed"), "{stdout}");
 }
 
+/// In the child: the multipath profile, then an ioctl on a device opened
+/// after it (as libmpathpersist opens the path devices).
+#[test]
+fn landlock_multipath_child() {
+    if std::env::var(CHILD).as_deref() != Ok("landlock-multipath") {
+        return;
+    }
+    let outcome = sandbox::landlock::restrict(Profile::Multipath, &[]).unwrap();
+    println!("OUTCOME {outcome:?}");
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: TCGETS writes a termios into the buffer given.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&null),
+            libc::TCGETS,
+            termios.as_mut_ptr(),
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    println!("IOCTL rc {rc} errno {errno}");
+}
+
+/// Issue 20, item 3: on Linux >= 6.10 (Landlock ABI 5) the ruleset handles
+/// IoctlDev; the multipath profile's /dev rule did not grant it, so every
+/// SG_IO libmpathpersist sent on a path device it opened after the sandbox
+/// failed with EACCES. Now an ioctl on a device opened after the sandbox
+/// reaches the driver (/dev/null answers TCGETS with ENOTTY, not Landlock's
+/// EACCES). The host kernels of CI have ABI >= 5 (this one: 6.18).
+#[test]
+fn landlock_multipath_profile_allows_ioctls_on_devices_opened_after_it() {
+    let out = child("landlock_multipath_child", "landlock-multipath");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("OUTCOME Unsupported"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("IOCTL rc -1 errno {}", libc::ENOTTY)),
+        "the ioctl must reach /dev/null's driver:\n{stdout}"
+    );
+}
+
 fn status_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
 }

@@ -9,8 +9,9 @@
 //!
 //! Everything else (opening, creating, writing, executing files anywhere)
 //! is denied, and so is TCP (the helper has no use for the network). The
-//! multipath profile adds what libmpathpersist needs: read-write /dev (it
-//! opens the path devices), read /etc (multipath.conf), read-write
+//! multipath profile adds what libmpathpersist needs: read-write /dev and
+//! ioctls on the devices there (it opens the path devices and sends SG_IO
+//! on them), read /etc (multipath.conf), read-write
 //! /etc/multipath (its prkeys, wwids and bindings files), read /run (udev's
 //! database), and read-execute of the libraries it loads plugins from.
 
@@ -65,8 +66,15 @@ pub fn restrict(profile: Profile, removable: &[PathBuf]) -> Result<Outcome, Rule
         let _ = std::fs::create_dir_all(MULTIPATH_STATE);
         let state =
             rw | AccessFs::MakeReg | AccessFs::RemoveFile | AccessFs::Refer | AccessFs::Truncate;
+        // IoctlDev (Landlock ABI 5, Linux 6.10): libmpathpersist opens the
+        // path devices after the sandbox is applied and sends SG_IO on them;
+        // without it every such ioctl fails with EACCES. Granted on /dev
+        // only, where the devices are.
         ruleset = ruleset
-            .add_rules(path_beneath_rules(existing(&["/dev"]), rw))?
+            .add_rules(path_beneath_rules(
+                existing(&["/dev"]),
+                rw | AccessFs::IoctlDev,
+            ))?
             .add_rules(path_beneath_rules(existing(&[MULTIPATH_STATE]), state))?
             .add_rules(path_beneath_rules(existing(&["/etc", "/run"]), read))?
             .add_rules(path_beneath_rules(
