@@ -60,6 +60,45 @@ fn seccomp_child() {
     eprintln!("STILL ALIVE");
 }
 
+/// In the child: the plain filter, a read-only open, then an open for
+/// writing.
+#[test]
+fn seccomp_write_open_child() {
+    if std::env::var(CHILD).as_deref() != Ok("seccomp-write-open") {
+        return;
+    }
+    assert_eq!(
+        sandbox::seccomp::install(Profile::Plain).unwrap(),
+        sandbox::seccomp::Outcome::Installed
+    );
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    eprintln!("read-only open: ok ({})", comm.trim());
+    let opened = std::fs::OpenOptions::new().write(true).open("/dev/null");
+    eprintln!("STILL ALIVE {opened:?}");
+}
+
+/// Issue 22, item 6: in the plain profile an open that could write (any
+/// access mode but O_RDONLY, O_CREAT, O_TRUNC, O_APPEND, O_TMPFILE) ends the
+/// process, so a compromised helper without Landlock cannot open a disk
+/// for writing; reading /proc and /sys still works.
+#[test]
+fn seccomp_plain_profile_refuses_opens_that_could_write() {
+    let out = child("seccomp_write_open_child", "seccomp-write-open");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(159), "stderr:\n{stderr}");
+    assert!(stderr.contains("read-only open: ok"), "{stderr}");
+    let expected = format!(
+        "the seccomp filter blocked system call {} ({})",
+        libc::SYS_openat,
+        std::env::consts::ARCH
+    );
+    assert!(
+        stderr.contains(&expected),
+        "want {expected:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("STILL ALIVE"), "{stderr}");
+}
+
 #[test]
 fn seccomp_blocks_a_forbidden_syscall_with_a_clear_message() {
     let out = child("seccomp_child", "seccomp");

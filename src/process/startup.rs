@@ -134,7 +134,6 @@ pub fn run(args: &ServerArgs) -> ExitCode {
 
     let fd_limit = raise_fd_limit();
     config.max_connections = fit_connections(config.max_connections, fd_limit);
-    or_fatal!(crate::server::device::init().map_err(StartupError::Sysfs));
 
     // The socket comes first: it is libvirt's readiness signal, and QEMUs
     // that connect before the event loop runs wait in the backlog.
@@ -151,6 +150,9 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         }
     };
     let created = SocketPath(created);
+    // After the socket: under socket activation fd 3 must still be the
+    // passed socket when it is adopted.
+    or_fatal!(crate::server::device::init().map_err(StartupError::Sysfs));
 
     let daemon = if config.daemon {
         Some(or_fatal!(daemon::daemonize()))

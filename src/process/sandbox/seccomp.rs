@@ -5,7 +5,11 @@
 //! process with status 159 (128 + SIGSYS), so a missing entry is a clear
 //! crash, never a silent malfunction. `ioctl` is limited to SG_IO and the
 //! fd-flag and terminal queries the runtime and libc make; `socket` to
-//! AF_UNIX.
+//! AF_UNIX. In the plain profile `openat` (and `open` on x86_64) may only
+//! read: once serving, the helper opens /proc and /sys files to read them
+//! and nothing else, so the flags that write, create, truncate or append
+//! ([`WRITE_FLAGS`]) end the process. seccomp sees the flags, not the path:
+//! this holds even where Landlock, which sees paths, is missing.
 //!
 //! Every number comes from the target's own definitions: the system call
 //! numbers are libc's `SYS_*` for the architecture being compiled, the
@@ -276,6 +280,16 @@ mod table {
     #[cfg(target_arch = "aarch64")]
     pub const MULTIPATH_ARCH: &[i64] = &[];
 
+    /// The open(2) flags the plain profile refuses once serving: any access
+    /// mode but O_RDONLY, creating (O_CREAT, O_TMPFILE), truncating and
+    /// appending.
+    pub const WRITE_FLAGS: u64 = (libc::O_WRONLY
+        | libc::O_RDWR
+        | libc::O_CREAT
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u64;
+
     fn cond(arg: u8, value: u64) -> Result<SeccompCondition, BackendError> {
         SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
     }
@@ -298,6 +312,19 @@ mod table {
             // Device-mapper and block ioctls of every kind.
             rules.insert(libc::SYS_ioctl, Vec::new());
         } else {
+            // Read-only opens only (WRITE_FLAGS): openat's flags are its
+            // third argument, open's (x86_64) its second.
+            let read_only = |arg: u8| -> Result<Vec<SeccompRule>, BackendError> {
+                Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+                    arg,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(WRITE_FLAGS),
+                    0,
+                )?])?])
+            };
+            rules.insert(libc::SYS_openat, read_only(2)?);
+            #[cfg(target_arch = "x86_64")]
+            rules.insert(libc::SYS_open, read_only(1)?);
             rules.insert(
                 libc::SYS_ioctl,
                 IOCTLS
@@ -327,7 +354,7 @@ mod table {
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub use table::program;
+pub use table::{program, WRITE_FLAGS};
 
 /// Number of system calls the filter for `profile` allows on this
 /// architecture (for docs and the closing figures); 0 where there is no
