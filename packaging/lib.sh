@@ -65,15 +65,17 @@ prh_source_date_epoch() {
 # cgroups) and explicit ulimits (root lacks CAP_SYS_RESOURCE). The
 # machine's container storage, unless PRH_CONTAINER_STORAGE names a
 # directory of its own (packaging/test.sh: one in its fresh work directory,
-# so no image of an earlier run is ever seen).
+# so no image of an earlier run is ever seen); its run-time state then goes
+# to PRH_CONTAINER_RUNROOT, a short path (podman refuses a runroot longer
+# than 50 characters; its sockets live there).
 prh_storage_args() {
     [ -z "${PRH_CONTAINER_STORAGE:-}" ] ||
-        printf '%s\n' --root "$PRH_CONTAINER_STORAGE/root" --runroot "$PRH_CONTAINER_STORAGE/run"
+        printf '%s\n' --root "$PRH_CONTAINER_STORAGE" --runroot "$PRH_CONTAINER_RUNROOT/run"
 }
 prh_buildah() { buildah --storage-driver vfs $(prh_storage_args) "$@"; }
 prh_podman() {
     podman --storage-driver vfs --runtime runc $(prh_storage_args) \
-        ${PRH_CONTAINER_STORAGE:+--tmpdir "$PRH_CONTAINER_STORAGE/tmp"} "$@"
+        ${PRH_CONTAINER_STORAGE:+--tmpdir "$PRH_CONTAINER_RUNROOT/tmp"} "$@"
 }
 PRH_PODMAN_ULIMITS=(--ulimit nofile=1024:20000 --ulimit nproc=1024:1024)
 

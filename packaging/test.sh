@@ -55,6 +55,9 @@ for m in $(findmnt -rn -o TARGET | grep "^$W/" | sort -r); do umount -l "$m" || 
 rm -rf "$W"
 mkdir -p "$W"
 export PRH_CONTAINER_STORAGE=$W/containers
+# Run-time state of that storage: short, fresh, removed at exit.
+PRH_CONTAINER_RUNROOT=$(mktemp -d /run/prh-ctr.XXXXXX)
+export PRH_CONTAINER_RUNROOT
 SECTIONS=(versions licenses static docs systemd image rpm deb boot nix)
 [ $# -gt 0 ] && SECTIONS=("$@")
 export SOURCE_DATE_EPOCH=$(prh_source_date_epoch)
@@ -65,7 +68,14 @@ FIGURES=()
 figure() { FIGURES+=("$*"); echo "  => $*"; }
 fail() { echo "test.sh: FAIL [$section]: $*" >&2; exit 1; }
 CLEANUP=()
-cleanup() { local c; for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
+cleanup() {
+    local c m
+    for c in "${CLEANUP[@]}"; do eval "$c" || true; done
+    if [ -n "${PRH_CONTAINER_RUNROOT:-}" ]; then
+        for m in $(findmnt -rn -o TARGET | grep "^$PRH_CONTAINER_RUNROOT/" | sort -r); do umount -l "$m" || true; done
+        rm -rf "$PRH_CONTAINER_RUNROOT"
+    fi
+}
 trap cleanup EXIT
 
 [ "$(id -u)" = 0 ] || prh_die "run as root (podman, dpkg -i, setpriv)"

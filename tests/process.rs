@@ -132,6 +132,13 @@ fn usage_and_validation_errors_exit_one() {
         &[],
         "invalid group '4294967295': id 4294967295 is (uid_t)-1",
     );
+    // Issue 22, item 6: require_landlock makes "no Landlock" a start-up
+    // error (here: turned off).
+    assert_fails(
+        &["--landlock", "false", "--require-landlock", "true"],
+        &[],
+        "require_landlock is set, but Landlock restricts nothing (turned off (landlock = false))",
+    );
     assert_fails(&["--sgio-timeout", "x"], &[], "--sgio-timeout");
     assert_fails(&["-T", "colour=blue"], &[], "unknown trace option");
     assert_fails(

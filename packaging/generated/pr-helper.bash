@@ -47,7 +47,7 @@ _pr__helper() {
 
     case "${cmd}" in
         pr__helper)
-            opts="-k -f -d -u -g -T -v -q -h -V --socket --pidfile --daemon --user --group --log-target --trace --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --allowed-uids --allowed-gids --audit --verbose --quiet --config --print-config --help --version ping persist probe help"
+            opts="-k -f -d -u -g -T -v -q -h -V --socket --pidfile --daemon --user --group --log-target --trace --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --require-landlock --allowed-uids --allowed-gids --audit --verbose --quiet --config --print-config --help --version ping persist probe help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -134,6 +134,10 @@ _pr__helper() {
                     return 0
                     ;;
                 --landlock)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --require-landlock)
                     COMPREPLY=($(compgen -W "true false" -- "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_pr_helper_global_optspecs
-    string join \n k/socket= f/pidfile= d/daemon u/user= g/group= log-target= T/trace= sgio-timeout= request-timeout= max-connections= max-connections-per-client= sgio-threads= socket-mode= socket-group= multipath= seccomp= landlock= allowed-uids= allowed-gids= audit= v/verbose q/quiet config= print-config h/help V/version
+    string join \n k/socket= f/pidfile= d/daemon u/user= g/group= log-target= T/trace= sgio-timeout= request-timeout= max-connections= max-connections-per-client= sgio-threads= socket-mode= socket-group= multipath= seccomp= landlock= require-landlock= allowed-uids= allowed-gids= audit= v/verbose q/quiet config= print-config h/help V/version
 end
 
 function __fish_pr_helper_needs_command
@@ -44,6 +44,8 @@ false\t''"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l seccomp -d 'Install the seccomp system call allow-list' -r -f -a "true\t''
 false\t''"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l landlock -d 'Restrict filesystem access with Landlock where the kernel has it' -r -f -a "true\t''
+false\t''"
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l require-landlock -d 'Refuse to start unless Landlock restricts filesystem access' -r -f -a "true\t''
 false\t''"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l allowed-uids -d 'Only these peer uids may connect (comma-separated) [default: anyone the socket permissions let in]' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l allowed-gids -d 'Only peers with these primary gids may connect (comma-separated)' -r

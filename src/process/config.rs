@@ -155,6 +155,16 @@ pub struct Config {
     /// Restrict filesystem access with Landlock where the kernel has it
     #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = true)]
     pub landlock: bool,
+    /// Refuse to start unless Landlock restricts filesystem access
+    ///
+    /// Without Landlock a helper running as uid 0 could, if taken over,
+    /// open any block device and write it with SG_IO (CAP_SYS_RAWIO passes
+    /// the kernel's command filter; seccomp sees no paths). By default it
+    /// starts with a warning, as the reference runs without any sandbox;
+    /// true makes a kernel without Landlock (or landlock = false) a start-up
+    /// error.
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = false)]
+    pub require_landlock: bool,
     /// Only these peer uids may connect (comma-separated) [default: anyone the socket permissions let in]
     ///
     /// In the configuration file a list of numbers.

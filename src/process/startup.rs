@@ -182,6 +182,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     let sandbox = crate::process::sandbox::Settings {
         seccomp: config.seccomp,
         landlock: config.landlock,
+        require_landlock: config.require_landlock,
         profile: if config.multipath {
             crate::process::sandbox::Profile::Multipath
         } else {

@@ -26,6 +26,8 @@ pub struct Settings {
     pub seccomp: bool,
     /// Apply Landlock (best effort: kernels without it are logged).
     pub landlock: bool,
+    /// Refuse to run when Landlock restricts nothing (`require_landlock`).
+    pub require_landlock: bool,
     /// Plain or multipath.
     pub profile: Profile,
     /// Files the helper removes at exit (its socket, its pidfile): their
@@ -42,21 +44,67 @@ pub enum SandboxError {
     /// The seccomp filter could not be installed.
     #[error("cannot install the seccomp filter: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
+    /// `require_landlock` is set and Landlock restricts nothing.
+    #[error(
+        "require_landlock is set, but Landlock restricts nothing ({0}); \
+         boot a kernel with Landlock (lsm=...,landlock) or unset require_landlock"
+    )]
+    LandlockRequired(&'static str),
+}
+
+/// What start-up says when Landlock restricts nothing: `Err` under
+/// `require_landlock`; otherwise the warning, which for uid 0 names the
+/// exposure and the ways out. `why` is the reason (kernel, setting).
+pub fn without_landlock(
+    why: &'static str,
+    euid: u32,
+    require: bool,
+) -> Result<String, SandboxError> {
+    if require {
+        return Err(SandboxError::LandlockRequired(why));
+    }
+    let mut warning =
+        format!("landlock: {why}; filesystem access is not restricted (seccomp still applies)");
+    if euid == 0 {
+        warning.push_str(
+            ". Running as uid 0 without it: if the helper were taken over it could open any block \
+             device and write it through SG_IO. Run it with -u USER (device files are then closed to \
+             it) or on a kernel with Landlock; require_landlock = true refuses to start like this",
+        );
+    }
+    Ok(warning)
 }
 
 /// Applies the sandbox; errors are start-up errors.
 pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
+    let euid = nix::unistd::geteuid().as_raw();
     if settings.landlock {
         match landlock::restrict(settings.profile, &settings.removable) {
-            Ok(landlock::Outcome::Enforced) => tracing::info!("landlock: filesystem access restricted"),
+            Ok(landlock::Outcome::Enforced) => {
+                tracing::info!("landlock: filesystem access restricted")
+            }
             Ok(landlock::Outcome::Partial) => {
                 tracing::info!("landlock: filesystem access partly restricted (older kernel ABI)")
             }
             Ok(landlock::Outcome::Unsupported) => tracing::warn!(
-                "landlock: not supported by this kernel; filesystem access is not restricted (seccomp still applies)"
+                "{}",
+                without_landlock(
+                    "not supported by this kernel",
+                    euid,
+                    settings.require_landlock
+                )?
             ),
             Err(e) => return Err(e.into()),
         }
+    } else {
+        tracing::warn!(
+            "{}",
+            without_landlock(
+                "turned off (landlock = false)",
+                euid,
+                settings.require_landlock
+            )?
+        );
     }
     if settings.seccomp {
         match seccomp::install(settings.profile)? {
@@ -72,4 +120,26 @@ pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_landlock_uid_0_is_warned_or_refused() {
+        let w = without_landlock("not supported by this kernel", 0, false).unwrap();
+        assert!(
+            w.contains("Running as uid 0") && w.contains("-u USER"),
+            "{w}"
+        );
+        let w = without_landlock("not supported by this kernel", 65534, false).unwrap();
+        assert!(!w.contains("uid 0"), "{w}");
+        let e = without_landlock("turned off (landlock = false)", 65534, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "require_landlock is set, but Landlock restricts nothing (turned off (landlock = \
+             false)); boot a kernel with Landlock (lsm=...,landlock) or unset require_landlock"
+        );
+    }
 }
