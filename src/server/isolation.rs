@@ -10,7 +10,11 @@
 //! bound per device, enough requests to one such device would hold every
 //! SG_IO thread and stall every other device on the host.
 //!
-//! A device is the fd's `st_rdev` for block and character devices. Any other
+//! A device is the fd's `st_rdev` for block and character devices (not the
+//! logical unit: the sd and sg nodes of one SCSI device, a multipath map and
+//! its paths are separate devices, so a hung LUN reached through k nodes can
+//! hold 2k threads; the LU's identification would cost a sysfs file read,
+//! hence an fd, per request; README, D29). Any other
 //! file (SG_IO on it fails, but a FUSE file's ioctl can block, which the
 //! tests use as a stand-in for a hung disk) is its own device: `st_dev` and
 //! `st_ino`.

@@ -168,6 +168,10 @@ pub fn run(next_lun: &mut usize) {
             },
         );
         if via == Via::Ours {
+            result(
+                "isolation/pr-helper/sigterm-with-a-hung-map",
+                sigterm_with_a_hung_map(&slow.paths[0].block),
+            );
             // The p99 of other clients' requests while four commands hang:
             // no worse than a few times the idle p99 (TCG timing noise),
             // and nowhere near "waiting for the device".
@@ -185,4 +189,72 @@ pub fn run(next_lun: &mut usize) {
             );
         }
     }
+}
+
+/// SIGTERM while two commands hang on a multipath map with no usable path
+/// (issue 22, item 9): how long until the process is gone (not only until
+/// it logs "exiting"). D29 bounds shutdown at `--sgio-timeout` + 1 s; the
+/// kernel's retry loop on a map without paths stops on a fatal signal, so
+/// the threads leave the kernel at once. (A command stuck in the block
+/// layer's uninterruptible wait on a path whose target stopped answering is
+/// different: it keeps the pid until SCSI error handling ends; README,
+/// D29.)
+fn sigterm_with_a_hung_map(path: &Path) -> Result<(), String> {
+    const SOCKET: &str = "/run/prh-sigterm.sock";
+    const SGIO_TIMEOUT: u64 = 3;
+    let (hung, majmin) = hung_map("prh-hang-sigterm", path)?;
+    let mut helper = Command::new("/bin/pr-helper")
+        .args(["-k", SOCKET, "--sgio-timeout", &SGIO_TIMEOUT.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start pr-helper: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Path::new(SOCKET).exists() {
+        if Instant::now() > deadline {
+            let _ = helper.kill();
+            return Err(format!("{SOCKET} did not appear"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let hung = hung.clone();
+            std::thread::spawn(move || {
+                exec::run_socket(
+                    SOCKET,
+                    &hung,
+                    &pr_in_cdb(sa_in::READ_KEYS, 8192),
+                    &[],
+                    false,
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let start = Instant::now();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = helper.wait().map_err(|e| format!("wait: {e}"));
+    let gone = start.elapsed();
+    let replies: Vec<_> = clients.into_iter().map(|t| t.join()).collect();
+    let _ = dmsetup(&[
+        "message",
+        "prh-hang-sigterm",
+        "0",
+        &format!("reinstate_path {majmin}"),
+    ]);
+    let _ = dmsetup(&["remove", "--force", "prh-hang-sigterm"]);
+    println!(
+        "FIGURE isolation-sigterm-hung-map-gone-ms {}",
+        gone.as_millis()
+    );
+    let bound = Duration::from_secs(SGIO_TIMEOUT + 1) + Duration::from_secs(2);
+    if gone > bound {
+        return Err(format!(
+            "gone {gone:?} after SIGTERM, bound {bound:?} (--sgio-timeout {SGIO_TIMEOUT} + 1 s, + 2 s for TCG); {status:?}; {replies:?}"
+        ));
+    }
+    Ok(())
 }
