@@ -78,6 +78,8 @@ pub fn without_landlock(
 /// Applies the sandbox; errors are start-up errors.
 pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
     let euid = nix::unistd::geteuid().as_raw();
+    // The verdict is computed before logging: a disabled log level must
+    // not skip the refusal.
     if settings.landlock {
         match landlock::restrict(settings.profile, &settings.removable) {
             Ok(landlock::Outcome::Enforced) => {
@@ -86,25 +88,25 @@ pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
             Ok(landlock::Outcome::Partial) => {
                 tracing::info!("landlock: filesystem access partly restricted (older kernel ABI)")
             }
-            Ok(landlock::Outcome::Unsupported) => tracing::warn!(
-                "{}",
-                without_landlock(
+            Ok(landlock::Outcome::Unsupported) => {
+                let warning = without_landlock(
                     "not supported by this kernel",
                     euid,
-                    settings.require_landlock
-                )?
-            ),
+                    settings.require_landlock,
+                )?;
+                tracing::warn!("{warning}");
+            }
             Err(e) => return Err(e.into()),
         }
     } else {
-        tracing::warn!(
-            "{}",
-            without_landlock(
-                "turned off (landlock = false)",
-                euid,
-                settings.require_landlock
-            )?
-        );
+        let note = without_landlock(
+            "turned off (landlock = false)",
+            euid,
+            settings.require_landlock,
+        )?;
+        // Chosen by the operator: said at info level (a warning would repeat,
+        // at every start, what the configuration already says).
+        tracing::info!("{note}");
     }
     if settings.seccomp {
         match seccomp::install(settings.profile)? {
