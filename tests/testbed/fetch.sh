@@ -2,7 +2,9 @@
 # Downloads and unpacks what the VM test bed needs into $PRH_TEST_CACHE/testbed:
 # Debian's 6.1 kernel (with modules.dep generated), busybox-static,
 # sg3-utils and its library, kmod. Idempotent: does nothing when the cache
-# is complete. Run by `tests/run setup`; the tests never download.
+# holds the candidate versions (exact file names, SHA256 checked); the
+# unpacked root is stamped with those file names. Run by `tests/run setup`;
+# the tests never download.
 set -euo pipefail
 CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed
 mkdir -p "$CACHE/debs"
@@ -12,21 +14,31 @@ kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {
 [ -n "$kpkg" ] || { echo "fetch.sh: cannot resolve the kernel package of linux-image-amd64" >&2; exit 1; }
 PACKAGES=("$kpkg" busybox-static sg3-utils libsgutils2-1.46-2 kmod)
 
+# The exact files of the candidate versions (name_version_arch.deb, as
+# apt names them), each checked against its SHA256: a new version in the
+# archive is a new file, never an old one reused.
+DEBS=()
 for p in "${PACKAGES[@]}"; do
-    ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -q "$p"
+    read -r _ file _ sum < <(apt-get download --print-uris "$p" | head -1)
+    [ -n "${file:-}" ] || { echo "fetch.sh: apt knows no candidate for $p" >&2; exit 1; }
+    if [ ! -f "$file" ] || [ "SHA256:$(sha256sum "$file" | cut -d' ' -f1)" != "$sum" ]; then
+        rm -f "${p}"_*.deb
+        apt-get download -q "$p"
+    fi
+    DEBS+=("$file")
 done
 
 ROOT=$CACHE/root
-if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "${PACKAGES[*]}" ]; then
+if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "${DEBS[*]}" ]; then
     rm -rf "$ROOT"
     mkdir -p "$ROOT"
-    for p in "${PACKAGES[@]}"; do
-        dpkg -x "$(ls "${p}"_*.deb | head -1)" "$ROOT"
+    for f in "${DEBS[@]}"; do
+        dpkg -x "$f" "$ROOT"
     done
     kver=$(ls "$ROOT/lib/modules" | head -1)
     # The package's postinst would run depmod; run the unpacked kmod's.
     (exec -a depmod "$ROOT/bin/kmod" -b "$ROOT" "$kver")
     echo "$kver" > "$CACHE/kernel-version"
-    echo "${PACKAGES[*]}" > "$CACHE/root.done"
+    echo "${DEBS[*]}" > "$CACHE/root.done"
 fi
 echo "test bed cache ready: $CACHE (kernel $(cat "$CACHE/kernel-version"))"
