@@ -287,10 +287,22 @@ fn helper_as(uid: u32, nproc: Option<u64>) -> Helper {
     Helper::spawn(Which::Ours, cmd, dir, socket)
 }
 
+/// The tasks of `pid` and of its children (the janitor, a process of the
+/// same uid, counts against RLIMIT_NPROC too).
 fn tasks(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
+    let own = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .count()
+        .count();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .map(|c| {
+            std::fs::read_dir(format!("/proc/{c}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum::<usize>()
 }
 
 /// Issue 12 item 8c: when no thread can be started (RLIMIT_NPROC here),

@@ -134,10 +134,23 @@ fn usage_and_validation_errors_exit_one() {
     );
     // Issue 22, item 6: require_landlock makes "no Landlock" a start-up
     // error (here: turned off).
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rl.sock");
     assert_fails(
-        &["--landlock", "false", "--require-landlock", "true"],
+        &[
+            "-k",
+            sock.to_str().unwrap(),
+            "--landlock",
+            "false",
+            "--require-landlock",
+            "true",
+        ],
         &[],
         "require_landlock is set, but Landlock restricts nothing (turned off (landlock = false))",
+    );
+    assert!(
+        !sock.exists(),
+        "the socket is removed on that start-up error"
     );
     assert_fails(&["--sgio-timeout", "x"], &[], "--sgio-timeout");
     assert_fails(&["-T", "colour=blue"], &[], "unknown trace option");
@@ -1238,4 +1251,71 @@ fn start_up_failures_and_early_signals_leave_nothing_behind() {
         );
         assert_eq!(entries(dir.path()), Vec::<String>::new(), "round {round}");
     }
+}
+
+/// The janitor of a running helper: its one child process.
+fn janitor_of(pid: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let kids: Vec<u32> = children
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 1, "one child process expected: {kids:?}");
+    kids[0]
+}
+
+/// Issue 22, item 5: the helper itself may remove no file (Landlock grants
+/// removal per directory tree: with the default path, all of /run); its
+/// socket and pidfile are removed by the janitor, a child process with no
+/// capability and a ruleset that allows removing files in those two
+/// directories only (tests/sandbox.rs shows the rulesets). The janitor
+/// ignores the SIGTERM a service manager sends the whole group, and cleans
+/// up when the helper is killed outright too.
+#[test]
+fn the_janitor_removes_socket_and_pidfile_and_holds_no_capability() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("j.sock");
+    let pidfile = dir.path().join("j.pid");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket).arg("-f").arg(&pidfile);
+    let mut h = Helper::spawn(
+        Which::Ours,
+        cmd,
+        tempfile::tempdir().unwrap(),
+        socket.clone(),
+    );
+    h.assert_serving();
+    let janitor = janitor_of(h.pid());
+    let status = std::fs::read_to_string(format!("/proc/{janitor}/status")).unwrap();
+    assert!(status.starts_with("Name:\tprh-janitor\n"), "{status}");
+    for cap in ["CapEff:\t0000000000000000", "CapPrm:\t0000000000000000"] {
+        assert!(status.contains(cap), "{status}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(janitor as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(janitor), "the janitor ignores SIGTERM");
+    assert!(h.terminate().success(), "{}", h.stderr());
+    assert!(!socket.exists() && !pidfile.exists(), "{}", h.stderr());
+    wait_gone(janitor);
+
+    // Killed outright: the janitor sees the helper's end of their socket
+    // pair close and removes the socket (still the one bound: D30).
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k").arg(&socket);
+    let mut h = Helper::spawn(
+        Which::Ours,
+        cmd,
+        tempfile::tempdir().unwrap(),
+        socket.clone(),
+    );
+    h.assert_serving();
+    let janitor = janitor_of(h.pid());
+    h.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = h.wait(Duration::from_secs(10));
+    wait_gone(janitor);
+    assert!(!socket.exists(), "removed by the janitor after SIGKILL");
 }

@@ -128,7 +128,7 @@ fn landlock_child() {
     if std::env::var(CHILD).as_deref() != Ok("landlock") {
         return;
     }
-    let outcome = sandbox::landlock::restrict(Profile::Plain, &[]).unwrap();
+    let outcome = sandbox::landlock::restrict(Profile::Plain).unwrap();
     println!("OUTCOME {outcome:?}");
     match std::fs::File::open("/etc/hostname") {
         Ok(_) => println!("OPEN allowed"),
@@ -166,7 +166,7 @@ fn landlock_multipath_child() {
     if std::env::var(CHILD).as_deref() != Ok("landlock-multipath") {
         return;
     }
-    let outcome = sandbox::landlock::restrict(Profile::Multipath, &[]).unwrap();
+    let outcome = sandbox::landlock::restrict(Profile::Multipath).unwrap();
     println!("OUTCOME {outcome:?}");
     let null = std::fs::OpenOptions::new()
         .read(true)
@@ -206,6 +206,71 @@ fn landlock_multipath_profile_allows_ioctls_on_devices_opened_after_it() {
         stdout.contains(&format!("IOCTL rc -1 errno {}", libc::ENOTTY)),
         "the ioctl must reach /dev/null's driver:\n{stdout}"
     );
+}
+
+/// In the child: the helper's ruleset, or the janitor's, then removals.
+#[test]
+fn landlock_removal_child() {
+    let Ok(mode) = std::env::var(CHILD) else {
+        return;
+    };
+    let Some(dirs) = mode.strip_prefix("removal:") else {
+        return;
+    };
+    let (kind, dirs) = dirs.split_once(':').unwrap();
+    let (mine, other) = dirs.split_once(':').unwrap();
+    let outcome = match kind {
+        "helper" => sandbox::landlock::restrict(Profile::Plain).unwrap(),
+        _ => sandbox::landlock::restrict_to_removal(&[mine.into()]).unwrap(),
+    };
+    println!("OUTCOME {outcome:?}");
+    for dir in [mine, other] {
+        match std::fs::remove_file(format!("{dir}/victim")) {
+            Ok(()) => println!("REMOVE {dir} allowed"),
+            Err(e) => println!("REMOVE {dir} denied {}", e.raw_os_error().unwrap_or(0)),
+        }
+    }
+    match std::fs::read_to_string(format!("{mine}/readable")) {
+        Ok(_) => println!("READ allowed"),
+        Err(e) => println!("READ denied {}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// Issue 22, item 5: Landlock grants removal per directory tree, and the
+/// helper used to hold it for its socket's directory (with the default
+/// path, all of /run: other services' sockets and pidfiles too). Now the
+/// helper's ruleset removes nothing anywhere; the janitor's removes in the
+/// directories it was given only, and reads nothing.
+#[test]
+fn only_the_janitor_may_remove_files_and_only_in_its_directories() {
+    for (kind, mine_removed) in [("helper", false), ("janitor", true)] {
+        let mine = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        for d in [mine.path(), other.path()] {
+            std::fs::write(d.join("victim"), b"x").unwrap();
+        }
+        std::fs::write(mine.path().join("readable"), b"x").unwrap();
+        let mode = format!(
+            "removal:{kind}:{}:{}",
+            mine.path().display(),
+            other.path().display()
+        );
+        let out = child("landlock_removal_child", &mode);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("OUTCOME Enforced"), "{stdout}");
+        assert_eq!(
+            mine.path().join("victim").exists(),
+            !mine_removed,
+            "{kind}:\n{stdout}"
+        );
+        assert!(other.path().join("victim").exists(), "{kind}:\n{stdout}");
+        assert!(stdout.contains("READ denied 13"), "{kind}:\n{stdout}");
+    }
 }
 
 fn status_of(pid: u32) -> String {

@@ -179,10 +179,11 @@ impl Pidfile {
         &self.path
     }
 
-    /// Removes the pidfile at a clean exit (if it is still ours). If the
-    /// directory is no longer writable (privileges were dropped), empties it
-    /// instead, so no stale pid is left behind.
-    pub fn remove(self) {
+    /// Removes the pidfile if the path is still this file (the janitor
+    /// calls it on its copy, [`crate::process::janitor`]). If the directory
+    /// is no longer writable (privileges were dropped), empties it instead,
+    /// so no stale pid is left behind.
+    pub fn remove_if_ours(&self) {
         let ours = self.file.metadata().ok();
         let still_ours = match (ours, std::fs::metadata(&self.path)) {
             (Some(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -215,7 +216,8 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             format!("{}\n", std::process::id())
         );
-        p.remove();
+        p.remove_if_ours();
+        drop(p);
         assert!(!path.exists());
         // A stale pidfile (no lock held) is taken over.
         std::fs::write(&path, "999999\n").unwrap();

@@ -17,6 +17,7 @@ pub(crate) mod activation;
 pub mod cli;
 pub mod config;
 pub(crate) mod daemon;
+pub(crate) mod janitor;
 pub(crate) mod logging;
 pub(crate) mod privileges;
 pub mod sandbox;

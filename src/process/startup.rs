@@ -8,6 +8,7 @@
 //! `pr-helper: <message>` and exit 1 (for `-d`, through the parent).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ use tracing::{error, info};
 use crate::process::activation::ActivationError;
 use crate::process::config::{self, Config, ConfigError, ServerArgs};
 use crate::process::daemon::{self, Daemon, DaemonError, Pidfile};
+use crate::process::janitor::{Janitor, JanitorError};
 use crate::process::privileges::PrivilegeError;
 use crate::process::sandbox::SandboxError;
 use crate::server::accept::{self as server, ServerConfig};
@@ -66,6 +68,9 @@ pub enum StartupError {
     /// told from whole disks (D27), and every block device would be refused.
     #[error("cannot open /sys/dev/block (needed to tell partitions from whole disks): {0}")]
     Sysfs(nix::Error),
+    /// The janitor (removes the socket and pidfile at exit) did not start.
+    #[error(transparent)]
+    Janitor(#[from] JanitorError),
     /// The async runtime could not be built.
     #[error("cannot start the event loop: {0}")]
     EventLoop(io::Error),
@@ -175,10 +180,30 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         Daemon::ready(d);
     }
 
+    // The path served on, for the log: an adopted (socket-activated)
+    // socket is wherever its unit put it, not the configured path; a
+    // created one was bound elsewhere and renamed into place (D31).
+    let serving_on = match &created.0 {
+        Some((path, _)) => path.display().to_string(),
+        None => listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| config.socket.display().to_string()),
+    };
+    // The janitor takes over removing the socket and the pidfile (the
+    // helper's sandbox grants no removal), forked while single-threaded.
+    let mut created = created;
+    let janitor = or_log!(Janitor::start(
+        created.0.take(),
+        pidfile.as_ref(),
+        listener.as_raw_fd(),
+        config.landlock,
+    )
+    .map_err(StartupError::Janitor));
+
     // The sandbox, while still single-threaded: every thread started from
     // here on (multipath worker, SG_IO pool) inherits it.
-    let mut removable: Vec<PathBuf> = created.0.iter().map(|(p, _)| p.clone()).collect();
-    removable.extend(pidfile.as_ref().map(|p| p.path().to_path_buf()));
     let sandbox = crate::process::sandbox::Settings {
         seccomp: config.seccomp,
         landlock: config.landlock,
@@ -188,7 +213,6 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         } else {
             crate::process::sandbox::Profile::Plain
         },
-        removable,
     };
     or_log!(crate::process::sandbox::apply(&sandbox));
 
@@ -202,10 +226,10 @@ pub fn run(args: &ServerArgs) -> ExitCode {
             prepared.start(config.verbosity, config.sgio_timeout())
         )));
     }
-    let code = serve(listener, &config, executor, created);
-    if let Some(p) = pidfile {
-        p.remove();
-    }
+    let code = serve(listener, &config, executor, janitor, serving_on);
+    // The janitor has removed the pidfile (if still ours) by now; only then
+    // is its lock released.
+    drop(pidfile);
     code
 }
 
@@ -257,7 +281,8 @@ fn serve(
     listener: std::os::unix::net::UnixListener,
     config: &Config,
     executor: Executor,
-    mut created: SocketPath,
+    mut janitor: Option<Janitor>,
+    serving_on: String,
 ) -> ExitCode {
     let runtime = or_log!(tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -278,28 +303,21 @@ fn serve(
             audit: config.audit,
         },
     };
-    // The path actually listened on: an adopted (socket-activated) socket
-    // is wherever its unit put it, not the configured path; a created one
-    // was bound elsewhere and renamed into place (D31).
-    let serving_on = match &created.0 {
-        Some((path, _)) => path.display().to_string(),
-        None => listener
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-            .unwrap_or_else(|| config.socket.display().to_string()),
-    };
     runtime.block_on(async move {
         let listener =
             or_log!(tokio::net::UnixListener::from_std(listener).map_err(StartupError::Register));
         info!(pid = std::process::id(), "serving on {serving_on}");
         activation::notify("READY=1");
-        server::run(listener, server_config, signals::terminated(), move || {
+        server::run(listener, server_config, signals::terminated(), || {
             activation::notify("STOPPING=1");
-            created.remove();
+            if let Some(j) = janitor.as_mut() {
+                j.remove_socket();
+            }
         })
         .await;
         info!("exiting");
+        // Whatever is left (the pidfile) goes now.
+        drop(janitor);
         ExitCode::SUCCESS
     })
 }

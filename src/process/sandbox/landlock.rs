@@ -3,9 +3,14 @@
 //!
 //! * read `/proc`: the peer's command name (`/proc/PID/comm`) for the audit
 //!   record;
-//! * read `/sys`: the device's WWID for the audit record;
-//! * remove files in the directories of the socket and pidfile pr-helper
-//!   created, to remove them at exit.
+//! * read `/sys`: the device's WWID for the audit record, and what the
+//!   device check (D27) reads.
+//!
+//! It may remove no file: Landlock grants removal per directory tree, and
+//! the socket's directory is often a shared one (all of /run with the
+//! default path). The socket and pidfile are removed by the janitor, a
+//! process of its own with exactly that right ([`restrict_to_removal`],
+//! `process::janitor`).
 //!
 //! Everything else (opening, creating, writing, executing files anywhere)
 //! is denied, and so is TCP (the helper has no use for the network). The
@@ -43,7 +48,7 @@ pub enum Outcome {
 }
 
 /// Restricts the calling thread (and every thread it starts later).
-pub fn restrict(profile: Profile, removable: &[PathBuf]) -> Result<Outcome, RulesetError> {
+pub fn restrict(profile: Profile) -> Result<Outcome, RulesetError> {
     let abi = TARGET_ABI;
     let read = AccessFs::from_read(abi);
     let mut ruleset = Ruleset::default()
@@ -51,11 +56,6 @@ pub fn restrict(profile: Profile, removable: &[PathBuf]) -> Result<Outcome, Rule
         .handle_access(AccessNet::from_all(abi))?
         .create()?
         .add_rules(path_beneath_rules(existing(&["/proc", "/sys"]), read))?;
-    let dirs: Vec<PathBuf> = removable
-        .iter()
-        .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .collect();
-    ruleset = ruleset.add_rules(path_beneath_rules(existing(&dirs), AccessFs::RemoveFile))?;
     if profile == Profile::Multipath {
         let rw = read | AccessFs::WriteFile;
         // libmpathpersist keeps state files in /etc/multipath (prkeys, for
@@ -83,6 +83,23 @@ pub fn restrict(profile: Profile, removable: &[PathBuf]) -> Result<Outcome, Rule
             ))?;
     }
     let status = ruleset.restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => Outcome::Enforced,
+        RulesetStatus::PartiallyEnforced => Outcome::Partial,
+        RulesetStatus::NotEnforced => Outcome::Unsupported,
+    })
+}
+
+/// The janitor's ruleset: removing files in `dirs` (the directories of the
+/// socket and pidfile), and no other filesystem or network access at all.
+pub fn restrict_to_removal(dirs: &[PathBuf]) -> Result<Outcome, RulesetError> {
+    let abi = TARGET_ABI;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(existing(dirs), AccessFs::RemoveFile))?
+        .restrict_self()?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => Outcome::Enforced,
         RulesetStatus::PartiallyEnforced => Outcome::Partial,

@@ -17,8 +17,6 @@ pub mod seccomp;
 
 pub use profile::Profile;
 
-use std::path::PathBuf;
-
 /// What to install.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -30,9 +28,6 @@ pub struct Settings {
     pub require_landlock: bool,
     /// Plain or multipath.
     pub profile: Profile,
-    /// Files the helper removes at exit (its socket, its pidfile): their
-    /// directories keep the right to remove files.
-    pub removable: Vec<PathBuf>,
 }
 
 /// Why the sandbox could not be applied (a start-up error).
@@ -81,7 +76,7 @@ pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
     // The verdict is computed before logging: a disabled log level must
     // not skip the refusal.
     if settings.landlock {
-        match landlock::restrict(settings.profile, &settings.removable) {
+        match landlock::restrict(settings.profile) {
             Ok(landlock::Outcome::Enforced) => {
                 tracing::info!("landlock: filesystem access restricted")
             }

@@ -121,10 +121,10 @@ mod table {
         libc::SYS_newfstatat,
         libc::SYS_statx,
         libc::SYS_lseek,
-        // Reading /proc/PID/comm and sysfs (Landlock limits where).
+        // Reading /proc/PID/comm and sysfs (Landlock limits where; the
+        // plain profile allows read-only opens only, WRITE_FLAGS).
         libc::SYS_openat,
-        // Removing the socket and pidfile at exit (Landlock limits where).
-        libc::SYS_unlinkat,
+        // journald's large messages (a sealed memfd).
         libc::SYS_ftruncate,
         // Event loop.
         libc::SYS_epoll_create1,
@@ -188,7 +188,6 @@ mod table {
         libc::SYS_open,
         libc::SYS_stat,
         libc::SYS_lstat,
-        libc::SYS_unlink,
         libc::SYS_epoll_wait,
         libc::SYS_poll,
     ];
@@ -198,6 +197,10 @@ mod table {
     /// What libmpathpersist adds (it opens path devices, scans sysfs, reads
     /// multipath.conf, talks to multipathd, and loads checker plugins).
     pub const MULTIPATH: &[i64] = &[
+        // Its state files in /etc/multipath (Landlock limits where). The
+        // plain helper removes nothing: its socket and pidfile are the
+        // janitor's (process::janitor).
+        libc::SYS_unlinkat,
         libc::SYS_faccessat,
         libc::SYS_faccessat2,
         libc::SYS_pread64,
@@ -270,6 +273,7 @@ mod table {
     /// x86_64 only: the older forms glibc uses there.
     #[cfg(target_arch = "x86_64")]
     pub const MULTIPATH_ARCH: &[i64] = &[
+        libc::SYS_unlink,
         libc::SYS_access,
         libc::SYS_dup2,
         libc::SYS_select,
