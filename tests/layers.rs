@@ -4,7 +4,8 @@
 //! `cargo test --test layers -- --nocapture` prints the import graph, one
 //! line per file with the files it uses; ARCHITECTURE.md explains the
 //! layers. An "import" is any `crate::` or `super::` path in the code
-//! (comments and string literals are ignored), resolved to the file that
+//! (comments and string literals are ignored, and so are the items marked
+//! `#[cfg(test)]`, but nothing after them), resolved to the file that
 //! defines the longest matching module path. `mod x;` declarations are
 //! containment, not imports.
 
@@ -221,6 +222,51 @@ fn paths_after(code: &str, prefix: &str) -> Vec<String> {
     out
 }
 
+/// `code` (comments and literals already blanked by [`code_only`]) without
+/// the items marked `#[cfg(test)]`: each such attribute, any attributes
+/// after it, and the item it marks, which ends at its first `;` when that
+/// comes before any `{` (`use`, `mod x;`, a field-less item) and otherwise
+/// at the brace that closes its first `{` (a `mod`, `fn`, `impl` body).
+fn without_test_items(code: &str) -> String {
+    const MARK: &str = "#[cfg(test)]";
+    let b = code.as_bytes();
+    let mut out = String::with_capacity(code.len());
+    let mut i = 0;
+    while let Some(pos) = code[i..].find(MARK) {
+        let at = i + pos;
+        out.push_str(&code[i..at]);
+        let mut j = at + MARK.len();
+        let semicolon = code[j..].find(';').map(|k| j + k);
+        let brace = code[j..].find('{').map(|k| j + k);
+        j = match (semicolon, brace) {
+            (Some(sc), Some(br)) if sc < br => sc + 1,
+            (Some(sc), None) => sc + 1,
+            (_, Some(br)) => {
+                let mut depth = 0usize;
+                let mut k = br;
+                while k < b.len() {
+                    match b[k] {
+                        b'{' => depth += 1,
+                        b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    k += 1;
+                }
+                k + 1
+            }
+            (None, None) => b.len(),
+        };
+        i = j.min(b.len());
+    }
+    out.push_str(&code[i..]);
+    out
+}
+
 struct Graph {
     files: BTreeMap<String, PathBuf>,
     edges: BTreeMap<String, BTreeSet<String>>,
@@ -244,12 +290,10 @@ fn graph() -> Graph {
     let mut edges = BTreeMap::new();
     for (module, file) in &files {
         let code = code_only(&std::fs::read_to_string(file).unwrap());
-        // Test modules inside a file may reach anywhere; they are not part of
-        // the layering.
-        let code = match code.find("#[cfg(test)]") {
-            Some(i) => &code[..i],
-            None => &code[..],
-        };
+        // Test items inside a file may reach anywhere; they are not part of
+        // the layering. Only they are skipped: the code after them counts.
+        let code = without_test_items(&code);
+        let code = code.as_str();
         let mut deps = BTreeSet::new();
         for p in paths_after(code, "crate::") {
             if let Some(m) = resolve(&p) {
@@ -371,4 +415,30 @@ fn the_parser_sees_grouped_and_nested_imports() {
     found.sort();
     assert_eq!(found, ["a", "b::c", "b::d", "g::h"]);
     assert_eq!(paths_after(&code, "super::"), ["i::j"]);
+}
+
+/// Issue 23, item 2: the check used to stop reading a file at its first
+/// `#[cfg(test)]`, so an import after a test module (`use crate::process as
+/// _;` at the end of server/pool.rs) went unseen. Only the test items are
+/// skipped now.
+#[test]
+fn code_after_a_test_module_is_checked() {
+    let code = code_only(
+        "use crate::a;\n#[cfg(test)]\nmod tests {\n    use crate::hidden;\n    fn f() { if x { crate::also_hidden(); } }\n}\n#[cfg(test)]\nuse crate::test_only;\nimpl T {\n    #[cfg(test)]\n    pub fn of() -> u8 { crate::t::x() }\n    fn g() {}\n}\nuse crate::process as _;\n",
+    );
+    let mut found = paths_after(&without_test_items(&code), "crate::");
+    found.sort();
+    assert_eq!(found, ["a", "process"]);
+    // The probe against the real tree: server/pool.rs with an upward
+    // import after its tests is flagged, naming the file.
+    let pool = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/pool.rs");
+    let probed = code_only(&format!(
+        "{}\nuse crate::process as _;\n",
+        std::fs::read_to_string(pool).unwrap()
+    ));
+    let seen = paths_after(&without_test_items(&probed), "crate::");
+    assert!(
+        seen.iter().any(|p| top(p) == "process"),
+        "server::pool imports process: not seen in {seen:?}"
+    );
 }
