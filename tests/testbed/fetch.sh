@@ -18,8 +18,12 @@ PACKAGES=("$kpkg" busybox-static sg3-utils libsgutils2-1.46-2 kmod)
 # apt names them), each checked against its SHA256: a new version in the
 # archive is a new file, never an old one reused.
 DEBS=()
+# apt-get download --print-uris prints nothing for a file already in the
+# current directory: ask from an empty one.
+EMPTY=$(mktemp -d)
+trap 'rmdir "$EMPTY"' EXIT
 for p in "${PACKAGES[@]}"; do
-    read -r _ file _ sum < <(apt-get download --print-uris "$p" | head -1)
+    read -r _ file _ sum < <(cd "$EMPTY" && apt-get download --print-uris "$p" | head -1) || true
     [ -n "${file:-}" ] || { echo "fetch.sh: apt knows no candidate for $p" >&2; exit 1; }
     if [ ! -f "$file" ] || [ "SHA256:$(sha256sum "$file" | cut -d' ' -f1)" != "$sum" ]; then
         rm -f "${p}"_*.deb
