@@ -52,6 +52,14 @@ prh_copy_tree() {
         tar --null --no-recursion -T - -cf - ) | tar -xf - -C "$dest"
 }
 
+# prh_remove_tree DIR: unmounts anything left mounted below DIR (an
+# interrupted run's containers or loop mounts), then removes it.
+prh_remove_tree() {
+    local m
+    for m in $(findmnt -rn -o TARGET | grep "^$1/" | sort -r); do umount -l "$m" || true; done
+    rm -rf "$1"
+}
+
 # SOURCE_DATE_EPOCH: the time of the last commit unless given.
 prh_source_date_epoch() {
     if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then

@@ -50,9 +50,7 @@ set -euo pipefail
 W=${PRH_TEST_DIR:-/var/tmp/pr-helper-packaging-test}
 case "$W" in /* ) ;; *) W=$PWD/$W ;; esac
 [ "$W" != / ] && [ "$W" != "$PRH_ROOT" ] || prh_die "PRH_TEST_DIR=$W: not a work directory"
-# Anything an interrupted run left mounted below it goes first.
-for m in $(findmnt -rn -o TARGET | grep "^$W/" | sort -r); do umount -l "$m" || true; done
-rm -rf "$W"
+prh_remove_tree "$W"
 mkdir -p "$W"
 export PRH_CONTAINER_STORAGE=$W/containers
 # Run-time state of that storage: short, fresh, removed at exit.
@@ -69,12 +67,9 @@ figure() { FIGURES+=("$*"); echo "  => $*"; }
 fail() { echo "test.sh: FAIL [$section]: $*" >&2; exit 1; }
 CLEANUP=()
 cleanup() {
-    local c m
+    local c
     for c in "${CLEANUP[@]}"; do eval "$c" || true; done
-    if [ -n "${PRH_CONTAINER_RUNROOT:-}" ]; then
-        for m in $(findmnt -rn -o TARGET | grep "^$PRH_CONTAINER_RUNROOT/" | sort -r); do umount -l "$m" || true; done
-        rm -rf "$PRH_CONTAINER_RUNROOT"
-    fi
+    [ -z "${PRH_CONTAINER_RUNROOT:-}" ] || prh_remove_tree "$PRH_CONTAINER_RUNROOT"
 }
 trap cleanup EXIT
 

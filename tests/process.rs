@@ -1274,16 +1274,9 @@ fn janitor_of(pid: u32) -> u32 {
 #[test]
 fn the_janitor_removes_socket_and_pidfile_and_holds_no_capability() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("j.sock");
     let pidfile = dir.path().join("j.pid");
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&socket).arg("-f").arg(&pidfile);
-    let mut h = Helper::spawn(
-        Which::Ours,
-        cmd,
-        tempfile::tempdir().unwrap(),
-        socket.clone(),
-    );
+    let mut h = Helper::ours(&["-f", pidfile.to_str().unwrap()]);
+    let socket = h.socket.clone();
     h.assert_serving();
     let janitor = janitor_of(h.pid());
     let status = std::fs::read_to_string(format!("/proc/{janitor}/status")).unwrap();
@@ -1304,14 +1297,8 @@ fn the_janitor_removes_socket_and_pidfile_and_holds_no_capability() {
 
     // Killed outright: the janitor sees the helper's end of their socket
     // pair close and removes the socket (still the one bound: D30).
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&socket);
-    let mut h = Helper::spawn(
-        Which::Ours,
-        cmd,
-        tempfile::tempdir().unwrap(),
-        socket.clone(),
-    );
+    let mut h = Helper::ours(&[]);
+    let socket = h.socket.clone();
     h.assert_serving();
     let janitor = janitor_of(h.pid());
     h.signal(nix::sys::signal::Signal::SIGKILL);

@@ -544,13 +544,7 @@ fn connections_per_client_process_are_bounded() {
         "{warned:?}"
     );
     // Another process connects as usual.
-    let out = std::process::Command::new(our_binary())
-        .arg("ping")
-        .arg("-k")
-        .arg(&h.socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    ping_from_another_process(&h);
     // The connections already open are served.
     for c in &mut mine {
         let r = c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
@@ -580,6 +574,17 @@ fn connections_per_client_process_are_bounded() {
     h.assert_no_errors();
 }
 
+/// `pr-helper ping` (a process of its own) is answered.
+fn ping_from_another_process(h: &Helper) {
+    let out = std::process::Command::new(our_binary())
+        .arg("ping")
+        .arg("-k")
+        .arg(&h.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "another client is served: {out:?}");
+}
+
 /// Issue 22, item 7: by default (no option) one client process holds at
 /// most 64 connections (of 1,024), so one QEMU holding all it can get does
 /// not lock the other VMs out: the 65th is refused, another process is
@@ -593,13 +598,7 @@ fn by_default_one_client_cannot_take_every_connection() {
     let (bytes, closed) = read_until_close(&mut s, Duration::from_secs(5));
     assert_eq!((bytes.len(), closed), (0, true), "the 65th is refused");
     h.wait_for_log("64 connections already open from this process", 1);
-    let out = std::process::Command::new(our_binary())
-        .arg("ping")
-        .arg("-k")
-        .arg(&h.socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "another client is served: {out:?}");
+    ping_from_another_process(&h);
     for c in mine.iter_mut().step_by(9) {
         let r = c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
         assert_eq!(r.to_bytes(), io_error());

@@ -27,6 +27,18 @@ fn child(name: &str, mode: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the child test `name` in `mode`, which must succeed; its stdout.
+fn child_stdout(name: &str, mode: &str) -> String {
+    let out = child(name, mode);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// In the child: install the filter, do allowed work, then a forbidden call.
 #[test]
 fn seccomp_child() {
@@ -83,13 +95,23 @@ fn seccomp_write_open_child() {
 /// for writing; reading /proc and /sys still works.
 #[test]
 fn seccomp_plain_profile_refuses_opens_that_could_write() {
-    let out = child("seccomp_write_open_child", "seccomp-write-open");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(159), "stderr:\n{stderr}");
-    assert!(stderr.contains("read-only open: ok"), "{stderr}");
-    let expected = format!(
-        "the seccomp filter blocked system call {} ({})",
+    let stderr = killed_by_seccomp(
+        "seccomp_write_open_child",
+        "seccomp-write-open",
         libc::SYS_openat,
+    );
+    assert!(stderr.contains("read-only open: ok"), "{stderr}");
+}
+
+/// Runs the child test `name` in `mode`; it must end with status 159 and
+/// the filter's message naming system call `nr`, before printing STILL
+/// ALIVE. Returns its stderr.
+fn killed_by_seccomp(name: &str, mode: &str, nr: i64) -> String {
+    let out = child(name, mode);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(159), "stderr:\n{stderr}");
+    let expected = format!(
+        "the seccomp filter blocked system call {nr} ({})",
         std::env::consts::ARCH
     );
     assert!(
@@ -97,24 +119,13 @@ fn seccomp_plain_profile_refuses_opens_that_could_write() {
         "want {expected:?} in:\n{stderr}"
     );
     assert!(!stderr.contains("STILL ALIVE"), "{stderr}");
+    stderr
 }
 
 #[test]
 fn seccomp_blocks_a_forbidden_syscall_with_a_clear_message() {
-    let out = child("seccomp_child", "seccomp");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(159), "stderr:\n{stderr}");
+    let stderr = killed_by_seccomp("seccomp_child", "seccomp", libc::SYS_mkdirat);
     assert!(stderr.contains("before the forbidden call: ok"), "{stderr}");
-    let expected = format!(
-        "the seccomp filter blocked system call {} ({})",
-        libc::SYS_mkdirat,
-        std::env::consts::ARCH
-    );
-    assert!(
-        stderr.contains(&expected),
-        "want {expected:?} in:\n{stderr}"
-    );
-    assert!(!stderr.contains("STILL ALIVE"));
     assert!(!std::path::Path::new("/tmp/pr-helper-seccomp-must-not-exist").exists());
     eprintln!(
         "seccomp allow-list: {} system calls (plain), {} (multipath)",
@@ -142,13 +153,7 @@ fn landlock_child() {
 
 #[test]
 fn landlock_denies_open_but_allows_proc() {
-    let out = child("landlock_child", "landlock");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = child_stdout("landlock_child", "landlock");
     if stdout.contains("OUTCOME Unsupported") {
         panic!("this kernel has no Landlock; the test bed kernels and CI hosts do:\n{stdout}");
     }
@@ -194,13 +199,7 @@ fn landlock_multipath_child() {
 /// EACCES). The host kernels of CI have ABI >= 5 (this one: 6.18).
 #[test]
 fn landlock_multipath_profile_allows_ioctls_on_devices_opened_after_it() {
-    let out = child("landlock_multipath_child", "landlock-multipath");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = child_stdout("landlock_multipath_child", "landlock-multipath");
     assert!(!stdout.contains("OUTCOME Unsupported"), "{stdout}");
     assert!(
         stdout.contains(&format!("IOCTL rc -1 errno {}", libc::ENOTTY)),
@@ -255,13 +254,7 @@ fn only_the_janitor_may_remove_files_and_only_in_its_directories() {
             mine.path().display(),
             other.path().display()
         );
-        let out = child("landlock_removal_child", &mode);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = child_stdout("landlock_removal_child", &mode);
         assert!(stdout.contains("OUTCOME Enforced"), "{stdout}");
         assert_eq!(
             mine.path().join("victim").exists(),

@@ -384,17 +384,10 @@ mod tests {
             self.0.path()
         }
 
+        /// A device directly below `devices/` (no `block` in its link: the
+        /// check decides from the entries).
         fn device(&self, name: &str, dev: &str, size: u64) -> PathBuf {
-            let d = self.root().join("devices").join(name);
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
-            fs::write(d.join("size"), format!("{size}\n")).unwrap();
-            symlink(
-                format!("../../devices/{name}"),
-                self.root().join("dev/block").join(dev),
-            )
-            .unwrap();
-            d
+            self.at(name, dev, size)
         }
 
         fn partition(&self, name: &str, dev: &str, size: u64) {

@@ -103,11 +103,9 @@ impl EndLog {
             return None;
         };
         if self.all.allow_at(now).is_none() {
-            mine.held_back();
-            // Its untold count stays with it for the next line.
-            for _ in 0..untold {
-                mine.held_back();
-            }
+            // This line and the untold count stay with the uid for its next
+            // line.
+            mine.held_back(1 + untold);
             self.total_held_back += 1;
             return None;
         }

@@ -85,9 +85,11 @@ impl Burst {
         }
     }
 
-    /// Counts a line let through here but held back by a wider limit.
-    pub fn held_back(&mut self) {
-        self.suppressed += 1;
+    /// Counts `n` lines as held back after all: one let through here but
+    /// held back by a wider limit, plus the count that [`Burst::allow_at`]
+    /// had just handed over with it.
+    pub fn held_back(&mut self, n: u64) {
+        self.suppressed += n;
     }
 
     /// True when the current window is over at `now` (nothing logged in it
@@ -121,7 +123,7 @@ mod tests {
         assert_eq!(b.allow_at(t0), Some(0));
         assert_eq!(b.allow_at(t0), Some(0));
         assert_eq!(b.allow_at(t0), None);
-        b.held_back();
+        b.held_back(1);
         assert_eq!(b.allow_at(t0 + Duration::from_secs(9)), None);
         assert!(!b.expired_at(t0 + Duration::from_secs(11)), "three untold");
         // A new window: the first line tells how many were held back.

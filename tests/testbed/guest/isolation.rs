@@ -208,13 +208,11 @@ fn sigterm_with_a_hung_map(path: &Path) -> Result<(), String> {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .map_err(|e| format!("start pr-helper: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !Path::new(SOCKET).exists() {
-        if Instant::now() > deadline {
-            let _ = helper.kill();
-            return Err(format!("{SOCKET} did not appear"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if let Err(e) = crate::mpath::wait_for(SOCKET, Duration::from_secs(20), || {
+        Path::new(SOCKET).exists()
+    }) {
+        let _ = helper.kill();
+        return Err(e);
     }
     let clients: Vec<_> = (0..2)
         .map(|_| {

@@ -127,7 +127,8 @@ fn registrations(path: &Path, key: u64) -> usize {
         .count()
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {
+/// Polls `f` every 200 ms until it holds, for at most `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     while !f() {
         if Instant::now() > deadline {
