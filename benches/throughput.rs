@@ -1,24 +1,37 @@
-//! Throughput benchmark: pr-helper and qemu-pr-helper side by side.
+//! Throughput benchmark: pr-helper, qemu-pr-helper and a floor side by side.
 //!
 //! Drives 1, 8 and 64 connections, each sending PERSISTENT RESERVE IN
-//! (READ KEYS) with a regular-file fd as fast as answers come back, and
-//! prints requests/s, p50/p99 latency and the helper's peak RSS (VmHWM).
-//! A regular file makes SG_IO fail at once, so this measures the helper's
-//! own overhead: framing, fd passing, dispatch to the SG_IO pool, replies.
+//! (READ KEYS) as fast as answers come back, as QEMU does (one request at
+//! a time per connection, the device's fd attached), and prints
+//! requests/s, p50/p99 latency, the server's peak RSS (VmHWM) and its CPU
+//! time per request. Three kinds of fd, block devices first because every
+//! fd a user's QEMU sends is one:
 //!
-//! Run: `cargo bench --bench throughput` (add `-- --seconds N` to change the
-//! time per measurement, `-- --levels 1,8,64` for other connection counts,
-//! `-- --only ours` to skip the reference, `-- --device PATH` to send a
-//! block device's fd instead of a regular file's: a whole disk or loop
-//! device whose SG_IO also fails at once, so the difference is the cost of
-//! the per-request device check, D27).
+//! - `loop`: one loop device (one LUN shared by every connection);
+//! - `loops`: eight loop devices, connection i on device i mod 8 (the
+//!   many-LUN host);
+//! - `file`: a regular file (no device check, D27, and no device bound).
+//!
+//! SG_IO fails at once on all three (ENOTTY), so the figures are the
+//! servers' own cost: framing, fd passing, the device check, dispatch,
+//! replies. The loop rows need root (losetup); without it they are left
+//! out with a note.
+//!
+//! The *floor* is the least any helper can do: a thread per connection that
+//! does recvmsg, one SG_IO and send, nothing else (no checks, no limits, no
+//! logging). It is this binary run again with `--floor-server SOCKET`.
+//! Each figure is the median of `--rounds` rounds (3) that alternate the
+//! servers, so background load favours none of them.
+//!
+//! Run: `cargo bench --bench throughput` (as root for the loop rows). Add
+//! `-- --seconds N` (per measurement, 2), `-- --levels 8,64`,
+//! `-- --kinds loop,loops,file`, `-- --rounds N`, `-- --only ours` (no
+//! reference), `-- --device PATH` (one given device instead of the kinds).
 //!
 //! `-- --sandbox-cost N` instead measures what the sandbox costs: for each
 //! level, N rounds alternating pr-helper as configured by default (Landlock
 //! and seccomp on) and with `--seccomp false --landlock false`, then the
 //! median requests/s and CPU time per request of each and the difference.
-//! Alternating rounds and medians keep background load from favouring
-//! either side.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -38,16 +51,20 @@ struct Args {
     extra: Vec<String>,
     sandbox_rounds: usize,
     device: Option<PathBuf>,
+    kinds: Vec<String>,
+    rounds: usize,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
-        seconds: 3.0,
+        seconds: 2.0,
         levels: vec![1, 8, 64],
         only: None,
         extra: Vec::new(),
         sandbox_rounds: 0,
         device: None,
+        kinds: vec!["loop".into(), "loops".into(), "file".into()],
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,6 +82,19 @@ fn parse_args() -> Args {
             }
             "--only" => args.only = it.next(),
             "--device" => args.device = it.next().map(PathBuf::from),
+            "--kinds" => {
+                args.kinds = it
+                    .next()
+                    .map(|v| v.split(',').map(str::to_string).collect())
+                    .expect("--kinds loop,loops,file")
+            }
+            "--rounds" => {
+                args.rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--rounds N")
+            }
             "--sandbox-cost" => {
                 args.sandbox_rounds = it
                     .next()
@@ -135,7 +165,7 @@ struct Result {
 /// runtime), so that the client side costs as little CPU as possible and
 /// the figures describe the helper. Each client behaves like QEMU: one
 /// request at a time, fd attached to the CDB, then reads the whole reply.
-fn drive(socket: &Path, file: &Path, connections: usize, seconds: f64) -> Result {
+fn drive(socket: &Path, files: &[PathBuf], connections: usize, seconds: f64) -> Result {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,9 +174,9 @@ fn drive(socket: &Path, file: &Path, connections: usize, seconds: f64) -> Result
     rt.block_on(async {
         let start = Instant::now();
         let tasks: Vec<_> = (0..connections)
-            .map(|_| {
+            .map(|i| {
                 let socket = socket.to_path_buf();
-                let file = file.to_path_buf();
+                let file = files[i % files.len()].clone();
                 tokio::spawn(async move { client_loop(&socket, &file, start, duration).await })
             })
             .collect();
@@ -222,7 +252,60 @@ async fn client_loop(
     lat
 }
 
+/// One kind of fd the clients send.
+struct Kind {
+    name: String,
+    files: Vec<PathBuf>,
+}
+
+/// Loop devices made for the run, detached when dropped.
+struct Loops(Vec<PathBuf>);
+
+impl Loops {
+    /// `n` loop devices over small files in `dir` (needs root).
+    fn new(dir: &Path, n: usize) -> std::result::Result<Loops, String> {
+        let mut loops = Loops(Vec::new());
+        for i in 0..n {
+            let backing = dir.join(format!("loop{i}.img"));
+            std::fs::write(&backing, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
+            let out = Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&backing)
+                .output()
+                .map_err(|e| format!("losetup: {e}"))?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            }
+            let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            loops.0.push(PathBuf::from(dev));
+        }
+        Ok(loops)
+    }
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for dev in &self.0 {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        }
+    }
+}
+
+/// Medians over the rounds of one server at one level.
+#[derive(Default)]
+struct Figures {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    rss: u64,
+    cpu: Vec<f64>,
+}
+
 fn main() {
+    if let Some(i) = std::env::args().position(|a| a == "--floor-server") {
+        let socket = std::env::args().nth(i + 1).expect("--floor-server SOCKET");
+        floor_server(Path::new(&socket));
+    }
     let args = parse_args();
     let dir = tempfile::Builder::new()
         .prefix("prh-bench")
@@ -230,63 +313,189 @@ fn main() {
         .unwrap();
     let file = dir.path().join("device-stand-in");
     std::fs::write(&file, b"").unwrap();
-    let what = match &args.device {
-        Some(d) => format!("on {}", d.display()),
-        None => "on a regular-file fd".to_string(),
-    };
-    let file = args.device.clone().unwrap_or(file);
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_pr-helper"));
     if args.sandbox_rounds > 0 {
+        let file = args.device.clone().unwrap_or(file);
         sandbox_cost(&args, &ours, dir.path(), &file);
         return;
     }
+    let mut kinds = Vec::new();
+    let mut _loops = Vec::new();
+    if let Some(d) = &args.device {
+        kinds.push(Kind {
+            name: d.display().to_string(),
+            files: vec![d.clone()],
+        });
+    }
+    for k in args.kinds.iter().filter(|_| args.device.is_none()) {
+        match k.as_str() {
+            "file" => kinds.push(Kind {
+                name: "regular file".into(),
+                files: vec![file.clone()],
+            }),
+            "loop" | "loops" => {
+                let n = if k == "loop" { 1 } else { 8 };
+                match Loops::new(dir.path(), n) {
+                    Ok(l) => {
+                        kinds.push(Kind {
+                            name: if n == 1 {
+                                "1 loop device".into()
+                            } else {
+                                format!("{n} loop devices")
+                            },
+                            files: l.0.clone(),
+                        });
+                        _loops.push(l);
+                    }
+                    Err(e) => println!("note: no {k} rows (loop devices need root): {e}"),
+                }
+            }
+            other => panic!("unknown kind {other} (loop, loops, file)"),
+        }
+    }
+    let floor = std::env::current_exe().expect("this binary");
     let reference = PathBuf::from("/usr/bin/qemu-pr-helper");
-    let mut helpers = vec![("pr-helper", ours, args.extra.clone())];
+    let floor_args = vec!["--floor-server".to_string()];
+    let mut servers = vec![
+        ("floor", floor, floor_args),
+        ("pr-helper", ours, args.extra.clone()),
+    ];
     if args.only.as_deref() != Some("ours") {
         assert!(
             reference.exists(),
             "{} missing (install qemu-system-common from bookworm-backports)",
             reference.display()
         );
-        helpers.push(("qemu-pr-helper", reference, Vec::new()));
+        servers.push(("qemu-pr-helper", reference, Vec::new()));
     }
     println!(
-        "PR IN (READ KEYS) {what}, {} s per measurement, {} CPUs",
+        "PR IN (READ KEYS), {} s per measurement, median of {} alternating rounds, {} CPUs",
         args.seconds,
+        args.rounds,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
     println!(
-        "{:<15} {:>5} {:>10} {:>12} {:>10} {:>10} {:>14} {:>14}",
-        "helper",
+        "{:<16} {:>5} {:<15} {:>11} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9}",
+        "fd",
         "conns",
-        "requests",
+        "server",
         "requests/s",
         "p50 (us)",
         "p99 (us)",
-        "peak RSS (KiB)",
-        "CPU us/request"
+        "peak RSS",
+        "CPU us/r",
+        "x ref",
+        "x floor"
     );
-    for &level in &args.levels {
-        for (name, binary, extra) in &helpers {
-            // A fresh helper per measurement, so peak RSS belongs to this load.
-            let h = start(binary, dir.path(), name, extra);
-            let cpu_before = cpu_time(h.child.id());
-            let r = drive(&h.socket, &file, level, args.seconds);
-            let rss = peak_rss_kib(h.child.id());
-            let cpu = cpu_time(h.child.id()) - cpu_before;
-            println!(
-                "{:<15} {:>5} {:>10} {:>12.0} {:>10} {:>10} {:>14} {:>14.1}",
-                name,
-                level,
-                r.requests,
-                r.rps,
-                r.p50.as_micros(),
-                r.p99.as_micros(),
-                rss,
-                cpu.as_secs_f64() * 1e6 / r.requests as f64
-            );
+    for kind in &kinds {
+        for &level in &args.levels {
+            let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
+            for _ in 0..args.rounds {
+                for ((name, binary, extra), f) in servers.iter().zip(&mut figures) {
+                    // A fresh server per measurement, so that peak RSS
+                    // belongs to this load.
+                    let h = start(binary, dir.path(), name, extra);
+                    let cpu_before = cpu_time(h.child.id());
+                    let r = drive(&h.socket, &kind.files, level, args.seconds);
+                    let cpu = cpu_time(h.child.id()) - cpu_before;
+                    f.rss = f.rss.max(peak_rss_kib(h.child.id()));
+                    f.rps.push(r.rps);
+                    f.p50.push(r.p50.as_secs_f64() * 1e6);
+                    f.p99.push(r.p99.as_secs_f64() * 1e6);
+                    f.cpu.push(cpu.as_secs_f64() * 1e6 / r.requests as f64);
+                }
+            }
+            let rps: Vec<f64> = figures.iter_mut().map(|f| median(&mut f.rps)).collect();
+            let reference_rps = servers
+                .iter()
+                .position(|s| s.0 == "qemu-pr-helper")
+                .map(|i| rps[i]);
+            for (i, ((name, ..), f)) in servers.iter().zip(&mut figures).enumerate() {
+                let ratio = |other: Option<f64>| match other {
+                    Some(o) if *name != "floor" && o > 0.0 => format!("{:.2}", rps[i] / o),
+                    _ => "-".to_string(),
+                };
+                println!(
+                    "{:<16} {:>5} {:<15} {:>11.0} {:>9.0} {:>9.0} {:>10} {:>8.1} {:>9} {:>9}",
+                    kind.name,
+                    level,
+                    name,
+                    rps[i],
+                    median(&mut f.p50),
+                    median(&mut f.p99),
+                    f.rss,
+                    median(&mut f.cpu),
+                    if *name == "qemu-pr-helper" {
+                        "-".to_string()
+                    } else {
+                        ratio(reference_rps)
+                    },
+                    ratio(Some(rps[0])),
+                );
+            }
+        }
+    }
+}
+
+/// The floor server (see the module comment): never returns.
+fn floor_server(socket: &Path) -> ! {
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind");
+    for stream in listener.incoming() {
+        let stream = stream.expect("accept");
+        std::thread::spawn(move || floor_connection(stream));
+    }
+    unreachable!("incoming() never ends")
+}
+
+/// recvmsg, SG_IO, send, until the client goes.
+fn floor_connection(mut stream: std::os::unix::net::UnixStream) {
+    use pr_helper::protocol::{fdpass, Response, SENSE_SIZE};
+    use pr_helper::scsi::sgio::{self, DataPhase};
+    use std::io::{Read, Write};
+    stream.write_all(&[0; 4]).unwrap();
+    let mut word = [0u8; 4];
+    if stream.read_exact(&mut word).is_err() {
+        return;
+    }
+    let mut cdb = [0u8; 16];
+    let mut data = [0u8; 8192];
+    let mut out = Vec::with_capacity(8192 + 104);
+    loop {
+        let got = match fdpass::recv(stream.as_fd(), &mut cdb, true) {
+            Ok(r) if r.len == cdb.len() && r.fds.len() == 1 => r,
+            _ => return,
+        };
+        let alloc = usize::from(u16::from_be_bytes([cdb[7], cdb[8]])).min(data.len());
+        let result = sgio::execute(
+            got.fds[0].as_fd(),
+            &cdb,
+            DataPhase::FromDevice(&mut data[..alloc]),
+            Duration::from_secs(30),
+        );
+        let mut response = Response::status_only(2);
+        match result {
+            Ok(r) => {
+                response.status = r.status;
+                response.sense = r.sense;
+                if r.status == 0 {
+                    let n = alloc.saturating_sub(usize::try_from(r.resid).unwrap_or(0));
+                    response.data = data[..n].to_vec();
+                }
+            }
+            // Sense key 0B (ABORTED COMMAND), ASC/ASCQ 00/06, as a helper
+            // answers an ioctl that failed.
+            Err(_) => {
+                let mut sense = [0u8; SENSE_SIZE];
+                (sense[0], sense[2], sense[7], sense[13]) = (0x70, 0x0b, 10, 6);
+                response.sense = sense;
+            }
+        }
+        out.clear();
+        response.encode(&mut out);
+        if stream.write_all(&out).is_err() {
+            return;
         }
     }
 }
@@ -322,7 +531,7 @@ fn sandbox_cost(args: &Args, ours: &Path, dir: &Path, file: &Path) {
             for (i, extra) in [&args.extra[..], &off[..]].into_iter().enumerate() {
                 let h = start(ours, dir, "pr-helper", extra);
                 let before = cpu_time(h.child.id());
-                let r = drive(&h.socket, file, level, args.seconds);
+                let r = drive(&h.socket, std::slice::from_ref(&file.to_path_buf()), level, args.seconds);
                 let used = cpu_time(h.child.id()) - before;
                 rps[i].push(r.rps);
                 cpu[i].push(used.as_secs_f64() * 1e6 / r.requests as f64);

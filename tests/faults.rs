@@ -186,9 +186,15 @@ fn a_flood_of_bad_connections_is_logged_within_bounds_and_keeps_the_audit_record
 fn client_vanishing_while_its_request_executes_costs_only_a_warning() {
     let dev = FakeDev::mount();
     let (h, baseline) = started(&[]);
-    // Four devices: one executes at most two commands at once (D29).
+    // Four hung files: they count as one device, which executes two
+    // commands at once (D29); the other two wait for it. A device (SG_IO on
+    // /dev/null fails at once with ENOTTY) is served meanwhile.
     let held: Vec<_> = (0..4).map(|i| dev.open(&FakeDev::hold_name(i))).collect();
-    let fast = dev.open(&format!("e{}", libc::ENOTTY));
+    let fast = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
     let mut gone: Vec<_> = (0..4).map(|_| h.client()).collect();
     for (i, c) in gone.iter_mut().enumerate() {
         if i % 2 == 0 {
@@ -198,13 +204,14 @@ fn client_vanishing_while_its_request_executes_costs_only_a_warning() {
                 .unwrap();
         }
     }
-    dev.wait_held(4);
+    dev.wait_held(2);
     drop(gone);
-    // Their requests still execute; everyone else is served meanwhile.
+    // Their requests still execute or wait; everyone else is served
+    // meanwhile.
     let mut other = h.client();
     let r = other.execute(&pr_in_cdb(0, 8), fast.as_fd(), &[]).unwrap();
     assert_eq!(r.to_bytes(), io_error());
-    assert_eq!(dev.held(), 4);
+    assert_eq!(dev.held(), 2);
     dev.release();
     // Each response write fails (EPIPE): a warning naming the peer, and the
     // connection and its device fd are closed.
@@ -503,14 +510,20 @@ fn replies_until_close(stream: &mut UnixStream) -> usize {
 #[test]
 fn sigterm_under_full_load_answers_every_request_read() {
     let dev = FakeDev::mount();
-    let (mut h, baseline) = started(&["--sgio-threads", "2"]);
-    // Two hung devices: with two threads, one device executes one command
-    // at a time (D29).
+    // One SG_IO thread, and hung files (together one device, which
+    // executes one command at a time with one thread, D29): the command
+    // executing on them holds the only thread. The busy clients use a
+    // device of their own (SG_IO on /dev/null fails at once).
+    let (mut h, baseline) = started(&["--sgio-threads", "1"]);
     let held = [
         dev.open(&FakeDev::hold_name(0)),
         dev.open(&FakeDev::hold_name(1)),
     ];
-    let f = fds::rw_file(h.dir.path());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let answered = AtomicUsize::new(0);
     let mut waiting: Vec<_> = (0..6).map(|_| h.client()).collect();
@@ -549,25 +562,24 @@ fn sigterm_under_full_load_answers_every_request_read() {
             assert!(Instant::now() < deadline, "busy clients not served");
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Six requests on two hung devices: two execute and hold both SG_IO
-        // threads; the other four, and then every busy client's next
+        // Six requests on the hung files: one executes and holds the only
+        // SG_IO thread; the other five, and then every busy client's next
         // request, wait unread in their sockets (a worker reads a request
         // only when it can execute it). One client is half-way through a
         // CDB.
         for (i, c) in waiting.iter_mut().enumerate() {
             c.send(&pr_out_cdb(0, 0, 0, 24), held[i % 2].as_fd(), &PARAMS)
                 .unwrap();
-            // One on each device first, so that no thread is free when the
-            // others arrive.
-            if i < 2 {
-                dev.wait_held(i + 1);
+            // The first executes before the others arrive, so that no
+            // thread is free for them.
+            if i == 0 {
+                dev.wait_held(1);
             }
         }
         send_with_fds(half.stream(), &pr_in_cdb(0, 8)[..9], &[f.as_fd()]);
-        dev.wait_held(2);
-        // Then the helper holds a socket per client and the device fds of
-        // the two requests executing, nothing more.
-        let expected = baseline + 6 + 8 + 2 + 2;
+        // Then the helper holds a socket per client and the device fd of
+        // the request executing, nothing more.
+        let expected = baseline + 6 + 8 + 2 + 1;
         let deadline = Instant::now() + Duration::from_secs(10);
         while h.fd_count() != expected {
             assert!(
@@ -973,10 +985,19 @@ fn a_hung_device_holds_two_threads_and_delays_no_other_device() {
     // other requests and queued them).
     let sgio = threads_named(h.pid(), "prh-sgio");
     assert!(sgio <= 3, "{sgio} SG_IO threads for one hung device");
-    // Meanwhile other devices (another fake device and a regular file) are
-    // served as usual: 4 clients x 100 requests, each timed.
-    let other = dev.open("e25");
-    let file = fds::rw_file(h.dir.path());
+    // Meanwhile other devices are served as usual: 4 clients x 100
+    // requests, each timed. (Devices: every other fake file, and any
+    // regular file, counts as the hung device too. SG_IO on /dev/null and
+    // /dev/zero fails at once with ENOTTY.)
+    let open_rw = |p: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let other = open_rw("/dev/null");
+    let file = open_rw("/dev/zero");
     let mut latencies: Vec<Duration> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..4)
             .map(|i| {

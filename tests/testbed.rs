@@ -414,7 +414,7 @@ fn lio_test_bed() {
         "1G",
         Duration::from_secs(900),
     );
-    run.assert_all_passed(184);
+    run.assert_all_passed(185);
     for figure in [
         "isolation-pr-helper-idle-p99-us",
         "isolation-pr-helper-busy-p99-us",
@@ -441,7 +441,7 @@ fn lio_test_bed_aarch64() {
         run.console.contains("TESTBED-ARCH aarch64"),
         "the guest is not aarch64"
     );
-    run.assert_all_passed(184);
+    run.assert_all_passed(185);
     for figure in [
         "isolation-pr-helper-idle-p99-us",
         "isolation-pr-helper-busy-p99-us",

@@ -14,10 +14,15 @@
 //! logical unit: the sd and sg nodes of one SCSI device, a multipath map and
 //! its paths are separate devices, so a hung LUN reached through k nodes can
 //! hold 2k threads; the LU's identification would cost a sysfs file read,
-//! hence an fd, per request; README, D29). Any other
-//! file (SG_IO on it fails, but a FUSE file's ioctl can block, which the
-//! tests use as a stand-in for a hung disk) is its own device: `st_dev` and
-//! `st_ino`.
+//! hence an fd, per request; README, D29). Every other fd (a regular file,
+//! a pipe, a socket) counts as *one* device together: SG_IO on such an fd
+//! has no disk behind it, but a FUSE file's ioctl reaches its file system
+//! server, which can hold it for ever. Were each file its own device, a
+//! client with a FUSE mount could hold every SG_IO thread with as many
+//! files; together they hold at most the bound. (The ioctl is still sent,
+//! as the reference does: its answer, ENOTTY for any real file, is what
+//! the reply is made of, and the host tests use FUSE files as stand-ins
+//! for disks that fail or hang.)
 //!
 //! The waiting queue needs no bound of its own: a connection has at most one
 //! request outstanding (the protocol is strictly one at a time), so at most
@@ -42,11 +47,10 @@ use crate::server::device::Inspected;
 pub enum DevKey {
     /// A block or character device: its device number.
     Rdev(u64),
-    /// Any other file: its file system and inode.
-    File(u64, u64),
-    /// fstat failed (not expected for an fd the helper holds): such fds
-    /// share one key.
-    Unknown,
+    /// Any other fd, and one fstat failed on (not expected for an fd the
+    /// helper holds): all share this key, so that together they hold at
+    /// most the bound (a FUSE file's ioctl can block for ever).
+    NotADevice,
 }
 
 impl DevKey {
@@ -63,10 +67,10 @@ impl DevKey {
                 if st.kind == libc::S_IFBLK || st.kind == libc::S_IFCHR {
                     DevKey::Rdev(st.rdev)
                 } else {
-                    DevKey::File(st.dev, st.ino)
+                    DevKey::NotADevice
                 }
             }
-            Err(_) => DevKey::Unknown,
+            Err(_) => DevKey::NotADevice,
         }
     }
 }
@@ -258,7 +262,7 @@ mod tests {
     fn close_hands_out_every_waiting_request_and_cancels_later_ones() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut d = Devices::<()>::new(1);
-        let a = DevKey::File(1, 2);
+        let a = DevKey::NotADevice;
         assert!(d.try_enter(a));
         assert!(d.enter_or_wait(a, 0, recorder(&log, 1)).is_none());
         assert!(d.enter_or_wait(a, 0, recorder(&log, 2)).is_none());
@@ -284,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_devices_by_rdev_and_files_by_inode() {
+    fn keys_devices_by_rdev_and_every_other_fd_alike() {
         use std::os::fd::AsFd;
         let null = std::fs::File::open("/dev/null").unwrap();
         let null2 = std::fs::File::open("/dev/null").unwrap();
@@ -292,7 +296,9 @@ mod tests {
         assert!(matches!(DevKey::of(null.as_fd()), DevKey::Rdev(_)));
         let f1 = tempfile::tempfile().unwrap();
         let f2 = tempfile::tempfile().unwrap();
-        assert!(matches!(DevKey::of(f1.as_fd()), DevKey::File(..)));
-        assert_ne!(DevKey::of(f1.as_fd()), DevKey::of(f2.as_fd()));
+        assert_eq!(DevKey::of(f1.as_fd()), DevKey::NotADevice);
+        assert_eq!(DevKey::of(f2.as_fd()), DevKey::NotADevice);
+        let (pipe, _w) = nix::unistd::pipe().unwrap();
+        assert_eq!(DevKey::of(pipe.as_fd()), DevKey::NotADevice);
     }
 }

@@ -850,7 +850,11 @@ mod tests {
     fn at_most_two_commands_per_device_unkeyed_or_not_and_waiting_ones_start_later() {
         use std::os::fd::AsFd;
         let pool = Pool::new("t", 4).unwrap();
-        let (a, b) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        // a: a file (every non-device fd is one device); b: a device.
+        let (a, b) = (
+            tempfile::tempfile().unwrap(),
+            std::fs::File::open("/dev/null").unwrap(),
+        );
         let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
         let wait = |gate: &Gate| {
             let (lock, cond) = &**gate;

@@ -172,6 +172,10 @@ pub fn run(next_lun: &mut usize) {
                 "isolation/pr-helper/sigterm-with-a-hung-map",
                 sigterm_with_a_hung_map(&slow.paths[0].block),
             );
+            result(
+                "isolation/pr-helper/sgio-pool-bounded",
+                sgio_pool_bounded(&slow.paths[0].block, &disk),
+            );
             // The p99 of other clients' requests while four commands hang:
             // no worse than a few times the idle p99 (TCG timing noise),
             // and nowhere near "waiting for the device".
@@ -255,4 +259,84 @@ fn sigterm_with_a_hung_map(path: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `--sgio-threads 2` with two hung multipath maps: each map executes one
+/// command (the bound per device is one with two threads, D29), which
+/// takes both threads, so a request on a healthy disk waits for a thread
+/// instead of starting a third; it is answered once one map gets its path
+/// back. Real hung devices are needed here: on the host every fd that is
+/// not a device counts as one device (a FUSE file can hold its ioctl for
+/// ever), so stand-in files can no longer fill the pool.
+fn sgio_pool_bounded(path: &Path, healthy: &Path) -> Result<(), String> {
+    const SOCKET: &str = "/run/prh-pool.sock";
+    let maps = ["prh-pool-a", "prh-pool-b"];
+    let mut hung = Vec::new();
+    for m in maps {
+        hung.push(hung_map(m, path)?);
+    }
+    let reinstate = |m: &str, majmin: &str| {
+        dmsetup(&["message", m, "0", &format!("reinstate_path {majmin}")])
+    };
+    let mut helper = Command::new("/bin/pr-helper")
+        .args(["-k", SOCKET, "--sgio-threads", "2"])
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start pr-helper: {e}"))?;
+    let outcome = (|| {
+        crate::mpath::wait_for(SOCKET, Duration::from_secs(20), || {
+            Path::new(SOCKET).exists()
+        })?;
+        let clients: Vec<_> = hung
+            .iter()
+            .map(|(dev, _)| {
+                let dev = dev.clone();
+                std::thread::spawn(move || {
+                    exec::run_socket(SOCKET, &dev, &pr_in_cdb(sa_in::READ_KEYS, 8), &[], false)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1000));
+        let fd = exec::open(healthy, false)?;
+        let cdb = pr_in_cdb(sa_in::READ_KEYS, 8);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let r = exec::with_fd_timeout(SOCKET, fd.as_fd(), &cdb, &[], Duration::from_secs(30));
+            let _ = tx.send(r.map(|o| o.status).map_err(|e| e.to_string()));
+        });
+        let early = rx.recv_timeout(Duration::from_secs(2));
+        let released = Instant::now();
+        reinstate(maps[0], &hung[0].1)?;
+        let late = rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| "the healthy disk's request was not answered after a thread came free")?;
+        println!(
+            "FIGURE isolation-pool-bounded-answered-after-release-ms {}",
+            released.elapsed().as_millis()
+        );
+        reinstate(maps[1], &hung[1].1)?;
+        let _ = waiter.join();
+        let replies: Vec<_> = clients.into_iter().map(|t| t.join()).collect();
+        if early.is_ok() {
+            return Err(format!(
+                "a third command ran while two threads were held: {early:?}"
+            ));
+        }
+        if late != Ok(0) {
+            return Err(format!("healthy disk: {late:?}"));
+        }
+        if !replies.iter().all(|r| matches!(r, Ok(Ok(_)))) {
+            return Err(format!("hung maps' replies: {replies:?}"));
+        }
+        Ok(())
+    })();
+    for (m, (_, majmin)) in maps.iter().zip(&hung) {
+        let _ = reinstate(m, majmin);
+    }
+    let _ = helper.kill();
+    let _ = helper.wait();
+    for m in maps {
+        let _ = dmsetup(&["remove", "--force", m]);
+    }
+    outcome
 }
