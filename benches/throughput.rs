@@ -10,7 +10,11 @@
 //! - `loop`: one loop device (one LUN shared by every connection);
 //! - `loops`: eight loop devices, connection i on device i mod 8 (the
 //!   many-LUN host);
-//! - `file`: a regular file (no device check, D27, and no device bound).
+//! - `file`: a regular file (no device check, D27);
+//! - `slow` (not run by default): a stand-in for a healthy LUN that takes a
+//!   millisecond per command, shared by every connection: a FUSE file
+//!   (the tests' fake device) whose ioctl answers ENOTTY after 1 ms. It
+//!   shows what the per-device bound (D29) costs a device that answers.
 //!
 //! SG_IO fails at once on all three (ENOTTY), so the figures are the
 //! servers' own cost: framing, fd passing, the device check, dispatch,
@@ -19,14 +23,16 @@
 //!
 //! The *floor* is the least any helper can do: a thread per connection that
 //! does recvmsg, one SG_IO and send, nothing else (no checks, no limits, no
-//! logging). It is this binary run again with `--floor-server SOCKET`.
+//! logging). It is this binary run again with `-k SOCKET --floor-server`.
 //! Each figure is the median of `--rounds` rounds (3) that alternate the
 //! servers, so background load favours none of them.
 //!
 //! Run: `cargo bench --bench throughput` (as root for the loop rows). Add
 //! `-- --seconds N` (per measurement, 2), `-- --levels 8,64`,
 //! `-- --kinds loop,loops,file`, `-- --rounds N`, `-- --only ours` (no
-//! reference), `-- --device PATH` (one given device instead of the kinds).
+//! reference), `-- --device PATH` (one given device instead of the kinds),
+//! `-- --baseline BINARY` (another pr-helper build beside, e.g. an older
+//! commit's, for before/after figures from one run).
 //!
 //! `-- --sandbox-cost N` instead measures what the sandbox costs: for each
 //! level, N rounds alternating pr-helper as configured by default (Landlock
@@ -40,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use pr_helper::scsi::pr::{pr_in_cdb, sa_in};
 
+#[path = "../tests/common/fakedev.rs"]
+mod fakedev;
 #[path = "../tests/common/procfs.rs"]
 mod procfs;
 use procfs::cpu_time;
@@ -53,6 +61,7 @@ struct Args {
     device: Option<PathBuf>,
     kinds: Vec<String>,
     rounds: usize,
+    baseline: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -65,6 +74,7 @@ fn parse_args() -> Args {
         device: None,
         kinds: vec!["loop".into(), "loops".into(), "file".into()],
         rounds: 3,
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -86,8 +96,10 @@ fn parse_args() -> Args {
                 args.kinds = it
                     .next()
                     .map(|v| v.split(',').map(str::to_string).collect())
-                    .expect("--kinds loop,loops,file")
+                    .expect("--kinds loop,loops,file,slow")
             }
+            // Another pr-helper binary to measure beside (an older build).
+            "--baseline" => args.baseline = it.next().map(PathBuf::from),
             "--rounds" => {
                 args.rounds = it
                     .next()
@@ -126,6 +138,8 @@ impl Drop for Running {
 
 fn start(binary: &Path, dir: &Path, name: &str, extra: &[String]) -> Running {
     let socket = dir.join(format!("{name}.sock"));
+    // The last measurement's server left its socket behind.
+    let _ = std::fs::remove_file(&socket);
     let child = Command::new(binary)
         .arg("-k")
         .arg(&socket)
@@ -302,9 +316,11 @@ struct Figures {
 }
 
 fn main() {
-    if let Some(i) = std::env::args().position(|a| a == "--floor-server") {
-        let socket = std::env::args().nth(i + 1).expect("--floor-server SOCKET");
-        floor_server(Path::new(&socket));
+    // Started as the other servers are: `-k SOCKET --floor-server`.
+    if std::env::args().any(|a| a == "--floor-server") {
+        let args: Vec<String> = std::env::args().collect();
+        let k = args.iter().position(|a| a == "-k").expect("-k SOCKET");
+        floor_server(Path::new(&args[k + 1]));
     }
     let args = parse_args();
     let dir = tempfile::Builder::new()
@@ -321,6 +337,7 @@ fn main() {
     }
     let mut kinds = Vec::new();
     let mut _loops = Vec::new();
+    let mut _fake = None;
     if let Some(d) = &args.device {
         kinds.push(Kind {
             name: d.display().to_string(),
@@ -350,7 +367,15 @@ fn main() {
                     Err(e) => println!("note: no {k} rows (loop devices need root): {e}"),
                 }
             }
-            other => panic!("unknown kind {other} (loop, loops, file)"),
+            "slow" => {
+                let dev = fakedev::FakeDev::mount();
+                kinds.push(Kind {
+                    name: "1 ms stand-in".into(),
+                    files: vec![dev.path("e25-d1")],
+                });
+                _fake = Some(dev);
+            }
+            other => panic!("unknown kind {other} (loop, loops, file, slow)"),
         }
     }
     let floor = std::env::current_exe().expect("this binary");
@@ -360,6 +385,9 @@ fn main() {
         ("floor", floor, floor_args),
         ("pr-helper", ours, args.extra.clone()),
     ];
+    if let Some(b) = &args.baseline {
+        servers.push(("baseline", b.clone(), args.extra.clone()));
+    }
     if args.only.as_deref() != Some("ours") {
         assert!(
             reference.exists(),
@@ -531,7 +559,12 @@ fn sandbox_cost(args: &Args, ours: &Path, dir: &Path, file: &Path) {
             for (i, extra) in [&args.extra[..], &off[..]].into_iter().enumerate() {
                 let h = start(ours, dir, "pr-helper", extra);
                 let before = cpu_time(h.child.id());
-                let r = drive(&h.socket, std::slice::from_ref(&file.to_path_buf()), level, args.seconds);
+                let r = drive(
+                    &h.socket,
+                    std::slice::from_ref(&file.to_path_buf()),
+                    level,
+                    args.seconds,
+                );
                 let used = cpu_time(h.child.id()) - before;
                 rps[i].push(r.rps);
                 cpu[i].push(used.as_secs_f64() * 1e6 / r.requests as f64);

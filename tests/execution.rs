@@ -166,6 +166,38 @@ fn distinct_files_hold_no_more_threads_than_one_device() {
     assert_eq!(dev.ioctls(), 4);
 }
 
+/// D29: the bound of two commands per device holds only while the device
+/// is not seen answering. One device shared by eight clients, answering
+/// every command in 20 ms, executes more than two of their commands at once
+/// (the reference has no bound at all), so a slow but healthy LUN is not
+/// serialised; the hung-device tests in faults.rs keep the bound. Fails
+/// with a fixed bound: the peak was two.
+#[test]
+fn a_device_that_answers_executes_more_than_the_bound() {
+    let dev = FakeDev::mount();
+    let h = Helper::ours(&[]);
+    let f = dev.open("e25-d20");
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let mut c = h.client();
+                for _ in 0..20 {
+                    let r = c.execute(&pr_in_cdb(0, 8), f.as_fd(), &[]).unwrap();
+                    assert_eq!(r.header.sense, sense(0x0b, 0, 6));
+                }
+            });
+        }
+    });
+    let peak = dev.peak_in_flight();
+    eprintln!("at most {peak} of 8 clients' commands executed at once");
+    assert!(
+        peak > 2,
+        "a device that answers was held to the bound: {peak}"
+    );
+    assert!(peak <= 8, "{peak}");
+    assert_eq!(dev.ioctls(), 160);
+}
+
 // The SG_IO pool's bound (`--sgio-threads`) is checked with real hung
 // devices in the VM test bed (`isolation/pr-helper/sgio-pool-bounded`):
 // files here are one device together (D29), so they cannot fill the pool.

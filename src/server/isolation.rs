@@ -1,7 +1,20 @@
 //! Per-device isolation (D29): at most two commands (the bound given to
-//! [`Devices::new`]) execute at once on one device; further requests for it wait here, in memory,
-//! without holding a thread, and start as soon as one of the device's
-//! commands ends.
+//! [`Devices::new`]) execute at once on a device that is not known to be
+//! answering; further requests for it wait here, in memory, without
+//! holding a thread, and start as soon as one of the device's commands
+//! ends. A device that *is* answering (it ended a command in the last
+//! [`ANSWERING_WITHIN`], and none of its commands has been executing for
+//! longer) may execute more, up to the cap (half the SG_IO threads), so
+//! that many guests sharing one healthy LUN are served side by side.
+//!
+//! Why the bound only while a device is not seen answering: a LUN that
+//! takes a millisecond per command and is shared by 64 connections would
+//! otherwise serve at most two commands per millisecond, a fraction of what
+//! the reference does (figures in README, Benchmark). A device that hangs
+//! from its first command never counts as answering, so it holds the bound;
+//! one that stops answering while busy holds at most the commands started
+//! in the [`ANSWERING_WITHIN`] before, and never more than the cap, so at
+//! least half the threads are left for the other devices.
 //!
 //! Why: a command on a device that never answers cannot be interrupted (on
 //! a dm-multipath map with `queue_if_no_path` and no usable path the kernel
@@ -39,6 +52,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::time::{Duration, Instant};
 
 use crate::server::device::Inspected;
 
@@ -109,16 +123,45 @@ impl Hasher for KeyHasher {
     }
 }
 
+/// How recently a device must have ended a command, and how long its
+/// oldest executing command may have run at most, for it to count as
+/// answering (and execute more than the bound). A healthy disk answers a
+/// PR command in well under a millisecond to a few; a hung one never.
+pub const ANSWERING_WITHIN: Duration = Duration::from_millis(100);
+
 /// Commands executing and requests waiting, per device.
 pub struct Devices<T> {
     map: HashMap<DevKey, Device<T>, BuildHasherDefault<KeyHasher>>,
     bound: usize,
+    cap: usize,
     closing: bool,
 }
 
 struct Device<T> {
     executing: usize,
+    /// When each executing (keyed) command started, oldest first.
+    started: VecDeque<Instant>,
+    /// When a command on the device last ended.
+    answered: Option<Instant>,
     waiting: VecDeque<Waiting<T>>,
+}
+
+impl<T> Device<T> {
+    /// Whether one more command may start beside `unkeyed` others.
+    fn has_place(&self, unkeyed: usize, bound: usize, cap: usize, now: Instant) -> bool {
+        let n = self.executing + unkeyed;
+        n < bound || (n < cap && self.answering(now))
+    }
+
+    /// Ended a command lately, and none of its commands is slow.
+    fn answering(&self, now: Instant) -> bool {
+        self.answered
+            .is_some_and(|t| now.saturating_duration_since(t) < ANSWERING_WITHIN)
+            && self
+                .started
+                .front()
+                .is_none_or(|&s| now.saturating_duration_since(s) < ANSWERING_WITHIN)
+    }
 }
 
 /// Commands that may execute at once on one device: two, so that one slow
@@ -133,32 +176,47 @@ pub fn bound_for(max_threads: usize) -> usize {
     }
 }
 
+/// Commands that may execute at once on one device that is answering:
+/// half the SG_IO threads (at least the bound).
+pub fn cap_for(max_threads: usize) -> usize {
+    (max_threads / 2).max(bound_for(max_threads))
+}
+
 impl<T> Devices<T> {
-    /// At most `bound` (at least 1) commands at once per device.
-    pub fn new(bound: usize) -> Self {
+    /// At most `bound` (at least 1) commands at once per device, and up to
+    /// `cap` on one that is answering.
+    pub fn new(bound: usize, cap: usize) -> Self {
+        let bound = bound.max(1);
         Devices {
             map: HashMap::default(),
-            bound: bound.max(1),
+            bound,
+            cap: cap.max(bound),
             closing: false,
         }
     }
 
-    /// Takes a place on `key` if one is free. Nobody waits while a place is
-    /// free, so this is fair to waiting requests.
+    /// Takes a place on `key` if one is free, for a command starting `now`.
+    /// Nobody waits while a place is free, so this is fair to waiting
+    /// requests.
     #[cfg(test)]
-    pub fn try_enter(&mut self, key: DevKey) -> bool {
-        self.try_enter_beside(key, 0)
+    pub fn try_enter(&mut self, key: DevKey, now: Instant) -> bool {
+        self.try_enter_beside(key, 0, now)
     }
 
     /// As [`Devices::try_enter`], counting `unkeyed` more commands (whose
     /// device is not known: they may be on this one) as executing on `key`.
-    pub fn try_enter_beside(&mut self, key: DevKey, unkeyed: usize) -> bool {
+    pub fn try_enter_beside(&mut self, key: DevKey, unkeyed: usize, now: Instant) -> bool {
+        let (bound, cap) = (self.bound, self.cap);
         let device = self.map.entry(key).or_insert_with(|| Device {
             executing: 0,
+            started: VecDeque::new(),
+            answered: None,
             waiting: VecDeque::new(),
         });
-        if device.executing + unkeyed < self.bound {
+        // Waiting requests go first: a place that frees passes to them.
+        if device.waiting.is_empty() && device.has_place(unkeyed, bound, cap, now) {
             device.executing += 1;
+            device.started.push_back(now);
             true
         } else {
             false
@@ -173,8 +231,9 @@ impl<T> Devices<T> {
         key: DevKey,
         unkeyed: usize,
         waiting: Waiting<T>,
+        now: Instant,
     ) -> Option<(Waiting<T>, bool)> {
-        if self.try_enter_beside(key, unkeyed) {
+        if self.try_enter_beside(key, unkeyed, now) {
             return Some((waiting, true));
         }
         if self.closing {
@@ -186,19 +245,31 @@ impl<T> Devices<T> {
         None
     }
 
-    /// A command on `key` has ended: its place goes to the first waiting
-    /// request, which the caller must start (it owns the place), or is
-    /// freed.
-    pub fn leave(&mut self, key: DevKey) -> Option<Waiting<T>> {
-        let device = self.map.get_mut(&key)?;
-        if let Some(next) = device.waiting.pop_front() {
-            return Some(next);
+    /// A command on `key` that started at `started` has ended `now`: its
+    /// place goes to the first waiting request, and more places to the
+    /// next ones while the device, having just answered, has room. The
+    /// caller must start every request returned (each owns a place,
+    /// started `now`).
+    pub fn leave(&mut self, key: DevKey, started: Instant, now: Instant) -> Vec<Waiting<T>> {
+        let (bound, cap) = (self.bound, self.cap);
+        let Some(device) = self.map.get_mut(&key) else {
+            return Vec::new();
+        };
+        if let Some(i) = device.started.iter().position(|&s| s == started) {
+            device.started.remove(i);
         }
         device.executing = device.executing.saturating_sub(1);
+        device.answered = Some(now);
+        let mut admitted = Vec::new();
+        while !device.waiting.is_empty() && device.has_place(0, bound, cap, now) {
+            admitted.extend(device.waiting.pop_front());
+            device.executing += 1;
+            device.started.push_back(now);
+        }
         if device.executing == 0 {
             self.map.remove(&key);
         }
-        None
+        admitted
     }
 
     /// Shutdown has waited long enough: every waiting request is taken out
@@ -234,49 +305,94 @@ mod tests {
     #[test]
     fn at_most_bound_per_device_then_fifo_and_other_devices_unaffected() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Devices::<()>::new(2);
+        let mut d = Devices::<()>::new(2, 2);
+        let t = Instant::now();
         let (a, b) = (DevKey::Rdev(1), DevKey::Rdev(2));
-        assert!(d.try_enter(a));
-        assert!(d.try_enter(a));
-        assert!(!d.try_enter(a));
+        assert!(d.try_enter(a, t));
+        assert!(d.try_enter(a, t));
+        assert!(!d.try_enter(a, t));
         for id in 0..3 {
-            assert!(d.enter_or_wait(a, 0, recorder(&log, id)).is_none());
+            assert!(d.enter_or_wait(a, 0, recorder(&log, id), t).is_none());
         }
         // Another device is not affected.
-        assert!(d.try_enter(b));
-        let (run, now) = d.enter_or_wait(b, 0, recorder(&log, 9)).unwrap();
+        assert!(d.try_enter(b, t));
+        let (run, now) = d.enter_or_wait(b, 0, recorder(&log, 9), t).unwrap();
         assert!(now);
         run(Admission::Run(()));
-        // Places pass on in arrival order, then are freed.
+        // Places pass on in arrival order, one per command that ends (the
+        // cap is the bound here), then are freed.
         for id in 0..3 {
-            d.leave(a).unwrap()(Admission::Run(()));
+            let next = d.leave(a, t, t);
+            assert_eq!(next.len(), 1);
+            next.into_iter().next().unwrap()(Admission::Run(()));
             assert_eq!(log.lock().unwrap().last(), Some(&(id, true)));
         }
-        assert!(d.leave(a).is_none());
-        assert!(d.leave(a).is_none());
+        assert!(d.leave(a, t, t).is_empty());
+        assert!(d.leave(a, t, t).is_empty());
         assert!(!d.map.contains_key(&a), "no entry once idle");
-        assert!(d.try_enter(a));
+        assert!(d.try_enter(a, t));
+    }
+
+    #[test]
+    fn an_answering_device_executes_up_to_the_cap_and_a_slow_one_the_bound() {
+        let ms = Duration::from_millis;
+        let mut d = Devices::<()>::new(2, 4);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (a, t0) = (DevKey::Rdev(1), Instant::now());
+        // Never answered: the bound, however many arrive.
+        assert!(d.try_enter(a, t0));
+        assert!(d.try_enter(a, t0));
+        for id in 0..4 {
+            assert!(d.enter_or_wait(a, 0, recorder(&log, id), t0).is_none());
+        }
+        // One command ends 1 ms later: the device is answering, so its
+        // place and two more go to waiting requests (four at once, the cap).
+        let t1 = t0 + ms(1);
+        assert_eq!(d.leave(a, t0, t1).len(), 3);
+        assert!(!d.try_enter(a, t1), "the cap");
+        // Another ends: the last waiting request starts, and a newcomer
+        // finds a place too while the device answers.
+        let t2 = t1 + ms(1);
+        assert_eq!(d.leave(a, t0, t2).len(), 1);
+        assert!(!d.try_enter(a, t2), "the cap");
+        assert_eq!(d.leave(a, t1, t2).len(), 0);
+        assert!(d.try_enter(a, t2));
+        // No command has ended for longer than ANSWERING_WITHIN, and the
+        // oldest has run that long: the device is slow, back to the bound.
+        let late = t2 + ANSWERING_WITHIN;
+        assert_eq!(d.map[&a].executing, 4);
+        assert_eq!(d.leave(a, t1, late).len(), 0);
+        assert!(
+            !d.try_enter(a, late),
+            "3 executing, the oldest for 100 ms: slow"
+        );
+        assert!(d.enter_or_wait(a, 0, recorder(&log, 9), late).is_none());
+        // While a command has run that long, places free only below the
+        // bound: two still execute, then one.
+        assert_eq!(d.leave(a, t1, late).len(), 0);
+        assert_eq!(d.leave(a, t2, late).len(), 1);
     }
 
     #[test]
     fn close_hands_out_every_waiting_request_and_cancels_later_ones() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Devices::<()>::new(1);
+        let mut d = Devices::<()>::new(1, 1);
+        let t = Instant::now();
         let a = DevKey::NotADevice;
-        assert!(d.try_enter(a));
-        assert!(d.enter_or_wait(a, 0, recorder(&log, 1)).is_none());
-        assert!(d.enter_or_wait(a, 0, recorder(&log, 2)).is_none());
+        assert!(d.try_enter(a, t));
+        assert!(d.enter_or_wait(a, 0, recorder(&log, 1), t).is_none());
+        assert!(d.enter_or_wait(a, 0, recorder(&log, 2), t).is_none());
         let (cancelled, executing) = d.close();
         assert_eq!((cancelled.len(), executing), (2, 1));
-        let (w, now) = d.enter_or_wait(a, 0, recorder(&log, 3)).unwrap();
+        let (w, now) = d.enter_or_wait(a, 0, recorder(&log, 3), t).unwrap();
         assert!(!now, "busy device while closing: cancelled at once");
         drop(w);
         // A free device still runs.
         let (_, now) = d
-            .enter_or_wait(DevKey::Rdev(7), 0, recorder(&log, 4))
+            .enter_or_wait(DevKey::Rdev(7), 0, recorder(&log, 4), t)
             .unwrap();
         assert!(now);
-        assert!(d.leave(a).is_none());
+        assert!(d.leave(a, t, t).is_empty());
     }
 
     #[test]
@@ -285,6 +401,10 @@ mod tests {
         assert_eq!(bound_for(2), 1);
         assert_eq!(bound_for(3), 2);
         assert_eq!(bound_for(64), 2);
+        assert_eq!(cap_for(1), 1);
+        assert_eq!(cap_for(2), 1);
+        assert_eq!(cap_for(3), 2);
+        assert_eq!(cap_for(64), 32);
     }
 
     #[test]

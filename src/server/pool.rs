@@ -33,7 +33,12 @@
 //!   has been on the same request for a whole tick and no thread is waiting
 //!   for work, it starts another, up to `max`. So a device that hangs for
 //!   20 s holds one thread, and other clients are served by a new thread
-//!   within milliseconds, exactly as when the event loop queued jobs;
+//!   within milliseconds, exactly as when the event loop queued jobs. It
+//!   also starts one when every thread was busy at this tick and the last
+//!   and each started fewer than [`SLOW_PIECES`] pieces of work in between:
+//!   commands that take a millisecond or so (a healthy but distant LUN)
+//!   never stall a thread for a whole tick, yet one thread taking them one
+//!   after another would serve a thousand a second for the whole host;
 //! * threads beyond the first exit after [`IDLE_EXIT`] without work; the
 //!   watchdog sleeps when no thread has been busy for a while.
 //!
@@ -67,7 +72,7 @@ use std::os::fd::BorrowedFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -92,6 +97,12 @@ const IDLE_EXIT_MS: u16 = {
 };
 /// Watchdog ticks with no thread busy before the watchdog goes to sleep.
 const QUIET_TICKS: u32 = 20;
+
+/// Fewer pieces of work than this per thread in a tick ([`STALL`]), with
+/// every thread busy at both ends of it, means commands of about 300 µs or
+/// more: the watchdog adds a thread. Commands on a device that fails at
+/// once, or a fast one, take a few microseconds: thousands per tick.
+pub const SLOW_PIECES: u64 = 16;
 /// The epoll key of the job eventfd (connection keys never reach it: their
 /// index half is a slab index).
 const JOBS: u64 = u64::MAX;
@@ -177,6 +188,8 @@ struct Slot {
     work: AtomicU64,
     /// `work` at the watchdog's previous tick (written by the watchdog only).
     seen: AtomicU64,
+    /// `busy` at the watchdog's previous tick (written by the watchdog only).
+    seen_busy: AtomicBool,
 }
 
 #[derive(Default)]
@@ -288,9 +301,10 @@ impl Pool {
                 watchdog: Watchdog::default(),
                 max_threads: max_threads.max(1),
                 name: name.to_string(),
-                devices: Mutex::new(Devices::new(crate::server::isolation::bound_for(
-                    max_threads,
-                ))),
+                devices: Mutex::new(Devices::new(
+                    crate::server::isolation::bound_for(max_threads),
+                    crate::server::isolation::cap_for(max_threads),
+                )),
                 executing: AtomicUsize::new(0),
                 unkeyed_ok: crate::server::isolation::bound_for(max_threads) >= 2,
             }),
@@ -390,39 +404,39 @@ impl Pool {
             let _done = Unkeyed(&inner.executing);
             return Some(f());
         }
-        if !self.enter(key) {
-            return None;
-        }
         // The place is given up (or passed on) when the ticket drops.
-        let _ticket = Ticket::new(self, key);
+        let _ticket = self.enter(key)?;
         Some(f())
     }
 
     /// Counts a command as executing, then takes a place on `key` for it;
     /// uncounts it if there is none.
-    fn enter(&self, key: DevKey) -> bool {
+    fn enter(&self, key: DevKey) -> Option<Ticket> {
         let before = self.inner.executing.fetch_add(1, Ordering::SeqCst);
         let unkeyed = usize::from(before & UNKEYED != 0);
-        if lock(&self.inner.devices).try_enter_beside(key, unkeyed) {
-            return true;
+        let now = Instant::now();
+        if lock(&self.inner.devices).try_enter_beside(key, unkeyed, now) {
+            return Some(Ticket::new(self, key, now));
         }
         self.inner.executing.fetch_sub(1, Ordering::SeqCst);
-        false
+        None
     }
 
-    /// A command on `key` has ended: its place (and its count) goes to the
-    /// first request waiting for the device, which starts on a pool thread,
-    /// or is freed.
-    fn leave(&self, key: DevKey) {
-        let next = lock(&self.inner.devices).leave(key);
-        match next {
-            Some(next) => {
-                let ticket = Ticket::new(self, key);
-                self.run(move || next(Admission::Run(ticket)));
-            }
-            None => {
-                self.inner.executing.fetch_sub(1, Ordering::SeqCst);
-            }
+    /// A command on `key` that started at `started` has ended: its place
+    /// (and its count) goes to the first request waiting for the device,
+    /// and more places to the next ones if the device has room now (D29);
+    /// each starts on a pool thread. Else the place is freed.
+    fn leave(&self, key: DevKey, started: Instant) {
+        let now = Instant::now();
+        let admitted = lock(&self.inner.devices).leave(key, started, now);
+        let executing = &self.inner.executing;
+        // Counted before the leaving command is uncounted, so that the
+        // count never reads zero while they execute.
+        executing.fetch_add(admitted.len(), Ordering::SeqCst);
+        executing.fetch_sub(1, Ordering::SeqCst);
+        for next in admitted {
+            let ticket = Ticket::new(self, key, now);
+            self.run(move || next(Admission::Run(ticket)));
         }
     }
 
@@ -434,9 +448,10 @@ impl Pool {
         let executing = &self.inner.executing;
         let before = executing.fetch_add(1, Ordering::SeqCst);
         let unkeyed = usize::from(before & UNKEYED != 0);
-        let now = lock(&self.inner.devices).enter_or_wait(key, unkeyed, waiting);
-        match now {
-            Some((waiting, true)) => waiting(Admission::Run(Ticket::new(self, key))),
+        let now = Instant::now();
+        let admitted = lock(&self.inner.devices).enter_or_wait(key, unkeyed, waiting, now);
+        match admitted {
+            Some((waiting, true)) => waiting(Admission::Run(Ticket::new(self, key, now))),
             Some((waiting, false)) => {
                 executing.fetch_sub(1, Ordering::SeqCst);
                 waiting(Admission::Cancelled)
@@ -474,13 +489,15 @@ impl Pool {
 pub struct Ticket {
     pool: Pool,
     key: DevKey,
+    started: Instant,
 }
 
 impl Ticket {
-    fn new(pool: &Pool, key: DevKey) -> Ticket {
+    fn new(pool: &Pool, key: DevKey, started: Instant) -> Ticket {
         Ticket {
             pool: pool.clone(),
             key,
+            started,
         }
     }
 
@@ -494,7 +511,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.pool.leave(self.key);
+        self.pool.leave(self.key, self.started);
     }
 }
 
@@ -696,16 +713,19 @@ impl Inner {
         loop {
             std::thread::sleep(STALL);
             let slots = lock(&self.threads).slots.clone();
-            let (mut busy, mut stalled) = (false, false);
+            let (mut busy, mut stalled, mut slow) = (false, false, true);
             for slot in &slots {
                 let work = slot.work.load(Ordering::Relaxed);
                 let previous = slot.seen.swap(work, Ordering::Relaxed);
-                if slot.busy.load(Ordering::SeqCst) {
+                let now_busy = slot.busy.load(Ordering::SeqCst);
+                let was_busy = slot.seen_busy.swap(now_busy, Ordering::Relaxed);
+                if now_busy {
                     busy = true;
                     stalled |= previous == work;
                 }
+                slow &= now_busy && was_busy && work.wrapping_sub(previous) < SLOW_PIECES;
             }
-            if stalled && self.idle.load(Ordering::SeqCst) == 0 {
+            if (stalled || slow) && self.idle.load(Ordering::SeqCst) == 0 {
                 self.start_thread();
             }
             quiet = if busy { 0 } else { quiet + 1 };
@@ -746,7 +766,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use std::sync::mpsc;
-    use std::time::Instant;
 
     fn spawn<R: Send + 'static>(
         pool: &Pool,

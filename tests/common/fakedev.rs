@@ -85,6 +85,9 @@ struct Shared {
     cond: Condvar,
     held: AtomicUsize,
     ioctls: AtomicUsize,
+    /// Delayed ioctls being answered now, and the most there ever were.
+    delayed: AtomicUsize,
+    peak_delayed: AtomicUsize,
 }
 
 /// A mounted fake-device filesystem; unmounted on drop.
@@ -174,6 +177,11 @@ impl FakeDev {
     /// Total ioctls received.
     pub fn ioctls(&self) -> usize {
         self.shared.ioctls.load(Ordering::SeqCst)
+    }
+
+    /// The most ioctls that were ever in their delay (`d<ms>`) at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_delayed.load(Ordering::SeqCst)
     }
 
     /// Waits until `n` ioctls are held (panics after 10 s).
@@ -358,7 +366,10 @@ fn serve(dev: File, shared: Arc<Shared>) {
                             return;
                         }
                     }
+                    let now = shared.delayed.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.peak_delayed.fetch_max(now, Ordering::SeqCst);
                     std::thread::sleep(b.delay);
+                    shared.delayed.fetch_sub(1, Ordering::SeqCst);
                     // fuse_ioctl_out: result, flags, in_iovs, out_iovs.
                     let mut out = vec![0u8; 16];
                     out[0..4].copy_from_slice(&(-b.errno).to_le_bytes());

@@ -275,9 +275,8 @@ fn sgio_pool_bounded(path: &Path, healthy: &Path) -> Result<(), String> {
     for m in maps {
         hung.push(hung_map(m, path)?);
     }
-    let reinstate = |m: &str, majmin: &str| {
-        dmsetup(&["message", m, "0", &format!("reinstate_path {majmin}")])
-    };
+    let reinstate =
+        |m: &str, majmin: &str| dmsetup(&["message", m, "0", &format!("reinstate_path {majmin}")]);
     let mut helper = Command::new("/bin/pr-helper")
         .args(["-k", SOCKET, "--sgio-threads", "2"])
         .stderr(std::process::Stdio::inherit())
