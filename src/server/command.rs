@@ -3,7 +3,8 @@
 //!
 //! [`execute`] blocks for as long as the device takes (up to the SG_IO
 //! timeout, or for ever on a device that never answers); the connection
-//! code runs it on the SG_IO pool, at most two at once per device (D29).
+//! code runs it on the SG_IO pool, at most two at once per device unless it
+//! is answering (D29).
 
 use std::os::fd::{AsFd, OwnedFd};
 #[cfg(feature = "mpath")]

@@ -12,7 +12,8 @@
 //! * [`command`]: one request: read-only check, device check, SG_IO or
 //!   multipath, the reply;
 //! * [`device`]: which fds may carry a PR command;
-//! * [`isolation`]: at most two commands at once per device;
+//! * [`isolation`]: at most two commands at once per device (more on one that
+//!   is answering);
 //! * [`pool`]: the threads that run SG_IO off the event loop;
 //! * [`audit`]: one record per PR OUT;
 //! * [`ratelimit`]: log lines at a limited rate.

@@ -19,7 +19,8 @@
 //!
 //! Every command takes a place on its device first ([`Pool::run_on_device`],
 //! [`Pool::enter_or_wait`]; see [`crate::server::isolation`], D29): a device executes
-//! at most two at once, so one that never answers holds at most two threads.
+//! at most two at once unless it is answering, so one that never answers
+//! holds at most two threads.
 //! A parked connection whose request finds its device full is handed back to
 //! its task, which queues the request here to wait without a thread.
 //!
