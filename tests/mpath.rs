@@ -68,3 +68,47 @@ fn config_reports_multipath_on_by_default() {
         "{text}"
     );
 }
+
+/// D33: multipath works only as uid 0 (/dev/mapper/control is root's,
+/// multipathd takes its commands only from root). A helper that would run
+/// as another user is refused before it listens; it used to start, then
+/// fail on its first multipath request. The check comes before
+/// device-mapper is opened, so it holds on hosts without it too.
+#[test]
+fn multipath_as_another_user_is_refused_at_start_up_d33() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("m.sock");
+    let k = socket.to_str().unwrap();
+    let out = without_device_mapper(&["-k", k, "-u", "65534", "-g", "65534"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("multipath needs uid 0")
+            && e.contains("-u/--user 65534 would switch to uid 65534")
+            && e.contains("--multipath false"),
+        "{e}"
+    );
+    assert!(!socket.exists());
+    // Started as another user (a unit's DynamicUser=).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = dir.path().join("m.sock");
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(our_binary())
+        .arg("-k")
+        .arg(&socket)
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("multipath needs uid 0, but it runs as uid 65534"),
+        "{e}"
+    );
+    assert!(!socket.exists());
+}

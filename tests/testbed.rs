@@ -475,7 +475,7 @@ fn multipath_map_through_libmpathpersist() {
         "1G",
         Duration::from_secs(600),
     );
-    run.assert_all_passed(20 + 8 + 2 * 16 + 2);
+    run.assert_all_passed(21 + 8 + 2 * 16 + 3);
     assert_eq!(
         run.figure("mpath-full-status-registrations"),
         Some("42"),

@@ -49,6 +49,15 @@ pub enum StartupError {
     #[cfg(feature = "mpath")]
     #[error(transparent)]
     Multipath(#[from] crate::mpath::InitError),
+    /// Multipath is on, but the helper would not run as uid 0 (D33).
+    #[cfg(feature = "mpath")]
+    #[error(
+        "multipath needs uid 0, but {0}: libmpathpersist opens /dev/mapper/control \
+         (root only), writes the prkeys file and sends multipathd commands it takes only \
+         from root. Run pr-helper as root for multipath (it keeps only CAP_SYS_RAWIO and \
+         CAP_SYS_ADMIN), or turn multipath off (multipath = false, --multipath false)"
+    )]
+    MultipathNeedsRoot(String),
     /// The socket systemd passed is unusable, or conflicts with `-k`.
     #[error(transparent)]
     Activation(#[from] ActivationError),
@@ -132,6 +141,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     // before the socket appears (D7: with a message saying why).
     #[cfg(feature = "mpath")]
     let multipath = if config.multipath {
+        or_fatal!(multipath_identity(&config));
         Some(or_fatal!(crate::mpath::Prepared::init()))
     } else {
         None
@@ -250,6 +260,28 @@ impl Drop for SocketPath {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// D33: multipath works only as uid 0 (see [`StartupError::MultipathNeedsRoot`]);
+/// a helper that would run as another user is refused before it listens,
+/// instead of failing on its first multipath request.
+#[cfg(feature = "mpath")]
+fn multipath_identity(config: &Config) -> Result<(), StartupError> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        return Err(StartupError::MultipathNeedsRoot(format!(
+            "it runs as uid {euid}"
+        )));
+    }
+    if let Some(user) = config.user.as_deref() {
+        let (uid, _) = privileges::resolve_user(user)?;
+        if !uid.is_root() {
+            return Err(StartupError::MultipathNeedsRoot(format!(
+                "-u/--user {user} would switch to uid {uid}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Pidfile and privilege drop (still single-threaded).

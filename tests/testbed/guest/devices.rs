@@ -365,6 +365,10 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         );
     }
     check(
+        "pr-helper/reloaded-table-decided-anew",
+        reloaded_table_is_decided_anew(exec::OURS_SOCKET, &dev_name(&disk_b)),
+    );
+    check(
         "qemu-pr-helper/o-path-same-reply",
         o_path_read_keys(exec::REFERENCE_SOCKET, &disk_a).and_then(|o| refused(Ok(o))),
     );
@@ -412,6 +416,36 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         let _ = run("dmsetup", &["remove", name]);
     }
     Ok(())
+}
+
+/// The device check (D27) decides on the device as it is at each request,
+/// not as it was: a dm map whose table is reloaded keeps its device number,
+/// and the client its fd, so a decision remembered by device number would
+/// go stale (issue 24: nothing is cached). The same fd, on a map of the
+/// whole disk, then of part of it, then of the whole disk again: served,
+/// refused, served. `b` is the disk's major:minor.
+fn reloaded_table_is_decided_anew(socket: &str, b: &str) -> Result<(), String> {
+    const NAME: &str = "prh-reload";
+    let whole = format!("0 {DISK_SECTORS} linear {b} 0");
+    let part = format!("0 {PART_SECTORS} linear {b} {PART_START}");
+    let dev = dm(NAME, &whole)?;
+    let fd = exec::open(&dev, false)?;
+    let read_keys = || exec::with_fd(socket, fd.as_fd(), &pr_in_cdb(sa_in::READ_KEYS, 8192), &[]);
+    let reload = |table: &str| {
+        run("dmsetup", &["reload", NAME, "--table", table])?;
+        run("dmsetup", &["resume", NAME])
+    };
+    let result = (|| {
+        good(read_keys()).map_err(|e| format!("map of the whole disk: {e}"))?;
+        reload(&part)?;
+        refused(read_keys()).map_err(|e| format!("reloaded with part of the disk: {e}"))?;
+        reload(&whole)?;
+        good(read_keys()).map_err(|e| format!("reloaded with the whole disk: {e}"))?;
+        Ok(())
+    })();
+    drop(fd);
+    let _ = run("dmsetup", &["remove", NAME]);
+    result
 }
 
 /// READ KEYS through the helper at `socket` on an O_PATH fd of `dev`.

@@ -153,6 +153,52 @@ impl Drop for Daemons {
     }
 }
 
+/// D33 (issue 20): `-u nobody -g disk` with multipath on used to start,
+/// then fail on its first multipath request (libdevmapper: "Permission
+/// denied" on /dev/mapper/control) and take the helper down. Now it does
+/// not start: exit status 1, a message saying why, no socket.
+fn unprivileged_refused() -> Result<(), String> {
+    const UNPRIV: &str = "/run/prh-mpath-unpriv.sock";
+    let mut child = Command::new("/bin/pr-helper-mpath")
+        .args(["-k", UNPRIV, "-u", "65534", "-g", "6"])
+        .env("DM_DISABLE_UDEV", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("pr-helper-mpath: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(UNPRIV);
+            return Err("still running after 20 s: it started instead of refusing".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let listening = Path::new(UNPRIV).exists();
+    let _ = std::fs::remove_file(UNPRIV);
+    if status.code() == Some(1)
+        && stderr.contains("multipath needs uid 0")
+        && stderr.contains("-u/--user 65534")
+        && !listening
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{status:?}, socket {}, stderr: {stderr}",
+            if listening { "created" } else { "absent" }
+        ))
+    }
+}
+
 /// Runs the suite.
 pub fn run_suite(next_lun: &mut usize) {
     if let Err(e) = suite(next_lun) {
@@ -181,10 +227,31 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("multipathd: {e}"))?;
-    // pr-helper with multipath support.
-    let helper = Command::new("/bin/pr-helper-mpath")
-        .args(["-k", SOCKET])
-        .env("DM_DISABLE_UDEV", "1")
+    // pr-helper with multipath support, as the RPM's drop-in runs it (D33):
+    // uid 0 with only CAP_SYS_RAWIO and CAP_SYS_ADMIN in the bounding set
+    // (so in its permitted set after exec).
+    let mut helper = Command::new("/bin/pr-helper-mpath");
+    helper.args(["-k", SOCKET]).env("DM_DISABLE_UDEV", "1");
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut helper, || {
+            // <linux/capability.h>: CAP_SYS_RAWIO 17, CAP_SYS_ADMIN 21.
+            for cap in 0..64 {
+                if cap == 17 || cap == 21 {
+                    continue;
+                }
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                    let e = std::io::Error::last_os_error();
+                    // EINVAL: beyond the kernel's last capability.
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    let helper = helper
         .spawn()
         .map_err(|e| format!("pr-helper-mpath: {e}"))?;
     let _daemons = Daemons { multipathd, helper };
@@ -235,6 +302,8 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             Err(topology.clone())
         },
     );
+
+    check("unprivileged-refused-at-start-up", unprivileged_refused());
 
     // REGISTER through the helper registers the key on both I_T nexuses.
     check("register", good(register(&map, 0, KEY)).map(|_| ()));
