@@ -384,15 +384,21 @@ kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
         fail "$image (KubeVirt spec): uid 107 client after the chown: no answer (exit $rc)"
     if [ "$mpd" = 1 ]; then
         # libmpathcmd inside the pod reaches "multipathd" (the stand-in
-        # below) through the socket in the shared directory.
+        # below) through the socket in the shared directory, for the
+        # commands libmpathpersist sends; the relay passes no other
+        # (multipathd runs any command of root, which the relay is).
         local mout
-        mout=$(prh_podman exec "$name" multipathd show version 2>&1) || true
+        mout=$(prh_podman exec "$name" multipathd getprstatus map mpatha 2>&1) || true
         echo "$mout" >&2
-        grep -q 'fake multipathd answers: show version' <<<"$mout" ||
-            fail "$image (KubeVirt spec): multipathd show version in the pod did not reach the shared-directory socket: $mout"
-        grep -q '^show version *$' "$k/multipathd.log" ||
+        grep -q 'fake multipathd answers: getprstatus map mpatha' <<<"$mout" ||
+            fail "$image (KubeVirt spec): multipathd getprstatus in the pod did not reach the shared-directory socket: $mout"
+        grep -q '^getprstatus map mpatha *$' "$k/multipathd.log" ||
             fail "$image (KubeVirt spec): the stand-in multipathd got no request"
-        note="$note; libmpathcmd in the pod reached the host-side multipathd socket in the shared directory (relay, no host network)"
+        mout=$(prh_podman exec "$name" multipathd shutdown 2>&1) || true
+        echo "$mout" >&2
+        ! grep -q 'shutdown' "$k/multipathd.log" ||
+            fail "$image (KubeVirt spec): the relay passed \"shutdown\" to multipathd"
+        note="$note; libmpathcmd in the pod reached the host-side multipathd socket in the shared directory (relay, no host network; shutdown refused)"
     fi
     prh_podman logs "$name" 2>&1 | grep -E 'error|warn' >&2 || true
     # Stopping: the root helper holds CAP_SYS_RAWIO only, so it cannot
