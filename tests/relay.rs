@@ -220,14 +220,15 @@ fn peers_other_than_root_are_refused() {
         socket(S, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
         connect(S, pack_sockaddr_un("\0" . $ARGV[0])) or die "connect: $!";
         syswrite(S, pack("Q", 24) . "getprstatus map mpatha\0\0");
+        # End of file, or a reset (the relay closed with our bytes unread).
         my $n = sysread(S, my $buf, 100);
-        print defined $n ? $n : -1;
+        print $n ? "reply" : "none";
     "#;
     let out = as_qemu(script, &[&relay.name]).wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "0",
+        "none",
         "uid 107 got a reply"
     );
     assert_eq!(up.commands(), Vec::<String>::new());
@@ -288,15 +289,59 @@ fn only_a_multipathd_running_as_root_is_reached() {
         e.contains("is owned by uid 107, not root; not starting"),
         "{e}"
     );
-    // Nor does it when the target is missing.
+    // Nor does it when the target is still missing after the wait.
     let out = Command::new("perl")
         .arg(RELAY)
         .arg(dir.path().join("absent.socket"))
         .arg(format!("@{}", unique_name()))
+        .env("MULTIPATHD_RELAY_WAIT", "1")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not starting"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("No such file or directory; not starting"), "{e}");
+}
+
+#[test]
+fn a_target_that_appears_after_the_start_is_waited_for() {
+    // KubeVirt bind-mounts the host's socket into the shared directory; the
+    // pod may start first.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("multipathd.socket");
+    let name = unique_name();
+    let mut child = Command::new("perl")
+        .arg(RELAY)
+        .arg(&path)
+        .arg(format!("@{name}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "gave up at once");
+    // The stand-in appears at that path.
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            if read_frame(&mut conn).is_some() {
+                let _ = conn.write_all(&frame(b"ok\n\0"));
+            }
+        }
+    });
+    let relay = Relay {
+        child: Command::new("true").spawn().unwrap(),
+        name,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        if let Some(r) = relay.command("getprstatus map mpatha") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the relay did not start serving");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(reply, b"ok\n\0".to_vec());
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

@@ -33,7 +33,8 @@
 #   replies; anything else ends the connection;
 # - serves at most MAX_CONNECTIONS connections at once, each idle for at
 #   most IDLE seconds, and does not spin when accept fails;
-# - refuses to start when TARGET is not such a socket.
+# - refuses to start when TARGET is not such a socket (after waiting for
+#   one that does not exist yet to appear).
 #
 # The wire format is libmpathcmd's: a size_t length (native), then that many
 # bytes (a command ends with its NUL).
@@ -66,17 +67,27 @@ sub peer_uid {
     return $uid;
 }
 
-# Why a pathname TARGET is not a socket owned by root, or undef.
+# Why a pathname TARGET is not a socket owned by root, or undef; $missing
+# says whether it does not exist.
+our $missing = 0;
 sub target_problem {
+    $missing = 0;
     return undef if $target =~ /^@/;
-    my @st = lstat($target) or return "$target: $!";
+    my @st = lstat($target) or do { $missing = $!{ENOENT} ? 1 : 0; return "$target: $!" };
     return "$target is not a socket" unless -S _;
     return "$target is owned by uid $st[4], not root" if $st[4] != 0;
     return undef;
 }
 
-if (my $why = target_problem()) {
-    die "multipathd-relay: $why; not starting\n";
+# The host's socket may be bind-mounted a moment after the pod starts: wait
+# for it to appear (MULTIPATHD_RELAY_WAIT seconds, 30), but not for a
+# wrong one to change.
+my $wait = $ENV{MULTIPATHD_RELAY_WAIT} // 30;
+my $deadline = time() + $wait;
+while (my $why = target_problem()) {
+    die "multipathd-relay: $why; not starting\n" if !$missing || time() >= $deadline;
+    say_err("$why; waiting up to ${wait} s for it") if !our $said++;
+    select(undef, undef, undef, 0.1);
 }
 socket(my $listener, AF_UNIX, SOCK_STREAM, 0) or die "multipathd-relay: socket: $!\n";
 bind($listener, addr($listen)) or die "multipathd-relay: bind $listen: $!\n";

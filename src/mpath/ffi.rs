@@ -167,6 +167,22 @@ pub fn init() -> Result<(), LibraryInitError> {
     Ok(())
 }
 
+/// Whether the libmpathpersist the process loaded comes from
+/// multipath-tools 0.13 or later, whose reworked reservation code
+/// re-registers a map's other paths after a PREEMPT of its own key, handles
+/// paths that are down, and preempts all-registrants reservations. Known by
+/// the library's internal symbol version: `__LIBMPATHPERSIST_INT_2.1.0`
+/// from 0.13.0 on (1.0.0 in 0.9, 1.1.0 in 0.11 and 0.12), which its
+/// `prin_do_scsi_ioctl` carries. The public interface is the same in all.
+pub fn library_is_0_13_or_later() -> bool {
+    const SYMBOL: &std::ffi::CStr = c"prin_do_scsi_ioctl";
+    const VERSION: &std::ffi::CStr = c"__LIBMPATHPERSIST_INT_2.1.0";
+    // SAFETY: both strings are NUL-terminated and live for the call; the
+    // result is only compared with null, never called or dereferenced.
+    let found = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, SYMBOL.as_ptr(), VERSION.as_ptr()) };
+    !found.is_null()
+}
+
 /// PERSISTENT RESERVE IN through the library; returns the result code and
 /// the reply (meaningful on success). READ KEYS, READ RESERVATION and
 /// REPORT CAPABILITIES only: any other service action is refused here, as

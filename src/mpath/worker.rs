@@ -53,6 +53,16 @@ pub enum InitError {
     Thread(std::io::Error),
 }
 
+/// Logged once at start-up when libmpathpersist predates multipath-tools
+/// 0.13 (issue 20): the flows its reservation rework fixed, which this
+/// library gets wrong.
+pub const OLD_LIBRARY: &str = "libmpathpersist is older than multipath-tools 0.13: \
+    these flows leave paths of a map unregistered or fail: PREEMPT of the map's own key \
+    (QEMU 11's migrate-pr after live migration: the map's other paths lose their \
+    registration), RELEASE or unregister while the path holding the reservation is down, \
+    PREEMPT of an all-registrants reservation (types 7 and 8), a path failing during \
+    REGISTER; use multipath-tools 0.13 or later";
+
 /// Multipath support prepared at start-up (single-threaded: before the
 /// privilege drop and before any thread exists).
 #[derive(Debug)]
@@ -65,6 +75,9 @@ impl Prepared {
     pub fn init() -> Result<Prepared, InitError> {
         let control = Control::open()?;
         ffi::init()?;
+        if !ffi::library_is_0_13_or_later() {
+            tracing::warn!("{OLD_LIBRARY}");
+        }
         Ok(Prepared { control })
     }
 
