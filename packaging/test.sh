@@ -388,13 +388,15 @@ kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
         # commands libmpathpersist sends; the relay passes no other
         # (multipathd runs any command of root, which the relay is).
         local mout
-        mout=$(prh_podman exec "$name" multipathd getprstatus map mpatha 2>&1) || true
+        # -k sends the command as given (without -k the CLI appends " \n",
+        # which libmpathpersist never sends and the relay does not pass).
+        mout=$(prh_podman exec "$name" multipathd -k"getprstatus map mpatha" 2>&1) || true
         echo "$mout" >&2
         grep -q 'fake multipathd answers: getprstatus map mpatha' <<<"$mout" ||
             fail "$image (KubeVirt spec): multipathd getprstatus in the pod did not reach the shared-directory socket: $mout"
         grep -q '^getprstatus map mpatha *$' "$k/multipathd.log" ||
             fail "$image (KubeVirt spec): the stand-in multipathd got no request"
-        mout=$(prh_podman exec "$name" multipathd shutdown 2>&1) || true
+        mout=$(prh_podman exec "$name" multipathd -kshutdown 2>&1) || true
         echo "$mout" >&2
         ! grep -q 'shutdown' "$k/multipathd.log" ||
             fail "$image (KubeVirt spec): the relay passed \"shutdown\" to multipathd"
