@@ -604,6 +604,55 @@ fn daemon_parent_returns_when_ready() {
     assert!(!pidfile.exists());
 }
 
+/// A start-up error after the pidfile was written leaves neither the
+/// pidfile nor the socket behind (issue 23: the pidfile used to stay,
+/// holding a dead pid). Here the switch to another user fails: root
+/// without CAP_SETUID and CAP_SETGID in its bounding set (setpriv), found
+/// only after the pidfile is created; with and without -d.
+#[test]
+fn a_start_up_error_after_the_pidfile_removes_it() {
+    for daemon in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let pid = dir.path().join("p.pid");
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--bounding-set",
+            "-setuid,-setgid",
+            "--inh-caps",
+            "-setuid,-setgid",
+        ])
+        .arg(our_binary())
+        .arg("-k")
+        .arg(&socket)
+        .arg("-f")
+        .arg(&pid)
+        .args(["-u", "65534", "-g", "65534"])
+        .stdin(Stdio::null());
+        if daemon {
+            cmd.arg("-d");
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "-d: {daemon}: {out:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while socket.exists() || pid.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "-d: {daemon}: left behind: socket {}, pidfile {}; {}",
+                socket.exists(),
+                pid.exists(),
+                text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 #[test]
 fn daemon_failure_is_reported_by_the_parent() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,6 +119,10 @@ impl Daemon {
 pub struct Pidfile {
     path: PathBuf,
     file: File,
+    /// Whether the janitor removes it at exit ([`Pidfile::hand_over`]);
+    /// until then, dropping it removes it (a start-up error must not leave
+    /// a pidfile behind).
+    handed_over: bool,
 }
 
 impl Pidfile {
@@ -170,6 +174,7 @@ impl Pidfile {
             return Ok(Pidfile {
                 path: path.to_path_buf(),
                 file,
+                handed_over: false,
             });
         }
     }
@@ -177,6 +182,13 @@ impl Pidfile {
     /// The pidfile's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The janitor removes the pidfile from now on (the sandbox that
+    /// follows gives the helper no right to): dropping it only releases
+    /// the lock.
+    pub fn hand_over(&mut self) {
+        self.handed_over = true;
     }
 
     /// Removes the pidfile if the path is still this file (the janitor
@@ -199,6 +211,17 @@ impl Pidfile {
                 self.path.display()
             );
             let _ = self.file.set_len(0);
+        }
+    }
+}
+
+impl Drop for Pidfile {
+    /// A start-up error before the janitor took over: remove the pidfile
+    /// (still single-threaded and before the sandbox, so removal is
+    /// allowed).
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.remove_if_ours();
         }
     }
 }

@@ -174,7 +174,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
     } else {
         None
     };
-    let pidfile = match finish_setup(&config) {
+    let mut pidfile = match finish_setup(&config) {
         Ok(p) => p,
         Err(e) => {
             return match daemon {
@@ -211,6 +211,9 @@ pub fn run(args: &ServerArgs) -> ExitCode {
         config.landlock,
     )
     .map_err(StartupError::Janitor));
+    if let Some(p) = pidfile.as_mut() {
+        p.hand_over();
+    }
 
     // The sandbox, while still single-threaded: every thread started from
     // here on (multipath worker, SG_IO pool) inherits it.
