@@ -773,7 +773,7 @@ pub fn example_file() -> String {
          # file, which wins over the built-in defaults. `pr-helper --print-config`\n\
          # shows the effective values and where each comes from. Unknown keys are\n\
          # errors. Generated from pr-helper's definition of the settings\n\
-         # (src/config.rs); pr-helper(8) has the same text.\n",
+         # (src/process/config.rs); pr-helper(8) has the same text.\n",
     );
     let values = match Value::serialize(Config::example()) {
         Ok(Value::Dict(_, d)) => d,

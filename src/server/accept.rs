@@ -29,7 +29,7 @@ use crate::server::ratelimit::RateLimited;
 /// Settings for [`run`].
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// Most connections served at once (D10); further clients are accepted
+    /// Most connections served at once (D18); further clients are accepted
     /// and closed immediately, so they fail fast instead of hanging.
     pub max_connections: usize,
     /// Most connections served at once for one peer process (by its

@@ -4,7 +4,9 @@
 //!
 //! The fd itself is inspected once per request ([`Inspected`]: one F_GETFL,
 //! one fstat); the check, the read-only rule of PR OUT, the device key of
-//! the per-device bound (D29) and multipath detection all read that.
+//! the per-device bound (D29) and multipath detection all read that. (The
+//! log line of a failed request and the audit record of a PR OUT still
+//! make their own fstat, in `reply` and `audit`.)
 //!
 //! * **O_PATH descriptors (D28).** An O_PATH fd gives no access to the
 //!   device: SG_IO on it fails with EBADF. libmpathpersist, however, only

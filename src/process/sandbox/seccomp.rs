@@ -170,7 +170,7 @@ mod table {
         libc::SYS_getrandom,
         // journald's large messages.
         libc::SYS_memfd_create,
-        // The per-request device check (src/device.rs) walks sysfs: a dm
+        // The per-request device check (src/server/device.rs) walks sysfs: a dm
         // device's slaves/ directory and the name of a refused device.
         libc::SYS_getdents64,
         libc::SYS_readlinkat,
