@@ -714,7 +714,7 @@ impl Inner {
         loop {
             std::thread::sleep(STALL);
             let slots = lock(&self.threads).slots.clone();
-            let (mut busy, mut stalled, mut slow) = (false, false, true);
+            let (mut busy, mut stalled, mut slow) = (false, false, !slots.is_empty());
             for slot in &slots {
                 let work = slot.work.load(Ordering::Relaxed);
                 let previous = slot.seen.swap(work, Ordering::Relaxed);
