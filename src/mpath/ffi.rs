@@ -174,13 +174,21 @@ pub fn init() -> Result<(), LibraryInitError> {
 /// the library's internal symbol version: `__LIBMPATHPERSIST_INT_2.1.0`
 /// from 0.13.0 on (1.0.0 in 0.9, 1.1.0 in 0.11 and 0.12), which its
 /// `prin_do_scsi_ioctl` carries. The public interface is the same in all.
+/// Only glibc can look up a symbol by version (`dlvsym`); elsewhere (a musl
+/// target, where this is only type-checked: libmpathpersist is built
+/// against glibc) the answer is "yes", so nothing is claimed.
 pub fn library_is_0_13_or_later() -> bool {
-    const SYMBOL: &std::ffi::CStr = c"prin_do_scsi_ioctl";
-    const VERSION: &std::ffi::CStr = c"__LIBMPATHPERSIST_INT_2.1.0";
-    // SAFETY: both strings are NUL-terminated and live for the call; the
-    // result is only compared with null, never called or dereferenced.
-    let found = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, SYMBOL.as_ptr(), VERSION.as_ptr()) };
-    !found.is_null()
+    #[cfg(target_env = "gnu")]
+    {
+        const SYMBOL: &std::ffi::CStr = c"prin_do_scsi_ioctl";
+        const VERSION: &std::ffi::CStr = c"__LIBMPATHPERSIST_INT_2.1.0";
+        // SAFETY: both strings are NUL-terminated and live for the call;
+        // the result is only compared with null, never called or read.
+        let found = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, SYMBOL.as_ptr(), VERSION.as_ptr()) };
+        !found.is_null()
+    }
+    #[cfg(not(target_env = "gnu"))]
+    true
 }
 
 /// PERSISTENT RESERVE IN through the library; returns the result code and
