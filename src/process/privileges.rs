@@ -250,42 +250,52 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure type
     fn user_and_group_lookup() {
-        assert_eq!(
-            resolve_user("root").unwrap(),
-            (Uid::from_raw(0), Some(Gid::from_raw(0)))
-        );
-        assert_eq!(resolve_user("4242").unwrap(), (Uid::from_raw(4242), None));
-        assert_eq!(
-            resolve_user("no-such-user-xyz").unwrap_err().to_string(),
-            "invalid user 'no-such-user-xyz'"
-        );
-        assert_eq!(
-            resolve_user("-1").unwrap_err().to_string(),
-            "invalid user '-1'"
-        );
-        assert_eq!(
-            resolve_user("4294967296").unwrap_err().to_string(),
-            "invalid user '4294967296'"
-        );
-        // (uid_t)-1 and (gid_t)-1: "leave unchanged" to setresuid, so
-        // accepting them would keep root (D32).
-        assert_eq!(
-            resolve_user("4294967295").unwrap_err().to_string(),
-            "invalid user '4294967295': id 4294967295 is (uid_t)-1, which \
-             setresuid/setresgid take as \"leave unchanged\""
-        );
-        assert!(matches!(
-            resolve_group("4294967295"),
-            Err(PrivilegeError::UnchangedId("group", _))
-        ));
-        assert_eq!(resolve_user("4294967294").unwrap().0.as_raw(), 4294967294);
-        assert_eq!(resolve_group("root").unwrap(), Gid::from_raw(0));
-        assert_eq!(resolve_group("77").unwrap(), Gid::from_raw(77));
-        assert_eq!(
-            resolve_group("no-such-group-xyz").unwrap_err().to_string(),
-            "invalid group 'no-such-group-xyz'"
-        );
+        // The lookups go through glibc's NSS, which reads the environment
+        // with getenv; the config tests beside this one change it (figment's
+        // Jail: setenv, unsetenv), and the two at once crashed the test
+        // process now and then (SIGSEGV). Holding the Jail's lock keeps
+        // them apart.
+        figment::Jail::expect_with(|_| {
+            assert_eq!(
+                resolve_user("root").unwrap(),
+                (Uid::from_raw(0), Some(Gid::from_raw(0)))
+            );
+            assert_eq!(resolve_user("4242").unwrap(), (Uid::from_raw(4242), None));
+            assert_eq!(
+                resolve_user("no-such-user-xyz").unwrap_err().to_string(),
+                "invalid user 'no-such-user-xyz'"
+            );
+            assert_eq!(
+                resolve_user("-1").unwrap_err().to_string(),
+                "invalid user '-1'"
+            );
+            assert_eq!(
+                resolve_user("4294967296").unwrap_err().to_string(),
+                "invalid user '4294967296'"
+            );
+            // (uid_t)-1 and (gid_t)-1: "leave unchanged" to setresuid, so
+            // accepting them would keep root (D32).
+            assert_eq!(
+                resolve_user("4294967295").unwrap_err().to_string(),
+                "invalid user '4294967295': id 4294967295 is (uid_t)-1, which \
+                 setresuid/setresgid take as \"leave unchanged\""
+            );
+            assert!(matches!(
+                resolve_group("4294967295"),
+                Err(PrivilegeError::UnchangedId("group", _))
+            ));
+            assert_eq!(resolve_user("4294967294").unwrap().0.as_raw(), 4294967294);
+            assert_eq!(resolve_group("root").unwrap(), Gid::from_raw(0));
+            assert_eq!(resolve_group("77").unwrap(), Gid::from_raw(77));
+            assert_eq!(
+                resolve_group("no-such-group-xyz").unwrap_err().to_string(),
+                "invalid group 'no-such-group-xyz'"
+            );
+
+            Ok(())
+        });
     }
 
     #[test]
