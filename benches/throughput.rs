@@ -479,7 +479,7 @@ fn floor_server(socket: &Path) -> ! {
 
 /// recvmsg, SG_IO, send, until the client goes.
 fn floor_connection(mut stream: std::os::unix::net::UnixStream) {
-    use pr_helper::protocol::{fdpass, Response, SENSE_SIZE};
+    use pr_helper::protocol::{fdpass, Response};
     use pr_helper::scsi::sgio::{self, DataPhase};
     use std::io::{Read, Write};
     stream.write_all(&[0; 4]).unwrap();
@@ -512,13 +512,9 @@ fn floor_connection(mut stream: std::os::unix::net::UnixStream) {
                     response.data = data[..n].to_vec();
                 }
             }
-            // Sense key 0B (ABORTED COMMAND), ASC/ASCQ 00/06, as a helper
-            // answers an ioctl that failed.
-            Err(_) => {
-                let mut sense = [0u8; SENSE_SIZE];
-                (sense[0], sense[2], sense[7], sense[13]) = (0x70, 0x0b, 10, 6);
-                response.sense = sense;
-            }
+            // ABORTED COMMAND, I/O PROCESS TERMINATED, as a helper answers
+            // an ioctl that failed.
+            Err(_) => response.sense = pr_helper::scsi::SenseCode::IO_ERROR.fixed_buffer(),
         }
         out.clear();
         response.encode(&mut out);

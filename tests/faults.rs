@@ -630,11 +630,7 @@ fn activated(listener: &UnixListener, socket: &Path) -> Helper {
     cmd.arg("-c")
         .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\"")
         .arg(our_binary());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
-            cmd.env_remove(k);
-        }
-    }
+    without_helper_environment(&mut cmd);
     // SAFETY: dup2 and fcntl are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {

@@ -90,12 +90,7 @@ fn multipath_as_another_user_is_refused_at_start_up_d33() {
     );
     assert!(!socket.exists());
     // Started as another user (a unit's DynamicUser=).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let dir = shared_tempdir();
     let socket = dir.path().join("m.sock");
     let out = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])

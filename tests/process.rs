@@ -23,11 +23,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn run_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(our_binary());
     cmd.args(args).stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
-            cmd.env_remove(k);
-        }
-    }
+    without_helper_environment(&mut cmd);
     cmd.envs(env.iter().copied());
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -453,11 +449,7 @@ fn activation_with_an_unusable_fd_3() {
             .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\"")
             .arg(our_binary())
             .stdin(Stdio::null());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
-                cmd.env_remove(k);
-            }
-        }
+        without_helper_environment(&mut cmd);
         // SAFETY: dup2, close and fcntl are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
@@ -632,11 +624,7 @@ fn a_start_up_error_after_the_pidfile_removes_it() {
         if daemon {
             cmd.arg("-d");
         }
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
-                cmd.env_remove(k);
-            }
-        }
+        without_helper_environment(&mut cmd);
         let out = cmd.output().unwrap();
         assert_eq!(out.status.code(), Some(1), "-d: {daemon}: {out:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -712,12 +700,7 @@ fn status_field(pid: u32, field: &str) -> String {
 #[test]
 fn privileges_drop_to_nobody_and_keep_only_sys_rawio() {
     // The directory must let "nobody" remove the socket at exit.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let dir = shared_tempdir();
     let socket = dir.path().join("n.sock");
     let mut cmd = Command::new(our_binary());
     cmd.arg("-k").arg(&socket).args(["-u", "nobody"]);
@@ -753,12 +736,7 @@ fn privileges_drop_to_nobody_and_keep_only_sys_rawio() {
 /// group list from initgroups() (`groups`), CAP_SYS_RAWIO ambient and no
 /// CAP_SETGID. Returns its stderr once it serves.
 fn start_as_service_user(groups: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let dir = shared_tempdir();
     let socket = dir.path().join("svc.sock");
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid", "61534", "--regid", "61534", "--groups", groups])

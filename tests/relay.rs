@@ -9,6 +9,8 @@
 //! any peer's bytes, to whatever socket was at the path, without limit.
 //! Needs root (peer credentials of other uids, setpriv), as CI runs it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -17,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::shared_tempdir;
 
 const RELAY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -246,12 +250,7 @@ fn only_a_multipathd_running_as_root_is_reached() {
     // The socket file is root's, but the process behind it is uid 107's (a
     // compromised QEMU that replaced the socket in the shared directory
     // and had the file's owner look right, or won a race with the check).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let dir = shared_tempdir();
     let path = dir.path().join("multipathd.socket");
     let script = r#"
         socket(L, AF_UNIX, SOCK_STREAM, 0) or die;

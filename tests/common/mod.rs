@@ -17,6 +17,30 @@ use std::time::{Duration, Instant};
 use pr_helper::client::{self, Client, Reply};
 use pr_helper::protocol::RESPONSE_HEADER_SIZE;
 
+/// Removes from `cmd`'s environment what would configure the helper
+/// behind the test's back: PR_HELPER_* settings, systemd's LISTEN_* and
+/// NOTIFY_SOCKET.
+pub fn without_helper_environment(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PR_HELPER_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// A temporary directory every user may write to (for a helper or client
+/// that runs as another user).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    dir
+}
+
 /// Path of the reference helper (Debian bookworm-backports 10.0.2).
 pub const REFERENCE_HELPER: &str = "/usr/bin/qemu-pr-helper";
 
