@@ -1,12 +1,14 @@
-//! The SG_IO ioctl: the only place where pr-helper hands memory to the kernel
-//! for a SCSI command. All `unsafe` for SCSI I/O is in this file.
+//! The ioctls pr-helper sends on a client's fd: SG_IO, the only place where
+//! it hands memory to the kernel for a SCSI command, and BLKGETDISKSEQ, which
+//! keys the device check's decisions ([`disk_sequence`]). All `unsafe` for
+//! them is in this file.
 //!
 //! SG_IO works on any SCSI block device (`/dev/sdX`, dm devices pass it to a
 //! path) and on SCSI generic nodes (`/dev/sgN`). With CAP_SYS_RAWIO the
 //! kernel's command filter is bypassed, which is why the caller checks the
 //! fd's access mode before sending PERSISTENT RESERVE OUT.
 
-// Unsafe code: the SG_IO ioctl.
+// Unsafe code: the SG_IO and BLKGETDISKSEQ ioctls.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -44,6 +46,9 @@ struct SgIoHdr {
 
 /// SG_IO, from <scsi/sg.h>: the same number on every Linux architecture.
 pub(crate) const SG_IO: libc::c_ulong = 0x2285;
+/// BLKGETDISKSEQ, from <linux/fs.h>: `_IOR(0x12, 128, __u64)` (Linux 5.15).
+pub(crate) const BLKGETDISKSEQ: libc::c_ulong =
+    nix::request_code_read!(0x12, 128, std::mem::size_of::<u64>()) as libc::c_ulong;
 const SG_DXFER_NONE: libc::c_int = -1;
 const SG_DXFER_TO_DEV: libc::c_int = -2;
 const SG_DXFER_FROM_DEV: libc::c_int = -3;
@@ -143,6 +148,26 @@ pub fn execute(
     })
 }
 
+/// The disk sequence number of the block device behind `fd`
+/// (BLKGETDISKSEQ): a number the kernel gives each disk when it is created
+/// and again when its medium changes (a loop device attached to a new
+/// file), never the same for two disks since boot. A partition reports its
+/// disk's. Fails with ENOTTY before Linux 5.15, and for anything but a
+/// block device.
+pub fn disk_sequence(fd: BorrowedFd<'_>) -> Result<u64, i32> {
+    let mut seq: u64 = 0;
+    // SAFETY: BLKGETDISKSEQ writes one u64 through its argument, which
+    // points at `seq`, alive and writable for the call. `fd` is a valid open
+    // descriptor for the duration of the call (a `BorrowedFd`).
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), BLKGETDISKSEQ as _, &mut seq as *mut u64) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(seq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +182,15 @@ mod tests {
         assert_eq!(std::mem::offset_of!(SgIoHdr, status), 64);
         assert_eq!(std::mem::offset_of!(SgIoHdr, host_status), 68);
         assert_eq!(std::mem::offset_of!(SgIoHdr, resid), 72);
+    }
+
+    #[test]
+    fn disk_sequence_number() {
+        // The request number <linux/fs.h> gives on x86_64 and aarch64.
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        assert_eq!(BLKGETDISKSEQ, 0x8008_1280);
+        let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+        assert_eq!(disk_sequence(file.as_fd()), Err(libc::ENOTTY));
     }
 
     #[test]

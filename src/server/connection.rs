@@ -107,7 +107,7 @@ pub async fn serve(
             let done = match returned {
                 Returned::Partial => Ok(()),
                 Returned::Pending(rest) => conn.write_rest(&rest).await,
-                Returned::Queue(routed) => conn.answer(Work::Routed(routed)).await,
+                Returned::Queue(routed) => conn.answer(Work::Routed(*routed)).await,
                 Returned::End(end) => Err(end),
                 Returned::Refused => {
                     parking = false;
@@ -172,8 +172,9 @@ enum Returned {
     /// The socket did not take the whole response: the task writes the rest.
     Pending(Vec<u8>),
     /// A request routed but not executed (its device is busy, or it is for
-    /// a dm-multipath device): the task queues it with the pool.
-    Queue(Routed),
+    /// a dm-multipath device): the task queues it with the pool. Boxed:
+    /// the rare case should not make every `Back` as large as a request.
+    Queue(Box<Routed>),
     /// The connection ends.
     End(End),
     /// The pool could not take the connection: the task stops parking it.
@@ -220,7 +221,7 @@ impl Parked for ParkedConnection {
             Ran::Answered(request, response) => (request, response),
             // Its task queues it, where it waits without a thread.
             Ran::Queue(routed) => {
-                self.returned = Returned::Queue(routed);
+                self.returned = Returned::Queue(Box::new(routed));
                 return false;
             }
         };

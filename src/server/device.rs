@@ -3,7 +3,7 @@
 //! detection, by [`crate::server::command::Executor::route`].
 //!
 //! The fd itself is inspected once per request ([`Inspected`]: one F_GETFL,
-//! one fstat); the check, the read-only rule of PR OUT, the device key of
+//! one fstat, and for a block device one BLKGETDISKSEQ); the check, the read-only rule of PR OUT, the device key of
 //! the per-device bound (D29) and multipath detection all read that. (The
 //! log line of a failed request and the audit record of a PR OUT still
 //! make their own fstat, in `reply` and `audit`.)
@@ -55,19 +55,34 @@
 //! so it is refused too, with the reply the kernel gives for a removed
 //! device (ENODEV, 04/44/00).
 //!
-//! Nothing is cached: a device number can be reused by a different
-//! partition or a reloaded dm table at any time.
+//! **One decision is remembered: "a whole disk, not device-mapper"**
+//! ([`WholeDisks`]), keyed by the device number together with the disk
+//! sequence number the fd reports (BLKGETDISKSEQ, an ioctl on the client's
+//! own fd: no new fd, no sysfs). A sequence number belongs to one disk
+//! since boot, and a disk keeps its device number for as long as it lives,
+//! so a later fd with the same pair is on the same disk, which is still a
+//! whole disk and still not dm. A reused device number comes with another
+//! sequence number (a partition reports its disk's, a new disk gets a new
+//! one) and is decided anew. Nothing else is remembered: a refusal (cheap
+//! to repeat, and a partition's number may become anything), and no dm
+//! device, whose table can be reloaded under the same disk and sequence
+//! number. Without the number (Linux before 5.15, or the ioctl failed)
+//! every request is decided from sysfs. A remembered disk that is later
+//! removed under an open fd gets SG_IO, and with it the kernel's own
+//! answer for a removed disk, as from the reference.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
 
-use crate::scsi::{self, Completion};
+use crate::scsi::{self, sgio, Completion};
 
 /// Deepest stack of block devices followed (dm on dm on ...); the kernel's
 /// own limit on stacking is far lower in practice.
@@ -141,6 +156,10 @@ impl Refused {
 pub struct Inspected {
     flags: Option<OFlag>,
     stat: Result<Stat, Errno>,
+    /// The disk sequence number, for a block device on Linux 5.15 and
+    /// later (None otherwise; the kernel numbers from 1, and a 0 would be
+    /// treated as no number).
+    disk_seq: Option<NonZeroU64>,
 }
 
 /// The part of `struct stat` the helper reads.
@@ -157,7 +176,8 @@ pub struct Stat {
 }
 
 impl Inspected {
-    /// Inspects `fd`: one F_GETFL, one fstat.
+    /// Inspects `fd`: one F_GETFL, one fstat, and for a block device one
+    /// BLKGETDISKSEQ.
     pub fn of(fd: BorrowedFd<'_>) -> Inspected {
         let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)
             .ok()
@@ -168,7 +188,17 @@ impl Inspected {
             dev: st.st_dev,
             ino: st.st_ino,
         });
-        Inspected { flags, stat }
+        let disk_seq = match stat {
+            Ok(st) if st.kind == libc::S_IFBLK => {
+                sgio::disk_sequence(fd).ok().and_then(NonZeroU64::new)
+            }
+            _ => None,
+        };
+        Inspected {
+            flags,
+            stat,
+            disk_seq,
+        }
     }
 
     /// True when the fd was opened read-only. PR OUT changes device state,
@@ -218,18 +248,24 @@ fn dev_block() -> Result<BorrowedFd<'static>, Errno> {
 /// Checks `fd` (see the module documentation); `Ok(())` lets the command
 /// through to SG_IO or the multipath worker.
 pub fn check(fd: &Inspected) -> Result<(), Refused> {
+    static REMEMBERED: WholeDisks = WholeDisks::new();
     // Anything but a block device needs no sysfs (below).
     if !matches!(fd.stat(), Ok(st) if st.kind == libc::S_IFBLK) {
-        return check_in(fd, None);
+        return check_in(fd, None, &REMEMBERED);
     }
     match dev_block() {
-        Ok(dir) => check_in(fd, Some(dir)),
+        Ok(dir) => check_in(fd, Some(dir), &REMEMBERED),
         Err(e) => Err(Refused::Unchecked(format!("/sys/dev/block: {e}"))),
     }
 }
 
-/// [`check`] with `dev_block` as `/sys/dev/block` (tests use a fake tree).
-pub fn check_in(fd: &Inspected, dev_block: Option<BorrowedFd<'_>>) -> Result<(), Refused> {
+/// [`check`] with `dev_block` as `/sys/dev/block` and `remembered` as the
+/// whole disks decided before (tests use a fake tree and their own set).
+pub fn check_in(
+    fd: &Inspected,
+    dev_block: Option<BorrowedFd<'_>>,
+    remembered: &WholeDisks,
+) -> Result<(), Refused> {
     match fd.flags {
         None => return Err(Refused::Unchecked("F_GETFL failed".into())),
         Some(flags) if flags.contains(OFlag::O_PATH) => return Err(Refused::OPath),
@@ -243,14 +279,79 @@ pub fn check_in(fd: &Inspected, dev_block: Option<BorrowedFd<'_>>) -> Result<(),
         // SCSI at all (the ioctl fails).
         return Ok(());
     }
+    let key = fd.disk_seq.map(|seq| (st.rdev, seq.get()));
+    if key.is_some_and(|key| remembered.contains(key)) {
+        return Ok(());
+    }
     let dev_block = dev_block.ok_or_else(|| Refused::Unchecked("no /sys/dev/block".to_string()))?;
     let dev = format!("{}:{}", libc::major(st.rdev), libc::minor(st.rdev));
-    whole_unit(dev_block, &dev, 0)
+    match whole_unit(dev_block, &dev, 0)? {
+        Whole::Disk => {
+            if let Some(key) = key {
+                remembered.insert(key);
+            }
+        }
+        Whole::Mapped => {}
+    }
+    Ok(())
+}
+
+/// The block devices decided to be whole disks and not device-mapper
+/// devices, as (device number, disk sequence number) pairs (see the module
+/// documentation for why the pair cannot be faked by a reused number).
+///
+/// Bounded: when [`WholeDisks::LIMIT`] pairs are held (disks that came and
+/// went, or loop devices attached again and again) it starts over, which
+/// costs one sysfs lookup per disk and nothing else.
+pub struct WholeDisks(Mutex<Option<HashSet<(u64, u64)>>>);
+
+impl WholeDisks {
+    /// At most this many pairs are held.
+    pub const LIMIT: usize = 4096;
+
+    /// An empty set (const: it lives in a static).
+    pub const fn new() -> WholeDisks {
+        WholeDisks(Mutex::new(None))
+    }
+
+    fn contains(&self, key: (u64, u64)) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|set| set.contains(&key))
+    }
+
+    fn insert(&self, key: (u64, u64)) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let set = guard.get_or_insert_with(HashSet::new);
+        if set.len() >= WholeDisks::LIMIT {
+            set.clear();
+        }
+        set.insert(key);
+    }
+
+    /// How many pairs are held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().as_ref().map_or(0, |set| set.len())
+    }
+}
+
+/// What [`whole_unit`] found a device that may take the command to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whole {
+    /// A whole disk that is not device-mapper: decided for as long as the
+    /// disk lives ([`WholeDisks`]).
+    Disk,
+    /// A device-mapper device whose table maps whole devices: decided for
+    /// this request only (a table can be reloaded).
+    Mapped,
 }
 
 /// The kernel's rule for block device `dev` ("M:m"), with `dir` the
 /// `/sys/dev/block` directory.
-fn whole_unit(dir: BorrowedFd<'_>, dev: &str, depth: usize) -> Result<(), Refused> {
+fn whole_unit(dir: BorrowedFd<'_>, dev: &str, depth: usize) -> Result<Whole, Refused> {
     let link = match nix::fcntl::readlinkat(dir, dev) {
         Ok(link) => link,
         Err(Errno::ENOENT) => return Err(Refused::Gone(dev.to_string())),
@@ -281,7 +382,7 @@ fn whole_unit(dir: BorrowedFd<'_>, dev: &str, depth: usize) -> Result<(), Refuse
         exists("dm")?
     };
     if !is_dm {
-        return Ok(());
+        return Ok(Whole::Disk);
     }
     // Anything unreadable from here on refuses: the device exists and is a
     // dm device, so the rule must be decided, not guessed.
@@ -318,7 +419,7 @@ fn whole_unit(dir: BorrowedFd<'_>, dev: &str, depth: usize) -> Result<(), Refuse
     for below in below_devs {
         whole_unit(dir, &below, depth + 1)?;
     }
-    Ok(())
+    Ok(Whole::Mapped)
 }
 
 /// How many components of a sysfs device link follow its first `block`
@@ -407,7 +508,7 @@ mod tests {
         }
 
         fn check(&self, dev: &str) -> Result<(), Refused> {
-            whole_unit(self.dev_block().as_fd(), dev, 0)
+            whole_unit(self.dev_block().as_fd(), dev, 0).map(|_| ())
         }
     }
 
@@ -557,24 +658,30 @@ mod tests {
         let dir = s.dev_block();
         let f = fs::File::open("/dev/null").unwrap();
         assert_eq!(
-            check_in(&Inspected::of(f.as_fd()), Some(dir.as_fd())),
+            check_in(
+                &Inspected::of(f.as_fd()),
+                Some(dir.as_fd()),
+                &WholeDisks::new()
+            ),
             Ok(())
         );
         // Any failure to inspect refuses.
         let failed = Inspected {
             flags: None,
             stat: Err(Errno::EBADF),
+            disk_seq: None,
         };
         assert!(matches!(
-            check_in(&failed, Some(dir.as_fd())),
+            check_in(&failed, Some(dir.as_fd()), &WholeDisks::new()),
             Err(Refused::Unchecked(_))
         ));
         let failed = Inspected {
             flags: Some(OFlag::O_RDWR),
             stat: Err(Errno::ENOMEM),
+            disk_seq: None,
         };
         assert!(matches!(
-            check_in(&failed, Some(dir.as_fd())),
+            check_in(&failed, Some(dir.as_fd()), &WholeDisks::new()),
             Err(Refused::Unchecked(_))
         ));
         let o_path: std::os::fd::OwnedFd = nix::fcntl::open(
@@ -584,7 +691,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            check_in(&Inspected::of(o_path.as_fd()), Some(dir.as_fd())),
+            check_in(
+                &Inspected::of(o_path.as_fd()),
+                Some(dir.as_fd()),
+                &WholeDisks::new()
+            ),
             Err(Refused::OPath)
         );
         let c = Refused::OPath.completion();
@@ -594,5 +705,99 @@ mod tests {
             Refused::Partition("x".into()).completion(),
             scsi::complete(Err(libc::ENOTTY), 0)
         );
+    }
+
+    /// A block device fd as [`Inspected::of`] would describe it.
+    fn block(rdev: u64, disk_seq: Option<u64>, flags: OFlag) -> Inspected {
+        let disk_seq = disk_seq.and_then(NonZeroU64::new);
+        Inspected {
+            flags: Some(flags),
+            stat: Ok(Stat {
+                kind: libc::S_IFBLK,
+                rdev,
+                dev: 5,
+                ino: 1,
+            }),
+            disk_seq,
+        }
+    }
+
+    /// A remembered decision holds for its (device number, disk sequence
+    /// number) pair only: the same number on another disk (a partition
+    /// created where a whole disk was, as an NVMe namespace's 259:N can
+    /// become a partition's) is decided anew, and dm devices and fds
+    /// without a sequence number are never remembered.
+    #[test]
+    fn a_reused_device_number_is_decided_anew() {
+        let s = Sysfs::new();
+        let dir = s.dev_block();
+        let remembered = WholeDisks::new();
+        let ext0 = libc::makedev(259, 0);
+        let check = |fd: &Inspected| check_in(fd, Some(dir.as_fd()), &remembered);
+        s.at("virtual/nvme/nvme0/nvme0n1", "259:0", 32768);
+        // The disk itself, with its sequence number 7: decided, remembered.
+        let disk = block(ext0, Some(7), OFlag::O_RDWR);
+        assert_eq!(check(&disk), Ok(()));
+        assert_eq!(remembered.len(), 1);
+        // The disk goes, and 259:0 becomes a partition of a disk whose
+        // sequence number is 9.
+        fs::remove_file(s.root().join("dev/block/259:0")).unwrap();
+        let p = s.at("virtual/block/loop0/loop0p1", "259:0", 100);
+        fs::write(
+            p.join("partition"),
+            "1
+",
+        )
+        .unwrap();
+        let partition = block(ext0, Some(9), OFlag::O_RDWR);
+        assert!(matches!(check(&partition), Err(Refused::Partition(n)) if n == "loop0p1 (259:0)"));
+        // Refusals are not remembered, and the pair of the first disk is
+        // still what it was (the kernel gives 7 to no other disk).
+        assert_eq!(remembered.len(), 1);
+        assert_eq!(check(&disk), Ok(()));
+        // Without a sequence number (Linux < 5.15) nothing is remembered:
+        // each request reads sysfs.
+        assert!(matches!(
+            check(&block(ext0, None, OFlag::O_RDWR)),
+            Err(Refused::Partition(_))
+        ));
+        // The flags are checked on every fd, remembered or not.
+        assert_eq!(
+            check(&block(ext0, Some(7), OFlag::O_RDWR | OFlag::O_PATH)),
+            Err(Refused::OPath)
+        );
+        // A dm device is decided on every request: its table can be
+        // reloaded under the same number and sequence number.
+        s.at("virtual/block/sda", "8:0", 32768);
+        let dm = s.at("virtual/block/dm-0", "254:0", 32768);
+        fs::create_dir_all(dm.join("dm")).unwrap();
+        fs::create_dir_all(dm.join("slaves")).unwrap();
+        symlink("../../sda", dm.join("slaves/sda")).unwrap();
+        let map = block(libc::makedev(254, 0), Some(11), OFlag::O_RDWR);
+        assert_eq!(check(&map), Ok(()));
+        assert_eq!(remembered.len(), 1, "a dm device is not remembered");
+        fs::write(dm.join("size"), "8192\n").unwrap();
+        assert!(matches!(check(&map), Err(Refused::PartialMapping(_))));
+        // A whole disk seen again is answered without sysfs: with its
+        // entry gone, the remembered pair still lets it through.
+        let sda = block(libc::makedev(8, 0), Some(3), OFlag::O_RDWR);
+        assert_eq!(check(&sda), Ok(()));
+        assert_eq!(remembered.len(), 2);
+        fs::remove_file(s.root().join("dev/block/8:0")).unwrap();
+        assert_eq!(check(&sda), Ok(()));
+        assert!(matches!(
+            check(&block(libc::makedev(8, 0), Some(4), OFlag::O_RDWR)),
+            Err(Refused::Gone(_))
+        ));
+    }
+
+    #[test]
+    fn the_remembered_set_is_bounded() {
+        let remembered = WholeDisks::new();
+        for seq in 0..(WholeDisks::LIMIT as u64 + 10) {
+            remembered.insert((1, seq));
+        }
+        assert!(remembered.len() <= WholeDisks::LIMIT);
+        assert!(remembered.contains((1, WholeDisks::LIMIT as u64 + 9)));
     }
 }

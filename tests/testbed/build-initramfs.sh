@@ -54,7 +54,7 @@ install -m 755 "$PRH" "$I/bin/pr-helper"
 install -m 755 "$RUNNER" "$I/bin/testbed-guest"
 
 # Kernel modules, dependencies first (resolved through modules.dep).
-WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop dm_mod dm_multipath dm_round_robin dm_service_time dm_queue_length scsi_dh_alua ${TESTBED_EXTRA_MODULES:-}"
+WANTED="configfs scsi_mod crct10dif_generic crc64_rocksoft_generic sd_mod sg target_core_mod target_core_file target_core_iblock tcm_loop dm_mod dm_multipath dm_round_robin dm_service_time dm_queue_length scsi_dh_alua nvme ${TESTBED_EXTRA_MODULES:-}"
 # Module name (dashes as underscores) -> path, and path -> dependencies.
 declare -A path_of=() deps_of=()
 while IFS= read -r line; do

@@ -83,14 +83,16 @@ mod table {
     #[cfg(target_arch = "aarch64")]
     pub const TARGET: TargetArch = TargetArch::aarch64;
 
-    /// The ioctl requests the plain build allows: SG_IO; FIONBIO, FIOCLEX
+    /// The ioctl requests the plain build allows: SG_IO and BLKGETDISKSEQ
+    /// (the device check's key, D27) on clients' fds; FIONBIO, FIOCLEX
     /// (set non-blocking / close-on-exec); FIONREAD (bytes queued on a
     /// client's socket, read at shutdown); TCGETS (glibc's isatty),
     /// TIOCGWINSZ (musl's).
     /// (libc's request type is c_ulong on glibc, c_int on musl.)
     #[allow(clippy::unnecessary_cast)]
-    pub const IOCTLS: [u64; 6] = [
+    pub const IOCTLS: [u64; 7] = [
         crate::scsi::sgio::SG_IO as u64,
+        crate::scsi::sgio::BLKGETDISKSEQ as u64,
         libc::FIONBIO as u64,
         libc::FIOCLEX as u64,
         libc::FIONREAD as u64,

@@ -368,6 +368,11 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         "pr-helper/reloaded-table-decided-anew",
         reloaded_table_is_decided_anew(exec::OURS_SOCKET, &dev_name(&disk_b)),
     );
+    let sockets: Vec<&str> = helpers.iter().map(|(_, s)| *s).collect();
+    check(
+        "reused-device-number-decided-anew",
+        reused_number_is_decided_anew(&sockets, &disk_a),
+    );
     check(
         "qemu-pr-helper/o-path-same-reply",
         o_path_read_keys(exec::REFERENCE_SOCKET, &disk_a).and_then(|o| refused(Ok(o))),
@@ -421,7 +426,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
 /// The device check (D27) decides on the device as it is at each request,
 /// not as it was: a dm map whose table is reloaded keeps its device number,
 /// and the client its fd, so a decision remembered by device number would
-/// go stale (issue 24: nothing is cached). The same fd, on a map of the
+/// go stale (dm devices are never remembered, D27). The same fd, on a map of the
 /// whole disk, then of part of it, then of the whole disk again: served,
 /// refused, served. `b` is the disk's major:minor.
 fn reloaded_table_is_decided_anew(socket: &str, b: &str) -> Result<(), String> {
@@ -445,6 +450,202 @@ fn reloaded_table_is_decided_anew(socket: &str, b: &str) -> Result<(), String> {
     })();
     drop(fd);
     let _ = run("dmsetup", &["remove", NAME]);
+    result
+}
+
+nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), BlkpgIoctlArg);
+
+/// `struct blkpg_ioctl_arg` from <linux/blkpg.h>.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// `struct blkpg_partition` from <linux/blkpg.h>.
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+/// Adds (op 1) or deletes (op 2) partition `pno` of `disk` with BLKPG:
+/// no partition table, so the partition number (and with it a device
+/// number from the extended range, above the disk's 15) is chosen here.
+fn blkpg_partition(disk: &Path, op: i32, pno: i32, start: u64, sectors: u64) -> Result<(), String> {
+    let f = exec::open(disk, false)?;
+    let mut part = BlkpgPartition {
+        start: (start * 512) as i64,
+        length: (sectors * 512) as i64,
+        pno,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgIoctlArg {
+        op,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as i32,
+        data: (&mut part as *mut BlkpgPartition).cast(),
+    };
+    // SAFETY: BLKPG reads `arg` and the `datalen` bytes of `part` it points
+    // to, both alive for the call; the fd is an open block device.
+    unsafe { blkpg(f.as_raw_fd(), &arg) }
+        .map(|_| ())
+        .map_err(|e| format!("BLKPG op {op} partition {pno} on {}: {e}", disk.display()))
+}
+
+/// The disk sequence number of `dev` (BLKGETDISKSEQ).
+fn disk_seq(dev: &Path) -> Result<u64, String> {
+    let f = exec::open(dev, true)?;
+    pr_helper::scsi::sgio::disk_sequence(f.as_fd())
+        .map_err(|e| format!("BLKGETDISKSEQ {}: errno {e}", dev.display()))
+}
+
+/// D27 with a device number that changes hands: the helpers decide an NVMe
+/// namespace (the test bed's only disk numbered in the extended range,
+/// 259:N) to be a whole disk and remember it; the namespace is removed and
+/// its number given to partition 16 of `disk` (sd disks number partitions
+/// above 15 in the extended range). An fd on that partition must be refused
+/// like any partition, although a decision for its device number was
+/// remembered: the disk sequence number in the key differs. Sent directly
+/// (root holds CAP_SYS_RAWIO), the same READ KEYS reads the whole disk's
+/// keys, which is what a decision remembered by device number alone would
+/// hand the client.
+fn reused_number_is_decided_anew(sockets: &[&str], disk: &Path) -> Result<(), String> {
+    const START: u64 = 16384;
+    const SECTORS: u64 = 256;
+    let nvme = Path::new("/dev/nvme0n1");
+    let sysfs_dev = |name: &str| {
+        std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("/sys/class/block/{name}/dev: {e}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nvme.exists() {
+        if Instant::now() > deadline {
+            return Err("/dev/nvme0n1 did not appear (the boot adds an NVMe namespace)".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let number = sysfs_dev("nvme0n1")?;
+    if !number.starts_with("259:") {
+        return Err(format!("nvme0n1 is {number}, not in the extended range"));
+    }
+    let nvme_seq = disk_seq(nvme)?;
+    {
+        let fd = exec::open(nvme, false)?;
+        for socket in sockets {
+            // NVMe takes no SG_IO: the kernel answers ENOTTY, the same
+            // reply as a refusal; what matters is that the helper decided
+            // (and remembered) a whole disk.
+            let o = exec::with_fd(socket, fd.as_fd(), &pr_in_cdb(sa_in::READ_KEYS, 8192), &[])?;
+            refused(Ok(o)).map_err(|e| format!("{socket} on nvme0n1: {e}"))?;
+        }
+    }
+    // Remove the controller; its number is free once every fd is closed
+    // (the helpers closed theirs with the replies).
+    let pci = std::fs::canonicalize("/sys/class/nvme/nvme0/device")
+        .map_err(|e| format!("nvme0's PCI device: {e}"))?;
+    std::fs::write(pci.join("remove"), "1").map_err(|e| format!("remove nvme0: {e}"))?;
+    // Partitions 16, 17, ... take the lowest free numbers of the extended
+    // range; those below the namespace's are kept until the end (an NVMe
+    // namespace also numbers its hidden path disk, nvme0c0n1, there), and
+    // one above it means the namespace's number is not free yet: it is
+    // given back, and tried again.
+    let disk_name = disk
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let mut kept = Vec::new();
+    let mut pno = 16;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let start = START + (pno - 16) as u64 * SECTORS;
+        if let Err(e) = blkpg_partition(disk, 1, pno, start, SECTORS) {
+            break Err(e);
+        }
+        let name = format!("{disk_name}{pno}");
+        let got = match sysfs_dev(&name) {
+            Ok(got) => got,
+            Err(e) => break Err(e),
+        };
+        if got == number {
+            break Ok(name);
+        }
+        let below = |n: &str| {
+            let minor = |d: &str| d.split(':').nth(1).and_then(|m| m.parse::<u32>().ok());
+            got.starts_with("259:") && minor(n) > minor(&got)
+        };
+        if below(&number) {
+            kept.push(pno);
+            pno += 1;
+        } else {
+            let _ = blkpg_partition(disk, 2, pno, 0, 0);
+            if Instant::now() > deadline {
+                break Err(format!("{name} got {got}, never {number}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if pno > 40 {
+            break Err(format!("no partition got {number}"));
+        }
+    };
+    let name = match found {
+        Ok(name) => name,
+        Err(e) => {
+            for p in kept {
+                let _ = blkpg_partition(disk, 2, p, 0, 0);
+            }
+            return Err(e);
+        }
+    };
+    kept.push(pno);
+    let part = PathBuf::from(format!("/dev/{name}"));
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dev_name(&part) != number {
+            if Instant::now() > deadline {
+                return Err(format!("{} is not {number}", part.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let part_seq = disk_seq(&part)?;
+        println!(
+            "FIGURE devices-reused-number {number} nvme-seq {nvme_seq} partition-seq {part_seq}"
+        );
+        let fd = exec::open(&part, false)?;
+        let read_keys = pr_in_cdb(sa_in::READ_KEYS, 8192);
+        // SG_IO from here rather than sg_raw, which takes any 259:N node
+        // for NVMe.
+        let mut keys = vec![0u8; 8192];
+        let direct = pr_helper::scsi::sgio::execute(
+            fd.as_fd(),
+            &read_keys,
+            pr_helper::scsi::sgio::DataPhase::FromDevice(&mut keys),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| format!("direct READ KEYS on the partition: errno {e}"))?;
+        let listed = u32::from_be_bytes([keys[4], keys[5], keys[6], keys[7]]);
+        if direct.status != 0 || listed == 0 {
+            return Err(format!(
+                "direct READ KEYS on the partition: status {:#x}, {listed} key bytes (expected the whole disk's keys)",
+                direct.status
+            ));
+        }
+        for socket in sockets {
+            refused(exec::with_fd(socket, fd.as_fd(), &read_keys, &[]))
+                .map_err(|e| format!("{socket} on {name} ({number}): {e}"))?;
+        }
+        Ok(())
+    })();
+    for p in kept {
+        let _ = blkpg_partition(disk, 2, p, 0, 0);
+    }
     result
 }
 
