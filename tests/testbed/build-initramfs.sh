@@ -182,6 +182,34 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
     copy_with_libs "$I" /usr/bin/unshare /usr/bin/unshare
     mkdir -p "$I/usr/bin"
     ln -sf /bin/pr-helper-mpath "$I/usr/bin/pr-helper"
+
+    # multipath-tools from Debian unstable (the current libmpathpersist) in
+    # its own root, /sid, run with chroot: its programs and plugins, and
+    # the libraries they and pr-helper-mpath need, resolved by unstable's
+    # own loader. pr-helper-mpath itself is bind-mounted in by the guest.
+    SID=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed-sid/root
+    [ -f "$SID/../root.done" ] || { echo "unstable root missing: run tests/run setup (tests/testbed/fetch-sid.sh)" >&2; exit 1; }
+    S=$I/sid
+    mkdir -p "$S"/{dev,proc,sys,run,tmp,etc/multipath,usr/lib/x86_64-linux-gnu,usr/lib64,usr/sbin}
+    for d in lib lib64 bin sbin; do ln -s "usr/$d" "$S/$d"; done
+    cp -a "$SID/usr/sbin/." "$S/usr/sbin/"
+    cp -a "$SID/usr/lib/multipath" "$S/usr/lib/"
+    cp -L "$SID/usr/lib64/ld-linux-x86-64.so.2" "$S/usr/lib64/"
+    sid_list() {
+        "$SID/usr/lib64/ld-linux-x86-64.so.2" --library-path \
+            "$SID/usr/lib/x86_64-linux-gnu:$SID/usr/lib" --list "$1" |
+            awk '/=> \// {print $3}'
+    }
+    for bin in "$SID"/usr/sbin/* "$SID"/usr/lib/multipath/*.so "$TESTBED_MPATH_HELPER"; do
+        [ -f "$bin" ] || continue
+        for lib in $(sid_list "$bin"); do
+            dest=$S${lib#"$SID"}
+            [ -e "$dest" ] || { mkdir -p "$(dirname "$dest")"; cp -L "$lib" "$dest"; }
+        done
+    done
+    cp -L "$SID/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$S/usr/lib/x86_64-linux-gnu/"
+    touch "$S/pr-helper-mpath"
+    cp "$SID/../multipath-tools-version" "$S/multipath-tools-version"
 fi
 
 if [ "${TESTBED_NESTED:-0}" = 1 ]; then

@@ -282,9 +282,14 @@ mod table {
         libc::SYS_mkdir,
         libc::SYS_time,
         libc::SYS_alarm,
+        // io_pgetevents, which libaio 0.3.113 and later (Debian 13,
+        // unstable: multipath-tools 0.13+) waits with; not in this libc
+        // crate's x86_64 table.
+        333,
     ];
+    /// aarch64: io_pgetevents (as on x86_64), by number.
     #[cfg(target_arch = "aarch64")]
-    pub const MULTIPATH_ARCH: &[i64] = &[];
+    pub const MULTIPATH_ARCH: &[i64] = &[292];
 
     /// The open(2) flags the plain profile refuses once serving: any access
     /// mode but O_RDONLY, creating (O_CREAT, O_TMPFILE), truncating and

@@ -22,7 +22,7 @@ const SOCKET: &str = "/run/pr-helper-mpath.sock";
 const KEY: u64 = 0x00c0_ffee_0000_0001;
 const KEY2: u64 = 0x00c0_ffee_0000_0002;
 
-const MULTIPATH_CONF: &str = r#"defaults {
+pub const MULTIPATH_CONF: &str = r#"defaults {
     user_friendly_names no
     find_multipaths no
     reservation_key file
@@ -35,7 +35,7 @@ blacklist {
 }
 "#;
 
-fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     match Command::new(cmd)
         .args(args)
         .env("DM_DISABLE_UDEV", "1")
@@ -58,7 +58,7 @@ fn rdev(path: &Path) -> Result<(u32, u32), String> {
 }
 
 /// Writes the udev database entries libmultipath needs for `dev`.
-fn udev_entry(dev: &Path, serial: &str) -> Result<(), String> {
+pub fn udev_entry(dev: &Path, serial: &str) -> Result<(), String> {
     let (maj, min) = rdev(dev)?;
     std::fs::create_dir_all("/run/udev/data").map_err(|e| e.to_string())?;
     // ID_WWN: multipath blacklists devices without an ID_WWN or
@@ -76,7 +76,7 @@ fn map_device(name: &str) -> Option<PathBuf> {
     ok.then(|| PathBuf::from(format!("/dev/dm-{}", out.trim())))
 }
 
-fn persist_direct(dev: &Path, args: &[&str]) -> String {
+pub fn persist_direct(dev: &Path, args: &[&str]) -> String {
     let mut full = vec!["-n"];
     full.extend_from_slice(args);
     full.push(dev.to_str().unwrap_or_default());
@@ -125,6 +125,63 @@ fn registrations(path: &Path, key: u64) -> usize {
         .lines()
         .filter(|l| l.trim() == format!("0x{key:x}"))
         .count()
+}
+
+/// Starts multipathd in the foreground (`-d -s`), the program at `path` run
+/// through `prefix` (empty, or `chroot ROOT`).
+pub fn start_multipathd(path: &str, prefix: &[&str]) -> Result<Child, String> {
+    let (program, args) = match prefix.split_first() {
+        Some((first, rest)) => (*first, [rest, &[path]].concat()),
+        None => (path, Vec::new()),
+    };
+    Command::new(program)
+        .args(args)
+        .args(["-d", "-s", "-v2"])
+        .env("DM_DISABLE_UDEV", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("multipathd: {e}"))
+}
+
+/// Makes the multipath map of the paths with udev serial `serial` and waits
+/// until multipathd has adopted it; returns its /dev/dm-N.
+pub fn make_map(serial: &str) -> Result<PathBuf, String> {
+    let mut map = None;
+    let found = wait_for("multipath map", Duration::from_secs(30), || {
+        let _ = run("/sbin/multipath", &["-v0"]);
+        map = map_device(serial);
+        map.is_some()
+    });
+    if let Err(e) = found {
+        let (_, why) = run("/sbin/multipath", &["-v3"]);
+        for line in why.lines() {
+            println!("MPATH-DEBUG {line}");
+        }
+        return Err(format!("{e} (multipath -v3 output above)"));
+    }
+    let map = map.unwrap_or_default();
+    // The map was made by the multipath command; multipathd adopts it a
+    // little later, and until then libmpathpersist cannot hand it the
+    // registered key ("failed to set prkey for multipathd"): REGISTER fails.
+    // Without udev, multipathd learns of the map only at its next look
+    // round (slow under a loaded host): ask it to adopt the map as well.
+    wait_for(
+        "multipathd to adopt the map",
+        Duration::from_secs(60),
+        || {
+            let (ok, maps) = run("/sbin/multipathd", &["show", "maps"]);
+            let adopted = ok
+                && maps
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(serial));
+            if !adopted {
+                let _ = run("/sbin/multipathd", &["add", "map", serial]);
+            }
+            adopted
+        },
+    )?;
+    Ok(map)
 }
 
 /// Polls `f` every 200 ms until it holds, for at most `limit`.
@@ -220,13 +277,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     std::fs::create_dir_all("/etc/multipath").map_err(|e| e.to_string())?;
     std::fs::write("/etc/multipath.conf", MULTIPATH_CONF).map_err(|e| e.to_string())?;
     std::fs::write("/etc/multipath/prkeys", "").map_err(|e| e.to_string())?;
-    let multipathd = Command::new("/sbin/multipathd")
-        .args(["-d", "-s", "-v2"])
-        .env("DM_DISABLE_UDEV", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("multipathd: {e}"))?;
+    let multipathd = start_multipathd("/sbin/multipathd", &[])?;
     // pr-helper with multipath support, as the RPM's drop-in runs it (D33):
     // uid 0 with only CAP_SYS_RAWIO and CAP_SYS_ADMIN in the bounding set
     // (so in its permitted set after exec).
@@ -255,40 +306,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("pr-helper-mpath: {e}"))?;
     let _daemons = Daemons { multipathd, helper };
-    let mut map = None;
-    let found = wait_for("multipath map", Duration::from_secs(30), || {
-        let _ = run("/sbin/multipath", &["-v0"]);
-        map = map_device(&serial);
-        map.is_some()
-    });
-    if let Err(e) = found {
-        let (_, why) = run("/sbin/multipath", &["-v3"]);
-        for line in why.lines() {
-            println!("MPATH-DEBUG {line}");
-        }
-        return Err(format!("{e} (multipath -v3 output above)"));
-    }
-    let map = map.unwrap_or_default();
-    // The map was made by the multipath command; multipathd adopts it a
-    // little later, and until then libmpathpersist cannot hand it the
-    // registered key ("failed to set prkey for multipathd"): REGISTER fails.
-    // Without udev, multipathd learns of the map only at its next look
-    // round (slow under a loaded host): ask it to adopt the map as well.
-    wait_for(
-        "multipathd to adopt the map",
-        Duration::from_secs(60),
-        || {
-            let (ok, maps) = run("/sbin/multipathd", &["show", "maps"]);
-            let adopted = ok
-                && maps
-                    .lines()
-                    .any(|l| l.split_whitespace().next() == Some(&serial));
-            if !adopted {
-                let _ = run("/sbin/multipathd", &["add", "map", &serial]);
-            }
-            adopted
-        },
-    )?;
+    let map = make_map(&serial)?;
     wait_for("pr-helper-mpath socket", Duration::from_secs(20), || {
         Path::new(SOCKET).exists()
     })?;

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Downloads multipath-tools from Debian unstable (0.15.1 at the time of
+# writing: the reservation code reworked in 0.13.0) with the libraries it
+# needs, and unpacks them into $PRH_TEST_CACHE/testbed-sid/root: the root
+# the multipath test bed runs the current libmpathpersist from (in a
+# chroot, next to bookworm's 0.9.4). unstable's binaries need unstable's
+# glibc, so they get their own root rather than being mixed into bookworm's.
+#
+# apt runs with a private state directory and sources list (the host's apt
+# state is not touched) and an empty dpkg status, so `install -d` downloads
+# the whole dependency closure; only the libraries and multipath-tools are
+# unpacked. Idempotent: nothing is downloaded or unpacked again while the
+# candidate files are the ones already there (the root is stamped with
+# their names). Run by `tests/run setup`; the tests never download.
+set -euo pipefail
+CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed-sid
+mkdir -p "$CACHE"/{state/lists/partial,cache/archives/partial}
+cd "$CACHE"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" > sources.list
+: > status
+OPTS=(-o Dir::State="$CACHE/state" -o Dir::State::status="$CACHE/status"
+    -o Dir::Cache="$CACHE/cache" -o Dir::Etc::SourceList="$CACHE/sources.list"
+    -o Dir::Etc::SourceParts=/dev/null -o Dir::Etc::Preferences=/dev/null
+    -o Dir::Etc::PreferencesParts=/dev/null -o APT::Architecture=amd64
+    -o APT::Sandbox::User=root)
+APT=(apt-get -q "${OPTS[@]}")
+"${APT[@]}" update >/dev/null
+"${APT[@]}" install -d -y --no-install-recommends multipath-tools >/dev/null
+
+# What the root holds: multipath-tools and every library package of the
+# closure (not systemd, udev or initramfs-tools, which it also pulls in).
+DEBS=()
+for f in cache/archives/*.deb; do
+    case $(basename "$f") in
+        multipath-tools_* | lib* | zlib1g_*) DEBS+=("$f") ;;
+    esac
+done
+# Older versions left by an earlier run are not unpacked: only the files
+# the current candidates name.
+declare -A candidate=()
+PKGS=()
+for f in "${DEBS[@]}"; do PKGS+=("$(dpkg-deb -f "$f" Package)"); done
+while read -r pkg ver; do
+    candidate[$pkg]=$ver
+done < <(apt-cache "${OPTS[@]}" policy "${PKGS[@]}" |
+    awk '/^[^ ].*:$/ {p=substr($0, 1, length($0)-1)} /Candidate:/ {print p, $2}')
+CURRENT=()
+for f in "${DEBS[@]}"; do
+    read -r pkg ver < <(dpkg-deb -f "$f" Package Version | awk '{print $2}' | paste -sd' ')
+    if [ "$ver" = "${candidate[$pkg]:-}" ]; then CURRENT+=("$f"); else rm -f "$f"; fi
+done
+stamp=$(printf '%s\n' "${CURRENT[@]}" | sort | tr '\n' ' ')
+ROOT=$CACHE/root
+if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "$stamp" ]; then
+    rm -rf "$ROOT"
+    mkdir -p "$ROOT"
+    for f in "${CURRENT[@]}"; do
+        dpkg -x "$f" "$ROOT"
+    done
+    # The merged-/usr links base-files would make.
+    for d in lib lib64 bin sbin; do
+        [ -e "$ROOT/$d" ] || ln -s "usr/$d" "$ROOT/$d"
+    done
+    dpkg-deb -f cache/archives/multipath-tools_*.deb Version > "$CACHE/multipath-tools-version"
+    echo "$stamp" > "$CACHE/root.done"
+fi
+echo "unstable root ready: $ROOT (multipath-tools $(cat "$CACHE/multipath-tools-version"))"
