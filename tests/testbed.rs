@@ -479,18 +479,19 @@ fn nested_guest_through_pr_helper() {
 /// pr-helper built with `--features mpath` going through libmpathpersist
 /// (READ FULL STATUS with 42 registrations through SG_IO, D14). Then the
 /// `devices` suite (D27, D28): a partition and dm-linear maps on a LIO
-/// disk, through the plain and the multipath build. Then `migrate`: QEMU
-/// 11's reservation hand-over on a map, through bookworm's libmpathpersist
-/// and Debian unstable's, each compared with its own mpathpersist.
+/// disk, through the plain and the multipath build. Then `flows`: QEMU 11's
+/// reservation hand-over and failed-path flows on a map, through bookworm's
+/// libmpathpersist and Debian unstable's, each compared with its own
+/// mpathpersist.
 #[test]
 fn multipath_map_through_libmpathpersist() {
     let run = boot(
-        "mpath,devices,migrate",
+        "mpath,devices,flows",
         Image::Mpath,
         "1G",
         Duration::from_secs(600),
     );
-    run.assert_all_passed(21 + 8 + 2 * 16 + 4 + 8);
+    run.assert_all_passed(21 + 8 + 2 * 16 + 4 + 21);
     assert_eq!(
         run.figure("mpath-full-status-registrations"),
         Some("42"),

@@ -13,8 +13,8 @@ mod exec;
 mod faults;
 mod isolation;
 mod lio;
-mod migrate;
 mod mpath;
+mod mpath_flows;
 mod mpath_many;
 mod nested;
 mod scripts;
@@ -45,7 +45,7 @@ fn main() {
             "nested" => nested::run(&mut next_lun),
             "mpath" => mpath::run_suite(&mut next_lun),
             "devices" => devices::run_suite(&mut next_lun),
-            "migrate" => migrate::run_suite(&mut next_lun),
+            "flows" => mpath_flows::run_suite(&mut next_lun),
             other => result(&format!("suite-{other}"), Err("unknown suite".into())),
         }
         println!(
