@@ -78,6 +78,10 @@ struct Artifacts {
     /// The same plus pr-helper built with `--features mpath` and
     /// multipath-tools.
     mpath_initramfs: PathBuf,
+    /// Where the guest's static binaries are.
+    guest_out: PathBuf,
+    /// The multipath build of pr-helper.
+    mpath_helper: PathBuf,
 }
 
 /// Builds the static binaries and the initramfs once per test process.
@@ -141,8 +145,47 @@ fn artifacts() -> &'static Artifacts {
             initramfs: build("testbed-initramfs.cpio.gz", false, false),
             nested_initramfs: build("testbed-nested-initramfs.cpio.gz", true, false),
             mpath_initramfs: build("testbed-mpath-initramfs.cpio.gz", false, true),
+            guest_out: out.clone(),
+            mpath_helper: mpath_helper.clone(),
         }
     })
+}
+
+/// A current Debian kernel (`suite` "trixie" or "sid", fetched by
+/// tests/testbed/fetch-kernels.sh) and the multipath initramfs built with
+/// its modules.
+fn kernel_artifacts(suite: &str) -> (&'static Path, &'static Path) {
+    static TRIXIE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    static SID: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    let cell = match suite {
+        "trixie" => &TRIXIE,
+        "sid" => &SID,
+        other => panic!("no kernel suite {other}"),
+    };
+    let (kernel, initramfs) = cell.get_or_init(|| {
+        let a = artifacts();
+        let kcache = cache().with_file_name(format!("testbed-kernel-{suite}"));
+        let image = std::fs::read_to_string(kcache.join("kernel-image")).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run `tests/run setup` (tests/testbed/fetch-kernels.sh) first",
+                kcache.display()
+            )
+        });
+        let kernel = PathBuf::from(image.trim());
+        assert!(kernel.exists(), "{} missing", kernel.display());
+        let initramfs = root().join(format!("target/testbed-kernel-{suite}-initramfs.cpio.gz"));
+        build_initramfs(
+            &initramfs,
+            &a.guest_out,
+            "/usr/sbin/dmsetup",
+            &[
+                ("TESTBED_MPATH_HELPER", a.mpath_helper.as_os_str()),
+                ("TESTBED_KERNEL", kcache.as_os_str()),
+            ],
+        );
+        (kernel, initramfs)
+    });
+    (kernel, initramfs)
 }
 
 /// The arm64 test bed: its kernel and the LIO initramfs (aarch64 static
@@ -263,6 +306,9 @@ enum Image {
     Plain,
     Nested,
     Mpath,
+    /// The multipath initramfs with the modules of a current Debian kernel
+    /// (tests/testbed/fetch-kernels.sh: "trixie" or "sid"), booting it.
+    Kernel(&'static str),
     /// The arm64 guest (LIO suites only).
     Aarch64,
 }
@@ -282,6 +328,16 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
                     "ttyAMA0",
                     &a.kernel,
                     &a.initramfs,
+                )
+            }
+            Image::Kernel(suite) => {
+                let (kernel, initramfs) = kernel_artifacts(suite);
+                (
+                    "/usr/bin/qemu-system-x86_64",
+                    &[],
+                    "ttyS0",
+                    kernel,
+                    initramfs,
                 )
             }
             _ => {
@@ -304,7 +360,7 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
     // extended range (259:N) to hand its number to a partition: an NVMe
     // namespace on QEMU's null driver (no file; reads give zeros).
     let nvme: &[&str] = match image {
-        Image::Mpath => &[
+        Image::Mpath | Image::Kernel(_) => &[
             "-blockdev",
             "driver=null-co,node-name=nvme0,size=16777216",
             "-device",
@@ -364,8 +420,9 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
     let seconds = started.elapsed().as_secs_f64();
     // Kept for a closer look after a failure.
     let arch = match image {
-        Image::Aarch64 => "aarch64-",
-        _ => "",
+        Image::Aarch64 => "aarch64-".to_string(),
+        Image::Kernel(suite) => format!("kernel-{suite}-"),
+        _ => String::new(),
     };
     let log =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testbed-{arch}{suites}.console"));
@@ -463,6 +520,39 @@ fn lio_test_bed_aarch64() {
     ] {
         assert!(run.figure(figure).is_some(), "figure {figure} missing");
     }
+}
+
+/// Every LIO and multipath suite in one boot of a current Debian kernel
+/// (`suite`: trixie's 6.12, or unstable's newest), with Landlock enforcing
+/// (the guest's helpers run with `require_landlock`, and the multipath ones
+/// need Landlock ABI 5's IoctlDev right for the path devices
+/// libmpathpersist opens after the sandbox).
+fn current_kernel(suite: &'static str) {
+    let run = boot(
+        "matrix,tools,isolation,faults,mpath,devices,flows",
+        Image::Kernel(suite),
+        "1G",
+        Duration::from_secs(1800),
+    );
+    run.assert_all_passed(185 + 21 + 8 + 2 * 16 + 4 + 21);
+    assert!(
+        run.figure("landlock-abi")
+            .is_some_and(|abi| abi.parse::<u32>().is_ok_and(|n| n >= 5)),
+        "Landlock ABI {:?}: want 5 or later on a current kernel",
+        run.figure("landlock-abi")
+    );
+}
+
+/// [`current_kernel`] on Debian 13's kernel (6.12).
+#[test]
+fn current_kernel_debian_13() {
+    current_kernel("trixie");
+}
+
+/// [`current_kernel`] on Debian unstable's kernel.
+#[test]
+fn current_kernel_debian_unstable() {
+    current_kernel("sid");
 }
 
 /// The whole stack: a QEMU guest inside the test-bed guest with its disk

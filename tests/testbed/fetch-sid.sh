@@ -14,17 +14,12 @@
 # their names). Run by `tests/run setup`; the tests never download.
 set -euo pipefail
 CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed-sid
-mkdir -p "$CACHE"/{state/lists/partial,cache/archives/partial}
-cd "$CACHE"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" > sources.list
-: > status
-OPTS=(-o Dir::State="$CACHE/state" -o Dir::State::status="$CACHE/status"
-    -o Dir::Cache="$CACHE/cache" -o Dir::Etc::SourceList="$CACHE/sources.list"
-    -o Dir::Etc::SourceParts=/dev/null -o Dir::Etc::Preferences=/dev/null
-    -o Dir::Etc::PreferencesParts=/dev/null -o APT::Architecture=amd64
-    -o APT::Sandbox::User=root)
+# shellcheck source=tests/testbed/apt-private.sh
+. "$(dirname "$0")/apt-private.sh"
+apt_private "$CACHE" sid
+OPTS=("${APT_OPTS[@]}")
 APT=(apt-get -q "${OPTS[@]}")
-"${APT[@]}" update >/dev/null
+cd "$CACHE"
 "${APT[@]}" install -d -y --no-install-recommends multipath-tools >/dev/null
 
 # What the root holds: multipath-tools and every library package of the

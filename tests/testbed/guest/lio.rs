@@ -74,6 +74,7 @@ pub fn create(index: usize) -> Result<Lun, String> {
     for (i, initiator) in INITIATORS.iter().enumerate() {
         let tpg = tpg(index, i);
         mkdir(format!("{tpg}/lun/lun_0"))?;
+        number_port(&tpg, i)?;
         write(format!("{tpg}/nexus"), initiator)?;
         std::os::unix::fs::symlink(&backstore, format!("{tpg}/lun/lun_0/port0"))
             .map_err(|e| format!("link LUN {index} in {tpg}: {e}"))?;
@@ -83,6 +84,20 @@ pub fn create(index: usize) -> Result<Lun, String> {
     }
     let [a, b]: [Path2; 2] = paths.try_into().map_err(|_| "two paths".to_string())?;
     Ok(Lun { paths: [a, b] })
+}
+
+/// Gives the target port of `tpg` the relative target port identifier
+/// `slot` + 1. Linux 6.1 numbers a LUN's ports 1, 2, ... itself; later
+/// kernels number target portal groups instead and leave tcm_loop's at 0
+/// (every port 0: REGISTER AND MOVE cannot name one, and READ FULL STATUS
+/// cannot tell them apart) unless set through the TPG's `rtpi` attribute,
+/// which they have and 6.1 does not.
+fn number_port(tpg: &str, slot: usize) -> Result<(), String> {
+    let rtpi = format!("{tpg}/rtpi");
+    if Path::new(&rtpi).exists() {
+        write(&rtpi, &format!("{}", slot + 1))?;
+    }
+    Ok(())
 }
 
 /// Finds the sd and sg nodes of the SCSI device at `address` ("H:C:T",
@@ -155,6 +170,7 @@ pub fn add_initiator(index: usize, slot: usize, initiator: &str) -> Result<Path2
     let backstore = format!("{TARGET}/core/fileio_{index}/disk{index}");
     let tpg = tpg(index, slot);
     mkdir(format!("{tpg}/lun/lun_0"))?;
+    number_port(&tpg, slot)?;
     write(format!("{tpg}/nexus"), initiator)?;
     std::os::unix::fs::symlink(&backstore, format!("{tpg}/lun/lun_0/port0"))
         .map_err(|e| format!("link LUN {index} in {tpg}: {e}"))?;

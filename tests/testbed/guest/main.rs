@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 fn main() {
     let suites: Vec<String> = std::env::args().skip(1).collect();
     let mut next_lun = 0;
+    // Every pr-helper this runner starts must apply its Landlock ruleset
+    // (a start-up error otherwise): the suites run sandboxed as shipped,
+    // on every kernel the test bed boots.
+    std::env::set_var("PR_HELPER_REQUIRE_LANDLOCK", "true");
+    println!("FIGURE landlock-abi {}", landlock_abi());
     let helpers = match start_helpers() {
         Ok(h) => h,
         Err(e) => {
@@ -115,4 +120,21 @@ fn matrix(next_lun: &mut usize) {
             }
         }
     }
+}
+
+/// The kernel's Landlock ABI version (0: none).
+fn landlock_abi() -> i64 {
+    // LANDLOCK_CREATE_RULESET_VERSION: no ruleset, the ABI version.
+    const VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag
+    // the call only returns a number.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            VERSION,
+        )
+    };
+    abi.max(0)
 }

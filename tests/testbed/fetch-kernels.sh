@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Downloads the current Debian kernels for the VM test bed: Debian 13's
+# (trixie, 6.12) and unstable's newest, each the package linux-image-amd64
+# depends on in that suite, and unpacks each (kernel and modules) into
+# $PRH_TEST_CACHE/testbed-kernel-SUITE/root, with modules.dep made by the
+# host's depmod. The test bed's 6.1 kernel (fetch.sh) stays the main one;
+# these boot the same suites on kernels with Landlock ABI 6 and later.
+#
+# Private apt state per suite (tests/testbed/apt-private.sh); idempotent:
+# nothing is downloaded or unpacked again while the candidate file is the
+# one already there (SHA256 checked). Run by `tests/run setup`; the tests
+# never download.
+set -euo pipefail
+# shellcheck source=tests/testbed/apt-private.sh
+. "$(dirname "$0")/apt-private.sh"
+for suite in trixie sid; do
+    CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed-kernel-$suite
+    apt_private "$CACHE" "$suite"
+    kpkg=$(apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 |
+        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    [ -n "$kpkg" ] || { echo "fetch-kernels.sh: no kernel package in $suite" >&2; exit 1; }
+    # Newer suites split the image package: its files are in a
+    # linux-binary-* (or linux-modules-*) package it depends on.
+    pkgs=("$kpkg")
+    while read -r dep; do
+        pkgs+=("$dep")
+    done < <(apt-cache "${APT_OPTS[@]}" depends "$kpkg" |
+        awk '/Depends: linux-(binary|modules)-[0-9]/ {print $2}')
+    debs=$CACHE/cache/archives
+    files=()
+    for p in "${pkgs[@]}"; do
+        read -r _ file _ sum < <(cd "$CACHE" && apt-get -q "${APT_OPTS[@]}" download --print-uris "$p" | head -1) || true
+        [ -n "${file:-}" ] || { echo "fetch-kernels.sh: apt knows no candidate for $p ($suite)" >&2; exit 1; }
+        if [ ! -f "$debs/$file" ] || [ "SHA256:$(sha256sum "$debs/$file" | cut -d' ' -f1)" != "$sum" ]; then
+            rm -f "$debs/${p}"_*.deb
+            (cd "$debs" && apt-get -q "${APT_OPTS[@]}" download "$p" >/dev/null)
+        fi
+        files+=("$file")
+    done
+    ROOT=$CACHE/root
+    if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "${files[*]}" ]; then
+        rm -rf "$ROOT"
+        mkdir -p "$ROOT"
+        for file in "${files[@]}"; do
+            dpkg -x "$debs/$file" "$ROOT"
+        done
+        [ -e "$ROOT/lib" ] || ln -s usr/lib "$ROOT/lib"
+        kver=$(ls "$ROOT/lib/modules" | head -1)
+        # /boot/vmlinuz-KVER, or (unstable's split packages) in the
+        # modules directory.
+        image=
+        for f in "boot/vmlinuz-$kver" "lib/modules/$kver/vmlinuz"; do
+            [ -n "$kver" ] && [ -f "$ROOT/$f" ] && { image=$ROOT/$f; break; }
+        done
+        [ -n "$image" ] || { echo "fetch-kernels.sh: no kernel in ${files[*]}" >&2; exit 1; }
+        depmod -b "$ROOT" "$kver"
+        echo "$image" > "$CACHE/kernel-image"
+        echo "$kver" > "$CACHE/kernel-version"
+        echo "${files[*]}" > "$CACHE/root.done"
+    fi
+    echo "$suite kernel ready: $(cat "$CACHE/kernel-image")"
+done
