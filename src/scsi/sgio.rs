@@ -47,8 +47,10 @@ struct SgIoHdr {
 /// SG_IO, from <scsi/sg.h>: the same number on every Linux architecture.
 pub(crate) const SG_IO: libc::c_ulong = 0x2285;
 /// BLKGETDISKSEQ, from <linux/fs.h>: `_IOR(0x12, 128, __u64)` (Linux 5.15).
+/// nix computes it in libc's request type, a signed int on musl: through
+/// u32, so that the high bit is not sign-extended into the upper half.
 pub(crate) const BLKGETDISKSEQ: libc::c_ulong =
-    nix::request_code_read!(0x12, 128, std::mem::size_of::<u64>()) as libc::c_ulong;
+    nix::request_code_read!(0x12, 128, std::mem::size_of::<u64>()) as u32 as libc::c_ulong;
 const SG_DXFER_NONE: libc::c_int = -1;
 const SG_DXFER_TO_DEV: libc::c_int = -2;
 const SG_DXFER_FROM_DEV: libc::c_int = -3;
