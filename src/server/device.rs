@@ -3,8 +3,9 @@
 //! detection, by [`crate::server::command::Executor::route`].
 //!
 //! The fd itself is inspected once per request ([`Inspected`]: one F_GETFL,
-//! one fstat, and for a block device one BLKGETDISKSEQ); the check, the read-only rule of PR OUT, the device key of
-//! the per-device bound (D29) and multipath detection all read that. (The
+//! one fstat, and for a block device one BLKGETDISKSEQ); the check, the
+//! read-only rule of PR OUT, the device key of the per-device bound (D29)
+//! and multipath detection all read that. (The
 //! log line of a failed request and the audit record of a PR OUT still
 //! make their own fstat, in `reply` and `audit`.)
 //!
@@ -285,13 +286,8 @@ pub fn check_in(
     }
     let dev_block = dev_block.ok_or_else(|| Refused::Unchecked("no /sys/dev/block".to_string()))?;
     let dev = format!("{}:{}", libc::major(st.rdev), libc::minor(st.rdev));
-    match whole_unit(dev_block, &dev, 0)? {
-        Whole::Disk => {
-            if let Some(key) = key {
-                remembered.insert(key);
-            }
-        }
-        Whole::Mapped => {}
+    if let (Whole::Disk, Some(key)) = (whole_unit(dev_block, &dev, 0)?, key) {
+        remembered.insert(key);
     }
     Ok(())
 }
