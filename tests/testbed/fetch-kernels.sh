@@ -6,19 +6,17 @@
 # host's depmod. The test bed's 6.1 kernel (fetch.sh) stays the main one;
 # these boot the same suites on kernels with Landlock ABI 6 and later.
 #
-# Private apt state per suite (tests/testbed/apt-private.sh); idempotent:
-# nothing is downloaded or unpacked again while the candidate file is the
-# one already there (SHA256 checked). Run by `tests/run setup`; the tests
+# Private apt state per suite (tests/testbed/apt.sh); idempotent: nothing
+# is downloaded or unpacked again while the candidate files are the ones
+# already there (SHA256 checked). Run by `tests/run setup`; the tests
 # never download.
 set -euo pipefail
-# shellcheck source=tests/testbed/apt-private.sh
-. "$(dirname "$0")/apt-private.sh"
+# shellcheck source=tests/testbed/apt.sh
+. "$(dirname "$0")/apt.sh"
 for suite in trixie sid; do
     CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed-kernel-$suite
     apt_private "$CACHE" "$suite"
-    kpkg=$(apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 |
-        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    [ -n "$kpkg" ] || { echo "fetch-kernels.sh: no kernel package in $suite" >&2; exit 1; }
+    kpkg=$(kernel_package "${APT_OPTS[@]}")
     # Newer suites split the image package: its files are in a
     # linux-binary-* (or linux-modules-*) package it depends on.
     pkgs=("$kpkg")
@@ -29,13 +27,7 @@ for suite in trixie sid; do
     debs=$CACHE/cache/archives
     files=()
     for p in "${pkgs[@]}"; do
-        read -r _ file _ sum < <(cd "$CACHE" && apt-get -q "${APT_OPTS[@]}" download --print-uris "$p" | head -1) || true
-        [ -n "${file:-}" ] || { echo "fetch-kernels.sh: apt knows no candidate for $p ($suite)" >&2; exit 1; }
-        if [ ! -f "$debs/$file" ] || [ "SHA256:$(sha256sum "$debs/$file" | cut -d' ' -f1)" != "$sum" ]; then
-            rm -f "$debs/${p}"_*.deb
-            (cd "$debs" && apt-get -q "${APT_OPTS[@]}" download "$p" >/dev/null)
-        fi
-        files+=("$file")
+        files+=("$(fetch_candidate "$debs" "$p" "${APT_OPTS[@]}")")
     done
     ROOT=$CACHE/root
     if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "${files[*]}" ]; then

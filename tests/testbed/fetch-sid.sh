@@ -14,8 +14,8 @@
 # their names). Run by `tests/run setup`; the tests never download.
 set -euo pipefail
 CACHE=${PRH_TEST_CACHE:-/var/cache/pr-helper}/testbed-sid
-# shellcheck source=tests/testbed/apt-private.sh
-. "$(dirname "$0")/apt-private.sh"
+# shellcheck source=tests/testbed/apt.sh
+. "$(dirname "$0")/apt.sh"
 apt_private "$CACHE" sid
 OPTS=("${APT_OPTS[@]}")
 APT=(apt-get -q "${OPTS[@]}")
