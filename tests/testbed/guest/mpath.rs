@@ -35,12 +35,29 @@ blacklist {
 }
 "#;
 
+/// `program` as a command, run through `prefix` (empty, or `chroot ROOT`
+/// for the unstable root's programs), with device-mapper told not to wait
+/// for udev.
+pub fn command(prefix: &[&str], program: &str) -> Command {
+    let mut c = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    c.env("DM_DISABLE_UDEV", "1");
+    c
+}
+
 pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    match Command::new(cmd)
-        .args(args)
-        .env("DM_DISABLE_UDEV", "1")
-        .output()
-    {
+    run_in(&[], cmd, args)
+}
+
+/// [`run`] through `prefix` ([`command`]).
+pub fn run_in(prefix: &[&str], cmd: &str, args: &[&str]) -> (bool, String) {
+    match command(prefix, cmd).args(args).output() {
         Ok(o) => (
             o.status.success(),
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
@@ -130,14 +147,8 @@ fn registrations(path: &Path, key: u64) -> usize {
 /// Starts multipathd in the foreground (`-d -s`), the program at `path` run
 /// through `prefix` (empty, or `chroot ROOT`).
 pub fn start_multipathd(path: &str, prefix: &[&str]) -> Result<Child, String> {
-    let (program, args) = match prefix.split_first() {
-        Some((first, rest)) => (*first, [rest, &[path]].concat()),
-        None => (path, Vec::new()),
-    };
-    Command::new(program)
-        .args(args)
+    command(prefix, path)
         .args(["-d", "-s", "-v2"])
-        .env("DM_DISABLE_UDEV", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -38,14 +38,14 @@
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use pr_helper::scsi::pr::{self, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
 use pr_helper::scsi::sgio::{self, DataPhase};
 
 use crate::exec::{self, Via};
-use crate::mpath::{self, run, wait_for};
+use crate::mpath::{self, run, run_in, wait_for};
 use crate::{lio, result};
 
 /// The source host's initiator port (a third nexus on the LUN).
@@ -100,7 +100,7 @@ impl Daemon {
     fn cli(self, args: &[&str]) -> (bool, String) {
         match self {
             Daemon::Bookworm => run("/sbin/multipathd", args),
-            Daemon::Sid => run("chroot", &[&[SID, "/usr/sbin/multipathd"], args].concat()),
+            Daemon::Sid => run_in(&["chroot", SID], "/usr/sbin/multipathd", args),
         }
     }
 }
@@ -208,9 +208,8 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     children.0.push(start_helper(&[], SOCKET_BOOKWORM)?);
     children.0.push(start_helper(&["chroot", SID], SOCKET_SID)?);
     children.0.push(
-        Command::new("/usr/bin/qemu-pr-helper")
+        mpath::command(&[], "/usr/bin/qemu-pr-helper")
             .args(["-k", SOCKET_REFERENCE])
-            .env("DM_DISABLE_UDEV", "1")
             .spawn()
             .map_err(|e| format!("qemu-pr-helper: {e}"))?,
     );
@@ -413,10 +412,7 @@ fn send(subject: Subject, map: &Path, sa: u8, ty: u8, key: u64, sa_key: u64) -> 
             }
             args.push(map.to_str().unwrap_or_default());
             let (ok, out) = if sid {
-                run(
-                    "chroot",
-                    &[&[SID, "/usr/sbin/mpathpersist"], args.as_slice()].concat(),
-                )
+                run_in(&["chroot", SID], "/usr/sbin/mpathpersist", &args)
             } else {
                 run("/sbin/mpathpersist", &args)
             };
@@ -476,16 +472,16 @@ fn sid_mounts() -> Result<(), String> {
     Ok(())
 }
 
-/// pr-helper-mpath on `socket`, through `prefix` (empty, or chroot).
+/// pr-helper-mpath on `socket`: the test bed's, or (through `chroot /sid`)
+/// the same binary bind-mounted into the unstable root.
 fn start_helper(prefix: &[&str], socket: &str) -> Result<Child, String> {
-    let (program, args): (&str, Vec<&str>) = match prefix.split_first() {
-        Some((first, rest)) => (first, [rest, &["/pr-helper-mpath"]].concat()),
-        None => ("/bin/pr-helper-mpath", Vec::new()),
+    let program = if prefix.is_empty() {
+        "/bin/pr-helper-mpath"
+    } else {
+        "/pr-helper-mpath"
     };
-    Command::new(program)
-        .args(args)
+    mpath::command(prefix, program)
         .args(["-k", socket])
-        .env("DM_DISABLE_UDEV", "1")
         .spawn()
         .map_err(|e| format!("pr-helper-mpath {prefix:?}: {e}"))
 }
