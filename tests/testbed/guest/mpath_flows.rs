@@ -49,16 +49,16 @@ use crate::mpath::{self, run, run_in, wait_for};
 use crate::{lio, result};
 
 /// The source host's initiator port (a third nexus on the LUN).
-const SOURCE_INITIATOR: &str = "naa.5001405bbbbbbbb3";
-const SOURCE_SAS: u64 = 0x5001405bbbbbbbb3;
+pub(crate) const SOURCE_INITIATOR: &str = "naa.5001405bbbbbbbb3";
+pub(crate) const SOURCE_SAS: u64 = 0x5001405bbbbbbbb3;
 /// The map's key (the guest's, in the migrate flow).
-const KEY: u64 = 0x00c0_ffee_0000_0a11;
+pub(crate) const KEY: u64 = 0x00c0_ffee_0000_0a11;
 /// The source host's own key.
-const SOURCE_KEY: u64 = 0x00c0_ffee_0000_0b22;
+pub(crate) const SOURCE_KEY: u64 = 0x00c0_ffee_0000_0b22;
 /// Write Exclusive - Registrants Only.
-const TYPE: u8 = 5;
+pub(crate) const TYPE: u8 = 5;
 /// The unstable root (tests/testbed/build-initramfs.sh).
-const SID: &str = "/sid";
+pub(crate) const SID: &str = "/sid";
 const SOCKET_BOOKWORM: &str = "/run/prh-flows-bookworm.sock";
 const SOCKET_SID: &str = "/run/prh-flows-sid.sock";
 /// A qemu-pr-helper started once multipath.conf is written (the one every
@@ -83,13 +83,13 @@ enum Subject {
 
 /// Which multipathd serves the map.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Daemon {
+pub(crate) enum Daemon {
     Bookworm,
     Sid,
 }
 
 impl Daemon {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Daemon::Bookworm => "multipathd-0.9.4",
             Daemon::Sid => "multipathd-sid",
@@ -97,7 +97,7 @@ impl Daemon {
     }
 
     /// `multipathd ARGS` as a client of this daemon.
-    fn cli(self, args: &[&str]) -> (bool, String) {
+    pub(crate) fn cli(self, args: &[&str]) -> (bool, String) {
         match self {
             Daemon::Bookworm => run("/sbin/multipathd", args),
             Daemon::Sid => run_in(&["chroot", SID], "/usr/sbin/multipathd", args),
@@ -157,10 +157,10 @@ impl State {
 }
 
 /// Everything a flow acts on.
-struct Bed {
-    lun: lio::Lun,
-    source: lio::Path2,
-    map: PathBuf,
+pub(crate) struct Bed {
+    pub(crate) lun: lio::Lun,
+    pub(crate) source: lio::Path2,
+    pub(crate) map: PathBuf,
 }
 
 /// Runs the suite.
@@ -171,7 +171,7 @@ pub fn run_suite(next_lun: &mut usize) {
 }
 
 /// Kills its children on the way out.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -452,7 +452,7 @@ fn send(subject: Subject, map: &Path, sa: u8, ty: u8, key: u64, sa_key: u64) -> 
 /// Bind-mounts what the unstable root needs to serve: devices, proc, sys,
 /// /run (udev database, sockets), multipath's configuration and state, and
 /// the pr-helper-mpath binary of the test bed.
-fn sid_mounts() -> Result<(), String> {
+pub(crate) fn sid_mounts() -> Result<(), String> {
     std::fs::write(format!("{SID}/etc/multipath.conf"), "").map_err(|e| e.to_string())?;
     for (from, to) in [
         ("/dev", "dev"),
@@ -474,7 +474,7 @@ fn sid_mounts() -> Result<(), String> {
 
 /// pr-helper-mpath on `socket`: the test bed's, or (through `chroot /sid`)
 /// the same binary bind-mounted into the unstable root.
-fn start_helper(prefix: &[&str], socket: &str) -> Result<Child, String> {
+pub(crate) fn start_helper(prefix: &[&str], socket: &str) -> Result<Child, String> {
     let program = if prefix.is_empty() {
         "/bin/pr-helper-mpath"
     } else {
@@ -489,7 +489,7 @@ fn start_helper(prefix: &[&str], socket: &str) -> Result<Child, String> {
 /// sg_persist on the source's own nexus. A UNIT ATTENTION (a flow preempted
 /// the source's registration) is reported once per nexus; the command is
 /// sent again, as an initiator does.
-fn source_persist(source: &lio::Path2, args: &[&str]) -> Result<(), String> {
+pub(crate) fn source_persist(source: &lio::Path2, args: &[&str]) -> Result<(), String> {
     let mut full = vec!["-n", "-o"];
     full.extend_from_slice(args);
     full.push(source.sg.to_str().unwrap_or_default());
@@ -506,14 +506,14 @@ fn source_persist(source: &lio::Path2, args: &[&str]) -> Result<(), String> {
 
 /// No registration and no reservation left on the LUN: the source registers
 /// (ignoring whatever key it had) and clears.
-fn reset(source: &lio::Path2) -> Result<(), String> {
+pub(crate) fn reset(source: &lio::Path2) -> Result<(), String> {
     let key = format!("{SOURCE_KEY:x}");
     source_persist(source, &["-I", "-S", &key])?;
     source_persist(source, &["-C", "-K", &key])
 }
 
 /// The source registers `key` and reserves with type `ty`.
-fn source_register_reserve(source: &lio::Path2, key: u64, ty: u8) -> Result<(), String> {
+pub(crate) fn source_register_reserve(source: &lio::Path2, key: u64, ty: u8) -> Result<(), String> {
     let key = format!("{key:x}");
     source_persist(source, &["-G", "-S", &key])?;
     source_persist(source, &["-R", "-T", &ty.to_string(), "-K", &key])
@@ -521,7 +521,7 @@ fn source_register_reserve(source: &lio::Path2, key: u64, ty: u8) -> Result<(), 
 
 /// The map path `which` (0 = A, 1 = B) offline or back, and multipathd
 /// seeing it so (failed, or active again).
-fn set_path(bed: &Bed, daemon: Daemon, which: usize, up: bool) -> Result<(), String> {
+pub(crate) fn set_path(bed: &Bed, daemon: Daemon, which: usize, up: bool) -> Result<(), String> {
     let dev = &bed.lun.paths[which].block;
     let name = dev
         .file_name()
@@ -551,7 +551,7 @@ fn set_path(bed: &Bed, daemon: Daemon, which: usize, up: bool) -> Result<(), Str
 }
 
 /// Both map paths running and active.
-fn paths_back(bed: &Bed, daemon: Daemon) -> Result<(), String> {
+pub(crate) fn paths_back(bed: &Bed, daemon: Daemon) -> Result<(), String> {
     for which in 0..2 {
         set_path(bed, daemon, which, true)?;
     }
@@ -574,7 +574,7 @@ fn holder_path(bed: &Bed) -> Result<usize, String> {
 
 /// READ FULL STATUS on `sg`, sent again after a UNIT ATTENTION (a flow's
 /// preemption or CLEAR reports one per nexus).
-fn full_status(sg: &Path) -> Result<pr::decode::FullStatus, String> {
+pub(crate) fn full_status(sg: &Path) -> Result<pr::decode::FullStatus, String> {
     let mut last = String::new();
     for _ in 0..4 {
         let o = exec::run(
@@ -593,14 +593,14 @@ fn full_status(sg: &Path) -> Result<pr::decode::FullStatus, String> {
 }
 
 /// The SAS address in a SAS TransportID.
-fn sas(tid: &[u8]) -> Option<u64> {
+pub(crate) fn sas(tid: &[u8]) -> Option<u64> {
     tid.get(4..12)
         .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
 }
 
 /// The key registered through path A, path B and the source (READ FULL
 /// STATUS on `sg`).
-fn observe_keys(sg: &Path) -> Result<[Option<u64>; 3], String> {
+pub(crate) fn observe_keys(sg: &Path) -> Result<[Option<u64>; 3], String> {
     let full = full_status(sg)?;
     let nexuses = [lio::INITIATOR_SAS[0], lio::INITIATOR_SAS[1], SOURCE_SAS];
     Ok(nexuses.map(|n| {
@@ -639,7 +639,7 @@ fn observe(bed: &Bed, commands_good: bool) -> Result<State, String> {
 }
 
 /// WRITE(10) of one zeroed block at LBA 0 through `dev`: the SCSI status.
-fn write_block(dev: &Path) -> Result<u8, String> {
+pub(crate) fn write_block(dev: &Path) -> Result<u8, String> {
     let f = exec::open(dev, false)?;
     let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
     let block = [0u8; 512];
