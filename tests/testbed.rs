@@ -143,7 +143,9 @@ fn artifacts() -> &'static Artifacts {
         Artifacts {
             kernel,
             initramfs: build("testbed-initramfs.cpio.gz", false, false),
-            nested_initramfs: build("testbed-nested-initramfs.cpio.gz", true, false),
+            // With the multipath build and the unstable root: QEMU 11's
+            // live migration runs on multipath maps too.
+            nested_initramfs: build("testbed-nested-initramfs.cpio.gz", true, true),
             mpath_initramfs: build("testbed-mpath-initramfs.cpio.gz", false, true),
             guest_out: out.clone(),
             mpath_helper: mpath_helper.clone(),
@@ -557,12 +559,23 @@ fn current_kernel_debian_unstable() {
 
 /// The whole stack: a QEMU guest inside the test-bed guest with its disk
 /// `scsi-block` on LIO through pr-helper; the inner guest's sg_persist
-/// results are checked from the outer guest.
+/// results are checked from the outer guest. Then `migrate`: QEMU 11's
+/// live migration of the inner guest's reservation (`migrate-pr`), from
+/// one initiator port to another and from one multipath map to another
+/// host's map of the same LUN, each QEMU with its own pr-helper.
 #[test]
 fn nested_guest_through_pr_helper() {
-    let run = boot("nested", Image::Nested, "1536M", Duration::from_secs(1200));
-    run.assert_all_passed(5);
+    let run = boot(
+        "nested,migrate",
+        Image::Nested,
+        "2G",
+        Duration::from_secs(1800),
+    );
+    run.assert_all_passed(5 + 2 * 7);
     assert!(run.figure("nested-guest-seconds").is_some());
+    for figure in ["migrate-single-path-seconds", "migrate-map-seconds"] {
+        assert!(run.figure(figure).is_some(), "figure {figure} missing");
+    }
 }
 
 /// Multipath: a dm-multipath map over two LIO paths with multipathd, and

@@ -12,7 +12,8 @@
 # With TESTBED_NESTED=1 it also bundles what a nested guest needs: QEMU
 # (the host's qemu-system-x86_64 with its libraries and firmware), the kernel,
 # and an inner initramfs (virtio-scsi, sd, sg, sg3-utils, busybox and
-# tests/testbed/inner-init) as /boot/inner.cpio.gz.
+# tests/testbed/inner-init) as /boot/inner.cpio.gz; with TESTBED_MPATH_HELPER
+# as well, also unstable's QEMU 11 in /sid (live migration of reservations).
 #
 # With TESTBED_ARCH=aarch64 it builds the arm64 guest's initramfs from the
 # arm64 cache (tests/testbed/fetch-arm64.sh): the kernel modules, busybox,
@@ -220,12 +221,18 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
             "$SID/usr/lib/x86_64-linux-gnu:$SID/usr/lib" --list "$1" |
             awk '/=> \// {print $3}'
     }
-    for bin in "$SID"/usr/sbin/* "$SID"/usr/lib/multipath/*.so "$TESTBED_MPATH_HELPER"; do
-        [ -f "$bin" ] || continue
-        for lib in $(sid_list "$bin"); do
+    # copy_sid BINARY: BINARY's libraries from the unstable root into /sid
+    # (and BINARY itself, when it is in the unstable root).
+    copy_sid() {
+        local lib dest
+        case $1 in "$SID"/*) [ -e "$S${1#"$SID"}" ] || install -D -m 755 "$1" "$S${1#"$SID"}" ;; esac
+        for lib in $(sid_list "$1"); do
             dest=$S${lib#"$SID"}
             [ -e "$dest" ] || { mkdir -p "$(dirname "$dest")"; cp -L "$lib" "$dest"; }
         done
+    }
+    for bin in "$SID"/usr/sbin/* "$SID"/usr/lib/multipath/*.so "$TESTBED_MPATH_HELPER"; do
+        [ -f "$bin" ] && copy_sid "$bin"
     done
     cp -L "$SID/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$S/usr/lib/x86_64-linux-gnu/"
     touch "$S/pr-helper-mpath"
@@ -250,6 +257,16 @@ if [ "${TESTBED_NESTED:-0}" = 1 ]; then
     mkdir -p "$I/usr/share/qemu" "$I/usr/share/seabios"
     cp -L /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin "$I/usr/share/qemu/"
     cp -L /usr/share/seabios/bios-256k.bin "$I/usr/share/seabios/"
+    if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
+        # And QEMU 11 from the unstable root (scsi-block's migrate-pr, the
+        # live migration of reservations), run there with chroot; the guest
+        # bind-mounts /boot into it.
+        copy_sid "$SID/usr/bin/qemu-system-x86_64"
+        mkdir -p "$S/usr/share/qemu" "$S/usr/share/seabios" "$S/boot"
+        cp -L "$SID/usr/share/qemu/linuxboot_dma.bin" "$SID/usr/share/qemu/kvmvapic.bin" "$S/usr/share/qemu/"
+        cp -L "$SID/usr/share/seabios/bios-256k.bin" "$S/usr/share/seabios/"
+        cp "$SID/../qemu-version" "$S/qemu-version"
+    fi
 fi
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$I/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$I/etc/group"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Downloads multipath-tools from Debian unstable (0.15.1 at the time of
-# writing: the reservation code reworked in 0.13.0) with the libraries it
-# needs, and unpacks them into $PRH_TEST_CACHE/testbed-sid/root: the root
-# the multipath test bed runs the current libmpathpersist from (in a
-# chroot, next to bookworm's 0.9.4). unstable's binaries need unstable's
+# writing: the reservation code reworked in 0.13.0) and QEMU (11.1 at the
+# time of writing: scsi-block's migrate-pr) with the libraries they need,
+# and unpacks them into $PRH_TEST_CACHE/testbed-sid/root: the root the
+# multipath test bed runs the current libmpathpersist and QEMU 11 from (in
+# a chroot, next to bookworm's 0.9.4 and QEMU 10). unstable's binaries need unstable's
 # glibc, so they get their own root rather than being mixed into bookworm's.
 #
 # apt runs with a private state directory and sources list (the host's apt
@@ -20,14 +21,16 @@ apt_private "$CACHE" sid
 OPTS=("${APT_OPTS[@]}")
 APT=(apt-get -q "${OPTS[@]}")
 cd "$CACHE"
-"${APT[@]}" install -d -y --no-install-recommends multipath-tools >/dev/null
+"${APT[@]}" install -d -y --no-install-recommends multipath-tools qemu-system-x86 >/dev/null
 
-# What the root holds: multipath-tools and every library package of the
-# closure (not systemd, udev or initramfs-tools, which it also pulls in).
+# What the root holds: multipath-tools, QEMU with the firmware a -kernel
+# boot loads, and every library package of the closure (not systemd, udev
+# or initramfs-tools, which multipath-tools also pulls in).
 DEBS=()
 for f in cache/archives/*.deb; do
     case $(basename "$f") in
-        multipath-tools_* | lib* | zlib1g_*) DEBS+=("$f") ;;
+        multipath-tools_* | qemu-system-x86_* | qemu-system-data_* | seabios_* | lib* | zlib1g_*)
+            DEBS+=("$f") ;;
     esac
 done
 # Older versions left by an earlier run are not unpacked: only the files
@@ -57,6 +60,7 @@ if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "$stamp" ]; t
         [ -e "$ROOT/$d" ] || ln -s "usr/$d" "$ROOT/$d"
     done
     dpkg-deb -f cache/archives/multipath-tools_*.deb Version > "$CACHE/multipath-tools-version"
+    dpkg-deb -f cache/archives/qemu-system-x86_*.deb Version > "$CACHE/qemu-version"
     echo "$stamp" > "$CACHE/root.done"
 fi
-echo "unstable root ready: $ROOT (multipath-tools $(cat "$CACHE/multipath-tools-version"))"
+echo "unstable root ready: $ROOT (multipath-tools $(cat "$CACHE/multipath-tools-version"), QEMU $(cat "$CACHE/qemu-version"))"

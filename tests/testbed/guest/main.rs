@@ -13,6 +13,7 @@ mod exec;
 mod faults;
 mod isolation;
 mod lio;
+mod migrate;
 mod mpath;
 mod mpath_flows;
 mod mpath_many;
@@ -51,6 +52,7 @@ fn main() {
             "mpath" => mpath::run_suite(&mut next_lun),
             "devices" => devices::run_suite(&mut next_lun),
             "flows" => mpath_flows::run_suite(&mut next_lun),
+            "migrate" => migrate::run_suite(&mut next_lun),
             other => result(&format!("suite-{other}"), Err("unknown suite".into())),
         }
         println!(
