@@ -16,6 +16,7 @@ mod lio;
 mod mpath;
 mod mpath_flows;
 mod mpath_many;
+mod mpath_paths;
 mod nested;
 mod scripts;
 mod tools;
