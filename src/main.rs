@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pr_helper::process::cli::{Cli, ClientCommand};
-use pr_helper::{client::tools, process::startup};
+use pr_helper::{client::paths, client::tools, process::startup};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Some(ClientCommand::Ping(args)) => tools::ping(args),
         Some(ClientCommand::Persist(args)) => tools::persist(args),
         Some(ClientCommand::Probe(args)) => tools::probe(args),
+        Some(ClientCommand::Paths(args)) => paths::paths(args),
         None => startup::run(&cli.server),
     }
 }

@@ -19,6 +19,9 @@ _pr__helper() {
             pr__helper,help)
                 cmd="pr__helper__subcmd__help"
                 ;;
+            pr__helper,paths)
+                cmd="pr__helper__subcmd__paths"
+                ;;
             pr__helper,persist)
                 cmd="pr__helper__subcmd__persist"
                 ;;
@@ -30,6 +33,9 @@ _pr__helper() {
                 ;;
             pr__helper__subcmd__help,help)
                 cmd="pr__helper__subcmd__help__subcmd__help"
+                ;;
+            pr__helper__subcmd__help,paths)
+                cmd="pr__helper__subcmd__help__subcmd__paths"
                 ;;
             pr__helper__subcmd__help,persist)
                 cmd="pr__helper__subcmd__help__subcmd__persist"
@@ -47,7 +53,7 @@ _pr__helper() {
 
     case "${cmd}" in
         pr__helper)
-            opts="-k -f -d -u -g -T -v -q -h -V --socket --pidfile --daemon --user --group --log-target --trace --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --require-landlock --allowed-uids --allowed-gids --audit --verbose --quiet --config --print-config --help --version ping persist probe help"
+            opts="-k -f -d -u -g -T -v -q -h -V --socket --pidfile --daemon --user --group --log-target --trace --sgio-timeout --request-timeout --max-connections --max-connections-per-client --sgio-threads --socket-mode --socket-group --multipath --seccomp --landlock --require-landlock --allowed-uids --allowed-gids --audit --verbose --quiet --config --print-config --help --version ping persist probe paths help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -165,7 +171,7 @@ _pr__helper() {
             return 0
             ;;
         pr__subcmd__helper__subcmd__help)
-            opts="ping persist probe help"
+            opts="ping persist probe paths help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -179,6 +185,20 @@ _pr__helper() {
             return 0
             ;;
         pr__subcmd__helper__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pr__subcmd__helper__subcmd__help__subcmd__paths)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -227,6 +247,24 @@ _pr__helper() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pr__subcmd__helper__subcmd__paths)
+            opts="-h --json --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

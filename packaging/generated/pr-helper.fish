@@ -61,6 +61,7 @@ complete -c pr-helper -n "__fish_pr_helper_needs_command" -s V -l version -d 'Pr
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -f -a "ping" -d 'Connect to a running helper, do the handshake, report success (exit 0) or failure (exit 1)'
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -f -a "persist" -d 'Send one PERSISTENT RESERVE IN/OUT through a running helper, as QEMU would, and decode the answer'
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -f -a "probe" -d 'Ask a device directly (SG_IO) whether it supports persistent reservations'
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -f -a "paths" -d 'Show which path of a dm-multipath map holds which registration (SG_IO on each path) and whether the paths agree: exit 0 consistent, 3 disagree, 4 undetermined, 1 error'
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c pr-helper -n "__fish_pr_helper_using_subcommand ping" -s k -l socket -d 'Socket of the helper' -r -F
 complete -c pr-helper -n "__fish_pr_helper_using_subcommand ping" -l timeout -d 'Give up after this many seconds' -r
@@ -96,7 +97,11 @@ complete -c pr-helper -n "__fish_pr_helper_using_subcommand persist" -l raw -d '
 complete -c pr-helper -n "__fish_pr_helper_using_subcommand persist" -s h -l help -d 'Print help'
 complete -c pr-helper -n "__fish_pr_helper_using_subcommand probe" -l timeout -d 'SG_IO timeout in seconds' -r
 complete -c pr-helper -n "__fish_pr_helper_using_subcommand probe" -s h -l help -d 'Print help'
-complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe help" -f -a "ping" -d 'Connect to a running helper, do the handshake, report success (exit 0) or failure (exit 1)'
-complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe help" -f -a "persist" -d 'Send one PERSISTENT RESERVE IN/OUT through a running helper, as QEMU would, and decode the answer'
-complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe help" -f -a "probe" -d 'Ask a device directly (SG_IO) whether it supports persistent reservations'
-complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand paths" -l timeout -d 'SG_IO timeout per command, in seconds' -r
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand paths" -l json -d 'Print one JSON object instead of text'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand paths" -s h -l help -d 'Print help'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe paths help" -f -a "ping" -d 'Connect to a running helper, do the handshake, report success (exit 0) or failure (exit 1)'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe paths help" -f -a "persist" -d 'Send one PERSISTENT RESERVE IN/OUT through a running helper, as QEMU would, and decode the answer'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe paths help" -f -a "probe" -d 'Ask a device directly (SG_IO) whether it supports persistent reservations'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe paths help" -f -a "paths" -d 'Show which path of a dm-multipath map holds which registration (SG_IO on each path) and whether the paths agree: exit 0 consistent, 3 disagree, 4 undetermined, 1 error'
+complete -c pr-helper -n "__fish_pr_helper_using_subcommand help; and not __fish_seen_subcommand_from ping persist probe paths help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -9,6 +9,10 @@
 /// The client subcommands: `ping`, `persist`, `probe`.
 pub mod tools;
 
+/// The `paths` subcommand: which path of a multipath map holds which
+/// registration (SG_IO on the paths; no helper involved).
+pub mod paths;
+
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;

@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::client::paths::PathsArgs;
 use crate::client::tools::{PersistArgs, PingArgs, ProbeArgs};
 use crate::process::config::ServerArgs;
 
@@ -41,4 +42,7 @@ pub enum ClientCommand {
     Persist(Box<PersistArgs>),
     /// Ask a device directly (SG_IO) whether it supports persistent reservations.
     Probe(ProbeArgs),
+    /// Show which path of a dm-multipath map holds which registration (SG_IO on each path) and
+    /// whether the paths agree: exit 0 consistent, 3 disagree, 4 undetermined, 1 error.
+    Paths(PathsArgs),
 }

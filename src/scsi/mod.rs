@@ -9,6 +9,9 @@ pub mod pr;
 
 pub mod sgio;
 
+/// INQUIRY's Device Identification VPD page (the path's target port).
+pub mod vpd;
+
 use crate::protocol::SENSE_SIZE;
 
 /// SCSI status byte values (SAM).

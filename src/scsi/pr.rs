@@ -191,6 +191,63 @@ pub fn fc_transport_id(port_name: u64) -> Vec<u8> {
     tid
 }
 
+/// The initiator port a TransportID names (SPC-4 §7.6.4), decoded from a
+/// READ FULL STATUS descriptor: the inverse of [`sas_transport_id`],
+/// [`fc_transport_id`] and [`iscsi_transport_id`], for comparing a
+/// registration's initiator with a known port. Only these three protocols:
+/// the others (SRP, SBP, SOP, ...) decode to `None`, and so does a
+/// TransportID too short for its protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TransportId {
+    /// Fibre Channel (protocol 0): the N_Port name.
+    Fc(u64),
+    /// iSCSI (protocol 5): the iSCSI name in lower case (RFC 3722 names
+    /// compare case-insensitively), without the `,i,0x<ISID>` of format 1:
+    /// the name identifies the initiator, the ISID only its session.
+    Iscsi(String),
+    /// SAS (protocol 6): the SAS address.
+    Sas(u64),
+}
+
+impl TransportId {
+    /// Decodes a TransportID; `None` for other protocols and short or empty
+    /// ones (never panics on any input).
+    pub fn parse(tid: &[u8]) -> Option<Self> {
+        let be64 = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(tid.get(at..at + 8)?.try_into().ok()?))
+        };
+        match tid.first()? & 0x0f {
+            0x00 => be64(8).map(TransportId::Fc),
+            0x06 => be64(4).map(TransportId::Sas),
+            0x05 => {
+                let len = usize::from(u16::from_be_bytes([*tid.get(2)?, *tid.get(3)?]));
+                let body = tid.get(4..)?;
+                let body = &body[..len.min(body.len())];
+                let body = body.split(|b| *b == 0).next().unwrap_or_default();
+                let name = String::from_utf8_lossy(body).to_ascii_lowercase();
+                // Format 1: NAME,i,0xISID (the separator is lower case in
+                // the standard; lowered above anyway).
+                let name = match name.find(",i,0x") {
+                    Some(at) => name[..at].to_string(),
+                    None => name,
+                };
+                (!name.is_empty()).then_some(TransportId::Iscsi(name))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TransportId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportId::Fc(n) => write!(f, "fc 0x{n:016x}"),
+            TransportId::Iscsi(name) => write!(f, "iscsi {name}"),
+            TransportId::Sas(a) => write!(f, "sas 0x{a:016x}"),
+        }
+    }
+}
+
 /// Decoded PERSISTENT RESERVE IN replies (SPC-4 §6.15).
 pub mod decode {
     use std::fmt;
@@ -429,6 +486,59 @@ mod tests {
         assert_eq!(b.len(), 48);
         assert_eq!(b[17], 2);
         assert_eq!(&b[18..24], &[0, 1, 0, 0, 0, 24]);
+    }
+
+    #[test]
+    fn transport_ids_decode_to_the_port_they_were_built_from() {
+        let sas = sas_transport_id(0x5001405bbbbbbbb1);
+        assert_eq!(
+            TransportId::parse(&sas),
+            Some(TransportId::Sas(0x5001405bbbbbbbb1))
+        );
+        assert_eq!(
+            TransportId::parse(&fc_transport_id(0x2100_0024_ff4b_2c2e)),
+            Some(TransportId::Fc(0x2100_0024_ff4b_2c2e))
+        );
+        let iscsi = iscsi_transport_id("iqn.1994-05.com.Example:Host1");
+        assert_eq!(
+            TransportId::parse(&iscsi),
+            Some(TransportId::Iscsi("iqn.1994-05.com.example:host1".into()))
+        );
+        // Format 1 (name, ",i,0x", ISID): the same initiator.
+        let name = b"iqn.1994-05.com.example:host1,i,0x23d000000001\0\0\0";
+        let mut f1 = vec![0x45, 0, 0, name.len() as u8];
+        f1.extend_from_slice(name);
+        assert_eq!(TransportId::parse(&f1), TransportId::parse(&iscsi));
+        assert_eq!(
+            TransportId::parse(&sas).map(|t| t.to_string()),
+            Some("sas 0x5001405bbbbbbbb1".into())
+        );
+        // Different ports differ, across protocols too.
+        assert_ne!(
+            TransportId::parse(&sas),
+            TransportId::parse(&sas_transport_id(0x5001405bbbbbbbb2))
+        );
+        assert_ne!(
+            TransportId::parse(&fc_transport_id(1)),
+            TransportId::parse(&sas_transport_id(1))
+        );
+    }
+
+    #[test]
+    fn bad_transport_ids_decode_to_none() {
+        assert_eq!(TransportId::parse(&[]), None);
+        assert_eq!(TransportId::parse(&sas_transport_id(1)[..11]), None);
+        assert_eq!(TransportId::parse(&fc_transport_id(1)[..15]), None);
+        assert_eq!(TransportId::parse(&[0x05, 0, 0]), None);
+        // Length past the end: what is there; empty name: none.
+        assert_eq!(
+            TransportId::parse(&[0x05, 0, 0xff, 0xff, b'i', b'q']),
+            Some(TransportId::Iscsi("iq".into()))
+        );
+        assert_eq!(TransportId::parse(&[0x05, 0, 0, 4, 0, 0, 0, 0]), None);
+        // SRP (4) and reserved protocols are not decoded.
+        assert_eq!(TransportId::parse(&[0x04; 24]), None);
+        assert_eq!(TransportId::parse(&[0x0f; 24]), None);
     }
 
     #[test]

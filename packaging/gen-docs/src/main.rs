@@ -330,7 +330,10 @@ allow-list ends the process with status 159 (SIGSYS) after printing which one.
 pr-helper ping exits 0 if a helper serves at the socket, 1 otherwise. pr-helper persist uses \
 sg_persist's codes: 0 success, 24 reservation conflict, 5 illegal request, 6 unit attention, \
 2 not ready, 11 aborted command, 15 other errors, 1 when there is no helper or the device \
-cannot be opened. pr-helper probe exits 0 if the device supports persistent reservations.",
+cannot be opened. pr-helper probe exits 0 if the device supports persistent reservations. \
+pr-helper paths exits 0 when every running path of the map holds the same registration (or \
+none does), 3 when the paths disagree, 4 when a running path could not be judged, and 1 on \
+errors (not a multipath map, no path answered).",
     ),
     (
         "FILES",

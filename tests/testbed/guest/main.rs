@@ -17,6 +17,7 @@ mod migrate;
 mod mpath;
 mod mpath_flows;
 mod mpath_many;
+mod mpath_paths;
 mod nested;
 mod scripts;
 mod tools;

@@ -331,6 +331,8 @@ fn run_all(bed: &Bed, daemon: Daemon, subjects: &[(&'static str, Subject)], resu
                 Err(e) => println!("FIGURE flows-{flow}-{}-{name} error {e}", daemon.name()),
             }
             results.push(((flow, daemon, name), state));
+            // `pr-helper paths` on the map as the flow left it.
+            crate::mpath_paths::after_flow(flow, daemon, name, bed);
             // Whatever the flow did to the paths, both are back.
             let _ = paths_back(bed, daemon);
         }
