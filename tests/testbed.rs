@@ -536,7 +536,7 @@ fn current_kernel(suite: &'static str) {
         "1G",
         Duration::from_secs(1800),
     );
-    run.assert_all_passed(185 + 21 + 8 + 2 * 16 + 4 + 24);
+    run.assert_all_passed(185 + 21 + 8 + 2 * 16 + 4 + 27);
     assert!(
         run.figure("landlock-abi")
             .is_some_and(|abi| abi.parse::<u32>().is_ok_and(|n| n >= 5)),
@@ -594,7 +594,7 @@ fn multipath_map_through_libmpathpersist() {
         "1G",
         Duration::from_secs(600),
     );
-    run.assert_all_passed(21 + 8 + 2 * 16 + 4 + 24);
+    run.assert_all_passed(21 + 8 + 2 * 16 + 4 + 27);
     assert_eq!(
         run.figure("mpath-full-status-registrations"),
         Some("42"),

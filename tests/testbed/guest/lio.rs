@@ -53,6 +53,19 @@ fn tpg(index: usize, initiator: usize) -> String {
     format!("{TARGET}/loopback/{wwn}/tpgt_1")
 }
 
+/// Takes the target port through which initiator `initiator` sees LUN
+/// `index` offline or back online (tcm_loop's `transport_status`): while
+/// offline, every command through that nexus ends at once with
+/// DID_TRANSPORT_DISRUPTED, as when a SAN link drops, while the device
+/// itself stays `running` and multipathd learns of it only at its next
+/// path check.
+pub fn set_transport(index: usize, initiator: usize, online: bool) -> Result<(), String> {
+    write(
+        format!("{}/transport_status", tpg(index, initiator)),
+        if online { "online" } else { "offline" },
+    )
+}
+
 /// Creates LUN number `index` (16 MiB file in tmpfs) with two initiators.
 pub fn create(index: usize) -> Result<Lun, String> {
     let file = PathBuf::from(format!("/tmp/lun{index}.img"));

@@ -15,6 +15,12 @@
 //!   them again (multipath-tools 0.13.0);
 //! - `register-path-down`: REGISTER while path B is offline, then B back
 //!   (multipathd registers the key on a reinstated path);
+//! - `register-path-fails`: REGISTER while path B's target port has just
+//!   stopped answering (every command through it fails at once) but
+//!   multipathd, checking each path every second, still counts it active:
+//!   the library sends the REGISTER down a path that fails it. Path B stays
+//!   down until multipathd has failed it, then comes back (and is
+//!   registered by multipathd, if the library told it the key);
 //! - `release-holder-down`, `unregister-holder-down`: REGISTER and RESERVE,
 //!   the path that holds the reservation offline, then RELEASE, or
 //!   REGISTER with SARK 0;
@@ -105,9 +111,10 @@ impl Daemon {
     }
 }
 
-const FLOWS: [&str; 6] = [
+const FLOWS: [&str; 7] = [
     "migrate",
     "register-path-down",
+    "register-path-fails",
     "release-holder-down",
     "unregister-holder-down",
     "preempt-all-registrants-7",
@@ -158,6 +165,8 @@ impl State {
 
 /// Everything a flow acts on.
 pub(crate) struct Bed {
+    /// The LUN's number (lio::create).
+    pub(crate) index: usize,
     pub(crate) lun: lio::Lun,
     pub(crate) source: lio::Path2,
     pub(crate) map: PathBuf,
@@ -218,7 +227,12 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             Path::new(socket).exists()
         })?;
     }
-    let bed = Bed { lun, source, map };
+    let bed = Bed {
+        index,
+        lun,
+        source,
+        map,
+    };
     let mut results: Results = Vec::new();
     let bookworm_subjects = [
         ("mpathpersist-0.9.4", Subject::Mpathpersist { sid: false }),
@@ -365,6 +379,32 @@ fn run_flow(flow: &str, subject: Subject, daemon: Daemon, bed: &Bed) -> Result<S
             set_path(bed, daemon, 1, true)?;
             // multipathd registers the key on the reinstated path, if it
             // knows it: give it a moment to.
+            let sg = &bed.lun.paths[1].sg;
+            let _ = wait_for(
+                "key on the reinstated path",
+                Duration::from_secs(10),
+                || observe_keys(sg).is_ok_and(|k| k[1] == Some(KEY)),
+            );
+        }
+        "register-path-fails" => {
+            let before = path_state(bed, daemon, 1);
+            lio::set_transport(bed.index, 1, false)?;
+            out(sa_out::REGISTER, 0, 0, KEY);
+            // The flow's premise, or it is another flow: multipathd counted
+            // B active when the REGISTER went out, and B did not get the
+            // key (the command failed on it).
+            let after = observe_keys(&bed.source.sg).map(|k| k[1]);
+            if before.as_deref() != Some("active") || after != Ok(None) {
+                let _ = lio::set_transport(bed.index, 1, true);
+                return Err(format!(
+                    "premise: path B {before:?} before the REGISTER, key on B after it {after:?}"
+                ));
+            }
+            // Down until multipathd has failed the path, then back.
+            let back = wait_path(bed, daemon, 1, "failed");
+            lio::set_transport(bed.index, 1, true)?;
+            back?;
+            set_path(bed, daemon, 1, true)?;
             let sg = &bed.lun.paths[1].sg;
             let _ = wait_for(
                 "key on the reinstated path",
@@ -535,26 +575,41 @@ pub(crate) fn set_path(bed: &Bed, daemon: Daemon, which: usize, up: bool) -> Res
         if up { "running\n" } else { "offline\n" },
     )
     .map_err(|e| format!("{name} state: {e}"))?;
-    let want = if up { "active" } else { "failed" };
+    wait_path(bed, daemon, which, if up { "active" } else { "failed" })
+}
+
+/// multipathd's checker state of map path `which` ("active", "failed").
+fn path_state(bed: &Bed, daemon: Daemon, which: usize) -> Option<String> {
+    let name = bed.lun.paths[which]
+        .block
+        .file_name()?
+        .to_string_lossy()
+        .to_string();
+    daemon
+        .cli(&["show", "paths", "format", "%d %t"])
+        .1
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name.as_str())).then(|| f.next().unwrap_or_default().to_string())
+        })
+}
+
+/// Waits until multipathd shows map path `which` in checker state `want`
+/// ("active", "failed").
+fn wait_path(bed: &Bed, daemon: Daemon, which: usize, want: &str) -> Result<(), String> {
+    let name = bed.lun.paths[which].block.display();
     wait_for(
         &format!("multipathd to see {name} {want}"),
         Duration::from_secs(30),
-        || {
-            daemon
-                .cli(&["show", "paths", "format", "%d %t"])
-                .1
-                .lines()
-                .any(|l| {
-                    let mut f = l.split_whitespace();
-                    f.next() == Some(name.as_str()) && f.next() == Some(want)
-                })
-        },
+        || path_state(bed, daemon, which).as_deref() == Some(want),
     )
 }
 
 /// Both map paths running and active.
 pub(crate) fn paths_back(bed: &Bed, daemon: Daemon) -> Result<(), String> {
     for which in 0..2 {
+        lio::set_transport(bed.index, which, true)?;
         set_path(bed, daemon, which, true)?;
     }
     Ok(())
