@@ -46,7 +46,7 @@ fn seccomp_child() {
         return;
     }
     assert_eq!(
-        sandbox::seccomp::install(Profile::Plain).unwrap(),
+        sandbox::seccomp::install(Profile::Plain, false).unwrap(),
         sandbox::seccomp::Outcome::Installed
     );
     // Allowed: reading from a pipe, allocating.
@@ -80,13 +80,99 @@ fn seccomp_write_open_child() {
         return;
     }
     assert_eq!(
-        sandbox::seccomp::install(Profile::Plain).unwrap(),
+        sandbox::seccomp::install(Profile::Plain, false).unwrap(),
         sandbox::seccomp::Outcome::Installed
     );
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
     eprintln!("read-only open: ok ({})", comm.trim());
     let opened = std::fs::OpenOptions::new().write(true).open("/dev/null");
     eprintln!("STILL ALIVE {opened:?}");
+}
+
+/// In the child: the plain filter in log mode, then mkdirat of the
+/// directory the parent names.
+#[test]
+fn seccomp_log_child() {
+    let Ok(dir) = std::env::var("PRH_SECCOMP_LOG_DIR") else {
+        return;
+    };
+    if std::env::var(CHILD).as_deref() != Ok("seccomp-log") {
+        return;
+    }
+    assert_eq!(
+        sandbox::seccomp::install(Profile::Plain, true).unwrap(),
+        sandbox::seccomp::Outcome::Installed
+    );
+    let path = std::ffi::CString::new(dir).unwrap();
+    // SAFETY: a NUL-terminated path and plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), 0o755) };
+    eprintln!(
+        "mkdirat returned {r}; STILL ALIVE pid {}",
+        std::process::id()
+    );
+}
+
+/// Issue 23: `seccomp = log` (virtiofsd's `--seccomp log`). A call outside
+/// the allow-list runs, the process lives on, and the kernel logs the call
+/// (audit record type 1326, SECCOMP, with the process's pid and the call's
+/// number): how an operator finds what another distribution's
+/// libmpathpersist needs. In kill mode the same call ends the process
+/// (seccomp_blocks_a_forbidden_syscall_with_a_clear_message).
+#[test]
+fn seccomp_log_mode_lets_the_call_run_and_the_kernel_logs_it() {
+    let dir = std::env::temp_dir().join(format!(
+        "prh-seccomp-log-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let out = Command::new(runnable(std::env::current_exe().unwrap()))
+        .args([
+            "--exact",
+            "seccomp_log_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "seccomp-log")
+        .env("PRH_SECCOMP_LOG_DIR", &dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "stderr:\n{stderr}");
+    let made = dir.is_dir();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(made, "mkdirat did not run: {stderr}");
+    let pid = stderr
+        .split("STILL ALIVE pid ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pid in: {stderr}"));
+    assert!(stderr.contains("mkdirat returned 0"), "{stderr}");
+    // The kernel's record of it.
+    let wanted = [
+        "type=1326".to_string(),
+        format!(" pid={pid} "),
+        format!(" syscall={} ", libc::SYS_mkdirat),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = Command::new("dmesg").output().unwrap();
+        let log = String::from_utf8_lossy(&log.stdout).into_owned();
+        if log
+            .lines()
+            .any(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kernel record {wanted:?} in dmesg; its end: {}",
+            log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Issue 22, item 6: in the plain profile an open that could write (any
@@ -285,6 +371,12 @@ fn running_helper_is_under_seccomp_and_no_new_privs() {
     let h = Helper::ours(&["--seccomp", "false"]);
     h.assert_serving();
     assert!(status_of(h.pid()).contains("Seccomp:\t0"));
+    // Log mode: a filter is installed (the kernel logs what it does not
+    // list) and start-up says that it does not sandbox.
+    let h = Helper::ours(&["--seccomp", "log"]);
+    h.assert_serving();
+    assert!(status_of(h.pid()).contains("Seccomp:\t2"));
+    wait_log(&h, "seccomp: log mode");
 }
 
 /// A client process running as `uid`/`gid` does the handshake; true if the

@@ -136,7 +136,7 @@ _pr__helper() {
                     return 0
                     ;;
                 --seccomp)
-                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "kill log none" -- "${cur}"))
                     return 0
                     ;;
                 --landlock)

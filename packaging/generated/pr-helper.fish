@@ -41,8 +41,9 @@ complete -c pr-helper -n "__fish_pr_helper_needs_command" -l socket-mode -d 'Per
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l socket-group -d 'Group owning the created socket (name or number)' -r
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l multipath -d 'Send PR commands on dm-multipath devices through libmpathpersist [default: on in builds with multipath support]' -r -f -a "true\t''
 false\t''"
-complete -c pr-helper -n "__fish_pr_helper_needs_command" -l seccomp -d 'Install the seccomp system call allow-list' -r -f -a "true\t''
-false\t''"
+complete -c pr-helper -n "__fish_pr_helper_needs_command" -l seccomp -d 'The seccomp system call allow-list: kill, log or none' -r -f -a "kill\t'The process ends (status 159) after naming the call on stderr'
+log\t'The call runs; the kernel logs it (audit type 1326, dmesg or the audit log). Not a sandbox: for finding missing entries'
+none\t'No filter (NO_NEW_PRIVS and Landlock still apply)'"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l landlock -d 'Restrict filesystem access with Landlock where the kernel has it' -r -f -a "true\t''
 false\t''"
 complete -c pr-helper -n "__fish_pr_helper_needs_command" -l require-landlock -d 'Refuse to start unless Landlock restricts filesystem access' -r -f -a "true\t''

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::process::logging::{LogTarget, TraceOptions};
+use crate::process::sandbox::seccomp::Mode;
 use crate::protocol::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 
 /// Default pidfile path, used with `-d` when no `-f` is given.
@@ -149,9 +150,16 @@ pub struct Config {
         hide_default_value = true
     )]
     pub multipath: bool,
-    /// Install the seccomp system call allow-list
-    #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = true)]
-    pub seccomp: bool,
+    /// The seccomp system call allow-list: kill, log or none
+    ///
+    /// kill: a system call outside the allow-list ends the process (status
+    /// 159) with a message naming it. log: the call runs and the kernel
+    /// logs it (audit type 1326 in dmesg or the audit log), for finding
+    /// what another libc or libmpathpersist needs; not a sandbox. none: no
+    /// filter. true and false (the values before the modes) mean kill and
+    /// none.
+    #[arg(long, value_name = "MODE", default_value_t = Mode::Kill)]
+    pub seccomp: Mode,
     /// Restrict filesystem access with Landlock where the kernel has it
     #[arg(long, value_name = "BOOL", action = ArgAction::Set, default_value_t = true)]
     pub landlock: bool,
@@ -1007,6 +1015,43 @@ mod tests {
         });
         let l = load_env(&[], &[("PR_HELPER_SOCKET_MODE", "0660")]).unwrap();
         assert_eq!(l.config.socket_mode, Some(SocketMode(0o660)));
+    }
+
+    /// `seccomp`: the modes in every layer, and the booleans it took
+    /// before them (true = kill, false = none).
+    #[test]
+    fn seccomp_modes_in_every_layer() {
+        let cli = |v: &str| load_env(&["--seccomp", v], &[]).map(|l| l.config.seccomp);
+        assert_eq!(load_env(&[], &[]).unwrap().config.seccomp, Mode::Kill);
+        assert_eq!(cli("log").unwrap(), Mode::Log);
+        assert_eq!(cli("none").unwrap(), Mode::None);
+        assert_eq!(cli("false").unwrap(), Mode::None);
+        assert_eq!(cli("true").unwrap(), Mode::Kill);
+        let rejected = ServerArgs::augment_args(Command::new("pr-helper"))
+            .try_get_matches_from(["pr-helper", "--seccomp", "trap"])
+            .unwrap_err()
+            .to_string();
+        assert!(rejected.contains("kill, log, none"), "{rejected}");
+        let env = |v: &str| load_env(&[], &[("PR_HELPER_SECCOMP", v)]).map(|l| l.config.seccomp);
+        assert_eq!(env("log").unwrap(), Mode::Log);
+        assert_eq!(env("false").unwrap(), Mode::None);
+        assert_eq!(env("true").unwrap(), Mode::Kill);
+        assert!(env("sometimes").is_err());
+        figment::Jail::expect_with(|jail| {
+            for (text, want) in [
+                ("seccomp = false\n", Mode::None),
+                ("seccomp = true\n", Mode::Kill),
+                ("seccomp = \"log\"\n", Mode::Log),
+                ("seccomp = \"none\"\n", Mode::None),
+            ] {
+                jail.create_file("s.toml", text)?;
+                let l = load(&args(&["--config", "s.toml"])).unwrap();
+                assert_eq!(l.config.seccomp, want, "{text}");
+            }
+            jail.create_file("t.toml", "seccomp = \"trap\"\n")?;
+            assert!(load(&args(&["--config", "t.toml"])).is_err());
+            Ok(())
+        });
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub use profile::Profile;
 /// What to install.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Install the seccomp filter.
-    pub seccomp: bool,
+    /// Whether and how to install the seccomp filter.
+    pub seccomp: seccomp::Mode,
     /// Apply Landlock (best effort: kernels without it are logged).
     pub landlock: bool,
     /// Refuse to run when Landlock restricts nothing (`require_landlock`).
@@ -103,8 +103,15 @@ pub fn apply(settings: &Settings) -> Result<(), SandboxError> {
         // at every start, what the configuration already says).
         tracing::info!("{note}");
     }
-    if settings.seccomp {
-        match seccomp::install(settings.profile)? {
+    if settings.seccomp != seccomp::Mode::None {
+        let log = settings.seccomp == seccomp::Mode::Log;
+        match seccomp::install(settings.profile, log)? {
+            seccomp::Outcome::Installed if log => tracing::warn!(
+                "seccomp: log mode ({}): system calls outside the allow-list run and the kernel \
+                 logs each (audit type 1326, SECCOMP, in dmesg or the audit log); \
+                 for finding missing entries, not a sandbox",
+                seccomp::ARCH
+            ),
             seccomp::Outcome::Installed => tracing::info!(
                 "seccomp: system call allow-list installed ({})",
                 seccomp::ARCH

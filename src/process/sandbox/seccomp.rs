@@ -3,7 +3,11 @@
 //! A system call outside the list raises SIGSYS; the handler writes one line
 //! naming the call to stderr (it is the journal under systemd) and ends the
 //! process with status 159 (128 + SIGSYS), so a missing entry is a clear
-//! crash, never a silent malfunction. `ioctl` is limited to SG_IO and the
+//! crash, never a silent malfunction. [`Mode::Log`] (virtiofsd's
+//! `--seccomp log`) lets such a call run and has the kernel log it
+//! instead (an audit record of type 1326, SECCOMP, naming the call): for
+//! finding what a new library or libc needs (libmpathpersist on another
+//! distribution) without the helper dying on its first request. `ioctl` is limited to SG_IO and the
 //! fd-flag and terminal queries the runtime and libc make; `socket` to
 //! AF_UNIX. In the plain profile `openat` (and `open` on x86_64) may only
 //! read: once serving, the helper opens /proc and /sys files to read them
@@ -49,6 +53,67 @@ pub enum SeccompError {
     /// prctl(PR_SET_NO_NEW_PRIVS) failed (builds without an allow-list).
     #[error(transparent)]
     NoNewPrivs(std::io::Error),
+}
+
+/// The `seccomp` setting: what happens to a system call outside the
+/// allow-list. `true` and `false`, the setting's values before the modes,
+/// still mean `kill` and `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The process ends (status 159) after naming the call on stderr.
+    #[default]
+    #[value(alias = "true")]
+    Kill,
+    /// The call runs; the kernel logs it (audit type 1326, dmesg or the
+    /// audit log). Not a sandbox: for finding missing entries.
+    Log,
+    /// No filter (NO_NEW_PRIVS and Landlock still apply).
+    #[value(alias = "false")]
+    None,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Kill => "kill",
+            Mode::Log => "log",
+            Mode::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kill" | "true" => Ok(Mode::Kill),
+            "log" => Ok(Mode::Log),
+            "none" | "false" => Ok(Mode::None),
+            other => Err(format!(
+                "'{other}' is not a seccomp mode (kill, log or none)"
+            )),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Text(String),
+        }
+        // A file's `seccomp = false` and an environment's
+        // PR_HELPER_SECCOMP=false arrive as booleans.
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(Mode::Kill),
+            Raw::Flag(false) => Ok(Mode::None),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// What [`install`] did.
@@ -352,11 +417,16 @@ mod table {
         Ok(rules)
     }
 
-    /// The filter for `profile`.
-    pub fn program(profile: Profile) -> Result<BpfProgram, BackendError> {
+    /// The filter for `profile`; a call outside it traps (SIGSYS, the
+    /// handler ends the process) or, with `log`, runs and is logged.
+    pub fn program(profile: Profile, log: bool) -> Result<BpfProgram, BackendError> {
         SeccompFilter::new(
             rules(profile)?,
-            SeccompAction::Trap,
+            if log {
+                SeccompAction::Log
+            } else {
+                SeccompAction::Trap
+            },
             SeccompAction::Allow,
             TARGET,
         )?
@@ -461,7 +531,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     push(
         &mut buf,
         &mut len,
-        b"); exiting (see `ausyscall`; set seccomp = false to debug)\n",
+        b"); exiting (see `ausyscall`; seccomp = log lets it run and logs it)\n",
     );
     // SAFETY: write(2) and _exit(2) are async-signal-safe; `buf` is valid.
     unsafe {
@@ -471,12 +541,13 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Installs the SIGSYS handler and the filter on the calling thread (every
-/// thread started afterwards inherits it). Where this build has no
-/// allow-list, sets NO_NEW_PRIVS only and returns [`Outcome::Unavailable`].
-pub fn install(profile: Profile) -> Result<Outcome, SeccompError> {
+/// thread started afterwards inherits it); `log`: [`Mode::Log`]. Where this
+/// build has no allow-list, sets NO_NEW_PRIVS only and returns
+/// [`Outcome::Unavailable`].
+pub fn install(profile: Profile, log: bool) -> Result<Outcome, SeccompError> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let prog = program(profile)?;
+        let prog = program(profile, log)?;
         // SAFETY: installs a handler that only calls async-signal-safe functions.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
@@ -491,7 +562,7 @@ pub fn install(profile: Profile) -> Result<Outcome, SeccompError> {
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        let _ = profile;
+        let _ = (profile, log);
         // SAFETY: prctl with constant arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(SeccompError::NoNewPrivs(std::io::Error::last_os_error()));
@@ -507,8 +578,10 @@ mod tests {
     #[test]
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn filters_compile() {
-        assert!(program(Profile::Plain).is_ok());
-        assert!(program(Profile::Multipath).is_ok());
+        for log in [false, true] {
+            assert!(program(Profile::Plain, log).is_ok());
+            assert!(program(Profile::Multipath, log).is_ok());
+        }
         assert!(allowed_count(Profile::Plain) < allowed_count(Profile::Multipath));
     }
 
