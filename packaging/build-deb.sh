@@ -9,12 +9,9 @@
 #   packaging/build-deb.sh --arch aarch64 BINARY OUTPUT.deb     (Architecture: arm64)
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
-if [ "${1:-}" = --arch ]; then
-    [ $# -ge 2 ] || { echo "$0: --arch needs x86_64 or aarch64" >&2; exit 1; }
-    export PRH_ARCH=$2
-    shift 2
-fi
 . "$(dirname "$0")/lib.sh"
+prh_arch_option "$@"
+shift "$PRH_SHIFT"
 cargo_deb=${CARGO_DEB:-$PRH_PKG_CACHE/cargo-deb/bin/cargo-deb}
 [ -x "$cargo_deb" ] || cargo_deb=$(command -v cargo-deb) ||
     prh_die "cargo-deb missing (run packaging/setup.sh)"

@@ -17,12 +17,9 @@
 # (--nodeps) when `rpm -q cargo` finds nothing.
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
-if [ "${1:-}" = --arch ]; then
-    [ $# -ge 2 ] || { echo "$0: --arch needs x86_64 or aarch64" >&2; exit 1; }
-    export PRH_ARCH=$2
-    shift 2
-fi
 . "$(dirname "$0")/lib.sh"
+prh_arch_option "$@"
+shift "$PRH_SHIFT"
 prh_need rpmbuild cargo tar gzip unshare
 
 out=${1:-$PRH_ROOT/target/rpm}

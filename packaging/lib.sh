@@ -3,14 +3,26 @@
 
 # The repository root (this file lives in packaging/).
 PRH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# The architecture the artifacts are for (x86_64 or aarch64; PRH_ARCH or a
-# script's --arch) and its static target.
-PRH_ARCH=${PRH_ARCH:-x86_64}
-case "$PRH_ARCH" in
-    x86_64 | aarch64) ;;
-    *) printf '%s: PRH_ARCH=%s: only x86_64 and aarch64 are built\n' "$(basename "$0")" "$PRH_ARCH" >&2; exit 1 ;;
-esac
-PRH_TARGET=$PRH_ARCH-unknown-linux-musl
+# prh_use_arch ARCH: the architecture the artifacts are for (x86_64 or
+# aarch64), exported for the scripts this one runs, and its static target.
+prh_use_arch() {
+    case "$1" in
+        x86_64 | aarch64) ;;
+        *) printf '%s: architecture %s: only x86_64 and aarch64 are built\n' "$(basename "$0")" "$1" >&2; exit 1 ;;
+    esac
+    export PRH_ARCH=$1
+    PRH_TARGET=$1-unknown-linux-musl
+}
+prh_use_arch "${PRH_ARCH:-x86_64}"
+# prh_arch_option "$@": a script's leading `--arch ARCH`. Sets PRH_SHIFT to
+# the number of arguments it took (2, or 0 without it), for `shift`.
+prh_arch_option() {
+    PRH_SHIFT=0
+    [ "${1:-}" = --arch ] || return 0
+    [ $# -ge 2 ] || { printf '%s: --arch needs x86_64 or aarch64\n' "$(basename "$0")" >&2; exit 1; }
+    prh_use_arch "$2"
+    PRH_SHIFT=2
+}
 # Debian's and the OCI names of the architecture.
 prh_deb_arch() { case "$1" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac; }
 # Every architecture the packaging builds.
