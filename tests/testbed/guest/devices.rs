@@ -18,14 +18,14 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pr_helper::scsi::pr::{self, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
 use pr_helper::scsi::SenseCode;
 
 use crate::exec::{self, Outcome, Via};
-use crate::{lio, result};
+use crate::{lio, result, Children};
 
 /// The mpath build's socket for this suite.
 const MPATH_SOCKET: &str = "/run/pr-helper-devices.sock";
@@ -183,17 +183,6 @@ fn dev_name(p: &Path) -> String {
     format!("{}:{}", libc::major(r), libc::minor(r))
 }
 
-struct Helper(Option<Child>);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs the suite.
 pub fn run_suite(next_lun: &mut usize) {
     if let Err(e) = suite(next_lun) {
@@ -276,7 +265,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     if mpath_helper.is_some() {
         helpers.push(("pr-helper-mpath", MPATH_SOCKET));
     }
-    let _mpath_helper = Helper(mpath_helper);
+    let _mpath_helper = Children(mpath_helper.into_iter().collect());
 
     for (h, socket) in &helpers {
         for (what, dev) in [

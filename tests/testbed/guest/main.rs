@@ -26,6 +26,20 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Processes a suite started (daemons, helpers, QEMUs), killed and reaped
+/// when it goes out of scope, the last started first (a helper before the
+/// multipathd it talks to).
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn main() {
     let suites: Vec<String> = std::env::args().skip(1).collect();
     let mut next_lun = 0;

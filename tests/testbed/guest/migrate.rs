@@ -36,8 +36,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use crate::mpath::{self, run, wait_for};
-use crate::mpath_flows::{self, full_status, sas, write_block, Children, SID};
-use crate::{lio, result};
+use crate::mpath_flows::{self, full_status, sas, write_block, SID};
+use crate::{lio, result, Children};
 
 /// The inner guest's key (tests/testbed/inner-init).
 const KEY: u64 = 0x1234_abcd;

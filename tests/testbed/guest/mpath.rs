@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use pr_helper::scsi::pr::{self, flags, pr_in_cdb, pr_out_cdb, sa_in, sa_out, ParamList};
 
 use crate::exec::{self, Outcome, Via};
-use crate::{lio, result};
+use crate::{lio, result, Children};
 
 const SOCKET: &str = "/run/pr-helper-mpath.sock";
 const KEY: u64 = 0x00c0_ffee_0000_0001;
@@ -207,20 +207,6 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Res
     Ok(())
 }
 
-struct Daemons {
-    multipathd: Child,
-    helper: Child,
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        let _ = self.helper.kill();
-        let _ = self.helper.wait();
-        let _ = self.multipathd.kill();
-        let _ = self.multipathd.wait();
-    }
-}
-
 /// D33 (issue 20): `-u nobody -g disk` with multipath on used to start,
 /// then fail on its first multipath request (libdevmapper: "Permission
 /// denied" on /dev/mapper/control) and take the helper down. Now it does
@@ -316,7 +302,8 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     let helper = helper
         .spawn()
         .map_err(|e| format!("pr-helper-mpath: {e}"))?;
-    let _daemons = Daemons { multipathd, helper };
+    // multipathd first: `daemons.0[0]`.
+    let daemons = Children(vec![multipathd, helper]);
     let map = make_map(&serial)?;
     wait_for("pr-helper-mpath socket", Duration::from_secs(20), || {
         Path::new(SOCKET).exists()
@@ -570,7 +557,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     // D8: a library call that hangs (multipathd stopped: the library waits
     // for its answer) delays nobody: plain SG_IO requests through the same
     // helper go on.
-    let pid = _daemons.multipathd.id() as i32;
+    let pid = daemons.0[0].id() as i32;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGSTOP,

@@ -52,7 +52,7 @@ use pr_helper::scsi::sgio::{self, DataPhase};
 
 use crate::exec::{self, Via};
 use crate::mpath::{self, run, run_in, wait_for};
-use crate::{lio, result};
+use crate::{lio, result, Children};
 
 /// The source host's initiator port (a third nexus on the LUN).
 pub(crate) const SOURCE_INITIATOR: &str = "naa.5001405bbbbbbbb3";
@@ -176,18 +176,6 @@ pub(crate) struct Bed {
 pub fn run_suite(next_lun: &mut usize) {
     if let Err(e) = suite(next_lun) {
         check("setup", Err(e));
-    }
-}
-
-/// Kills its children on the way out.
-pub(crate) struct Children(pub(crate) Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
