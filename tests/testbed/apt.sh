@@ -8,6 +8,13 @@
 #   kernel_package [APT_OPTION...]
 #                           prints the kernel package linux-image-amd64
 #                           depends on.
+#   unpack_root CACHE STAMP DEB...
+#                           false when CACHE/root was unpacked from the
+#                           files STAMP names (CACHE/root.done); otherwise
+#                           unpacks the .debs into a new CACHE/root and is
+#                           true: the caller finishes the root, then calls
+#                           `mark_root CACHE STAMP` (no stamp without a
+#                           finished root).
 #   fetch_candidate DEST PKG [APT_OPTION...]
 #                           puts the candidate .deb of PKG in DEST and prints
 #                           its file name (name_version_arch.deb, as apt
@@ -48,4 +55,20 @@ fetch_candidate() {
         (cd "$dest" && apt-get -q "$@" download "$pkg" >/dev/null)
     fi
     echo "$file"
+}
+
+unpack_root() {
+    local cache=$1 stamp=$2 f
+    shift 2
+    [ -f "$cache/root.done" ] && [ "$(cat "$cache/root.done")" = "$stamp" ] && return 1
+    # Called as an `if` condition, where set -e does not apply: every
+    # failure ends the script here.
+    rm -rf "$cache/root" "$cache/root.done" && mkdir -p "$cache/root" || exit 1
+    for f in "$@"; do
+        dpkg -x "$f" "$cache/root" || { echo "$0: cannot unpack $f" >&2; exit 1; }
+    done
+}
+
+mark_root() {
+    echo "$2" > "$1/root.done"
 }

@@ -30,12 +30,7 @@ for suite in trixie sid; do
         files+=("$(fetch_candidate "$debs" "$p" "${APT_OPTS[@]}")")
     done
     ROOT=$CACHE/root
-    if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "${files[*]}" ]; then
-        rm -rf "$ROOT"
-        mkdir -p "$ROOT"
-        for file in "${files[@]}"; do
-            dpkg -x "$debs/$file" "$ROOT"
-        done
+    if unpack_root "$CACHE" "${files[*]}" "${files[@]/#/$debs/}"; then
         [ -e "$ROOT/lib" ] || ln -s usr/lib "$ROOT/lib"
         kver=$(ls "$ROOT/lib/modules" | head -1)
         # /boot/vmlinuz-KVER, or (unstable's split packages) in the
@@ -48,7 +43,7 @@ for suite in trixie sid; do
         depmod -b "$ROOT" "$kver"
         echo "$image" > "$CACHE/kernel-image"
         echo "$kver" > "$CACHE/kernel-version"
-        echo "${files[*]}" > "$CACHE/root.done"
+        mark_root "$CACHE" "${files[*]}"
     fi
     echo "$suite kernel ready: $(cat "$CACHE/kernel-image")"
 done

@@ -49,18 +49,13 @@ for f in "${DEBS[@]}"; do
 done
 stamp=$(printf '%s\n' "${CURRENT[@]}" | sort | tr '\n' ' ')
 ROOT=$CACHE/root
-if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "$stamp" ]; then
-    rm -rf "$ROOT"
-    mkdir -p "$ROOT"
-    for f in "${CURRENT[@]}"; do
-        dpkg -x "$f" "$ROOT"
-    done
+if unpack_root "$CACHE" "$stamp" "${CURRENT[@]}"; then
     # The merged-/usr links base-files would make.
     for d in lib lib64 bin sbin; do
         [ -e "$ROOT/$d" ] || ln -s "usr/$d" "$ROOT/$d"
     done
     dpkg-deb -f cache/archives/multipath-tools_*.deb Version > "$CACHE/multipath-tools-version"
     dpkg-deb -f cache/archives/qemu-system-x86_*.deb Version > "$CACHE/qemu-version"
-    echo "$stamp" > "$CACHE/root.done"
+    mark_root "$CACHE" "$stamp"
 fi
 echo "unstable root ready: $ROOT (multipath-tools $(cat "$CACHE/multipath-tools-version"), QEMU $(cat "$CACHE/qemu-version"))"

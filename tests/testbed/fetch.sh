@@ -24,16 +24,11 @@ for p in "${PACKAGES[@]}"; do
 done
 
 ROOT=$CACHE/root
-if [ ! -f "$CACHE/root.done" ] || [ "$(cat "$CACHE/root.done")" != "${DEBS[*]}" ]; then
-    rm -rf "$ROOT"
-    mkdir -p "$ROOT"
-    for f in "${DEBS[@]}"; do
-        dpkg -x "$f" "$ROOT"
-    done
+if unpack_root "$CACHE" "${DEBS[*]}" "${DEBS[@]}"; then
     kver=$(ls "$ROOT/lib/modules" | head -1)
     # The package's postinst would run depmod; run the unpacked kmod's.
     (exec -a depmod "$ROOT/bin/kmod" -b "$ROOT" "$kver")
     echo "$kver" > "$CACHE/kernel-version"
-    echo "${DEBS[*]}" > "$CACHE/root.done"
+    mark_root "$CACHE" "${DEBS[*]}"
 fi
 echo "test bed cache ready: $CACHE (kernel $(cat "$CACHE/kernel-version"))"
