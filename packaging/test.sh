@@ -535,13 +535,14 @@ t_image_multiarch() {
 }
 
 # ----------------------------------------------------------------------- rpm
-# The default build (with mpath); the --without mpath build lacks the
-# drop-in and its directory.
+# The default build (with mpath): the main package, and pr-helper-multipath
+# with the drop-in that turns multipath on (the --without mpath build makes
+# no subpackage).
+RPM_MULTIPATH_FILES="/usr/lib/systemd/system/pr-helper.service.d
+/usr/lib/systemd/system/pr-helper.service.d/mpath.conf"
 RPM_FILES="/etc/pr-helper
 /usr/bin/pr-helper
 /usr/lib/systemd/system/pr-helper.service
-/usr/lib/systemd/system/pr-helper.service.d
-/usr/lib/systemd/system/pr-helper.service.d/mpath.conf
 /usr/lib/systemd/system/pr-helper.socket
 /usr/share/bash-completion/completions/pr-helper
 /usr/share/doc/pr-helper-$PRH_VERSION
@@ -560,6 +561,9 @@ RPM_FILES="/etc/pr-helper
 /usr/share/zsh/site-functions/_pr-helper"
 # rpmlint findings explained in docs/packaging.md (RPM, rpmlint).
 RPMLINT_KNOWN='E: no-signature|E: no-packager-tag|E: no-group-tag|W: no-buildroot-tag|W: invalid-license|W: invalid-license-exception LLVM-exception|W: only-non-binary-in-usr-lib|W: no-manual-page-for-binary pr-helper|W: manpage-not-compressed bz2|W: unstripped-binary-or-object /usr/bin/pr-helper'
+# The subpackage's own (docs/packaging.md): the main package's exact
+# version, and no documentation of its own (it is one drop-in).
+RPMLINT_KNOWN_MULTIPATH='W: requires-on-release pr-helper = |W: no-documentation'
 t_rpm() {
     local out=$W/rpm rpmfile plain root=$W/rpmroot lint vendor provides f
     "$PRH_ROOT/packaging/build-rpm.sh" "$out" 2>"$W/rpmbuild.log" | tee "$W/rpm.out" >&2 ||
@@ -576,6 +580,27 @@ t_rpm() {
     diff <(echo "$RPM_FILES") "$W/rpm.files" >&2 || fail "unexpected rpm file list"
     figure "rpm $(basename "$rpmfile"): $(wc -l <"$W/rpm.files") paths as expected (+ .build-id links)"
     rpm -qlp "$plain" | grep -q 'pr-helper.service.d' && fail "the --without mpath rpm has the mpath drop-in"
+    # Multipath is opt-in: the main package's unit keeps it off (dynamic
+    # user, CAP_SYS_RAWIO only); pr-helper-multipath's drop-in turns it on
+    # as root, needs the main package and multipathd, and restarts the
+    # service when it comes or goes.
+    local mrpm
+    mrpm=$(find "$out/rpmbuild/RPMS" -name "pr-helper-multipath-$PRH_VERSION-*.rpm" | head -n1)
+    [ -n "$mrpm" ] || fail "no pr-helper-multipath rpm"
+    [ -z "$(find "$out/rpmbuild-nompath/RPMS" -name 'pr-helper-multipath-*.rpm')" ] ||
+        fail "the --without mpath build made a pr-helper-multipath rpm"
+    diff <(echo "$RPM_MULTIPATH_FILES") <(rpm -qlp "$mrpm") >&2 || fail "unexpected pr-helper-multipath file list"
+    rpm -qp --requires "$mrpm" | grep -Eq "^pr-helper(\(x86-64\))? = ([0-9]+:)?$PRH_VERSION-" ||
+        fail "pr-helper-multipath does not require the main package's version"
+    rpm -qp --requires "$mrpm" | grep -qx 'device-mapper-multipath' || fail "pr-helper-multipath does not require device-mapper-multipath"
+    rpm -qp --scripts "$mrpm" | grep -q 'try-restart pr-helper.service' || fail "pr-helper-multipath does not restart the service"
+    # (Read whole before grep -q: an early exit would fail the pipeline.)
+    local unit
+    unit=$(rpm2cpio "$mrpm" | cpio -i --quiet --to-stdout ./usr/lib/systemd/system/pr-helper.service.d/mpath.conf)
+    grep -qx 'Environment=PR_HELPER_MULTIPATH=true' <<<"$unit" || fail "the drop-in does not turn multipath on"
+    unit=$(rpm2cpio "$rpmfile" | cpio -i --quiet --to-stdout ./usr/lib/systemd/system/pr-helper.service)
+    grep -qx 'Environment=PR_HELPER_MULTIPATH=false' <<<"$unit" || fail "the main unit does not keep multipath off"
+    figure "rpm $(basename "$mrpm"): the drop-in only (multipath on, root, CAP_SYS_RAWIO CAP_SYS_ADMIN), requires pr-helper and device-mapper-multipath; the main package's unit keeps multipath off"
     [ "$(rpm -qp --qf '%{LICENSE}' "$rpmfile")" = "$(cat "$LIC/license-expression")" ] || fail "rpm License tag"
     # bundled(crate()) Provides: one per vendored crate, as in Source1.
     vendor=$(find "$out/sources" -name '*-vendor.txt')
@@ -599,7 +624,7 @@ t_rpm() {
     rpm2cpio "$plain" | (mkdir -p "$root" && cd "$root" && cpio -idm --quiet ./usr/bin/pr-helper)
     [ -f "$root/usr/bin/pr-helper" ] || fail "no /usr/bin/pr-helper in $plain"
     ! readelf -d "$root/usr/bin/pr-helper" | grep -q 'NEEDED.*libmpathpersist' || fail "the --without mpath build links libmpathpersist"
-    figure "rpm with mpath: binary linked to libmpathpersist.so.0, drop-in installed; --without mpath: neither"
+    figure "rpm with mpath: binary linked to libmpathpersist.so.0, the drop-in in pr-helper-multipath; --without mpath: neither"
     rm -rf "$root"
     rpm --root "$root" --initdb
     # The scratch root has no /bin/sh or systemctl to run scriptlets in
@@ -612,7 +637,8 @@ t_rpm() {
     lint=$(rpmlint "$out"/rpmbuild/RPMS/*/*.rpm "$out"/rpmbuild/SRPMS/*.rpm "$plain" 2>&1 | grep -E '^[^ ]+: [EW]: ' || true)
     echo "$lint" >&2
     local unexplained
-    unexplained=$(grep -vE ": ($RPMLINT_KNOWN)" <<<"$lint" || true)
+    unexplained=$(grep -vE ": ($RPMLINT_KNOWN)" <<<"$lint" |
+        grep -vE "^pr-helper-multipath\.noarch: ($RPMLINT_KNOWN_MULTIPATH)" || true)
     [ -z "$unexplained" ] || fail "new rpmlint findings: $unexplained"
     figure "rpmlint: $(wc -l <<<"$lint") findings, all explained in docs/packaging.md ($(sed -E 's/^[^:]+: //; s/ .*//' <<<"$lint" | sort | uniq -c | tr -s ' ' | tr '\n' ';'))"
 
