@@ -36,7 +36,7 @@ use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, status, Completion, SenseCode, TEST_UNIT_READY};
 use crate::server::command::MultipathBackend;
 use crate::server::device::Inspected;
-use crate::server::pool::Ticket;
+use crate::server::pool::DevicePlace;
 use crate::server::reply::{response, Responder};
 
 /// Why multipath support could not start (D7: the reference ignores these).
@@ -111,7 +111,7 @@ struct Job {
     request: Request<OwnedFd>,
     responder: Responder,
     /// The request's place on its map (D29), held until it is answered.
-    ticket: Ticket,
+    place: DevicePlace,
 }
 
 /// The worker's loop: `handle` for each job, in order, until every sender
@@ -136,19 +136,19 @@ fn handle(job: Job, s: &Settings) {
     let Job {
         request,
         responder,
-        ticket,
+        place,
     } = job;
     match execute(&request, s) {
         Outcome::Answer(response) => {
-            drop(ticket);
+            drop(place);
             responder.send(request, response);
         }
         Outcome::Probe(generic) => {
             let timeout = s.sgio_timeout;
-            let pool = ticket.pool().clone();
+            let pool = place.pool().clone();
             pool.run(move || {
                 let completion = probe(&request, generic, timeout);
-                drop(ticket);
+                drop(place);
                 responder.send(request, response(completion, Vec::new()));
             });
         }
@@ -173,13 +173,13 @@ impl MultipathBackend for Multipath {
         Ok(self.control.is_multipath(fd)?)
     }
 
-    /// Queues a request for the worker, which answers it; `ticket` is its
+    /// Queues a request for the worker, which answers it; `place` is its
     /// place on the map, released once it is answered.
-    fn submit(&self, request: Request<OwnedFd>, responder: Responder, ticket: Ticket) {
+    fn submit(&self, request: Request<OwnedFd>, responder: Responder, place: DevicePlace) {
         let job = Job {
             request,
             responder,
-            ticket,
+            place,
         };
         if let Err(mpsc::SendError(job)) = self.queue.send(job) {
             // The worker is gone (it panicked): answer as a failed library call.

@@ -219,15 +219,19 @@ impl Acceptor {
             }
             return;
         }
-        let Some(client_slot) = self.per_client.admit(peer.pid) else {
-            if let Some(suppressed) = self.per_client_log.allow() {
-                warn!(
+        let client_slot = match self.per_client.count(peer.pid) {
+            Counted::Slot(slot) => Some(slot),
+            Counted::Uncounted => None,
+            Counted::Full => {
+                if let Some(suppressed) = self.per_client_log.allow() {
+                    warn!(
                     suppressed,
-                    "{peer}: refused: {} connections already open from this process (max_connections_per_client)",
-                    self.per_client.max
-                );
+                        "{peer}: refused: {} connections already open from this process (max_connections_per_client)",
+                        self.per_client.max
+                    );
+                }
+                return;
             }
-            return;
         };
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             if let Some(suppressed) = self.over_limit_log.allow() {
@@ -297,26 +301,38 @@ impl PerClient {
         }
     }
 
-    /// A slot for one more connection of process `pid`, None if it has
-    /// `max` open. Peers whose pid the helper cannot see are not counted: no
-    /// pid, or 0, which SO_PEERCRED reports for a process in a pid namespace
-    /// the helper's does not contain (all of them would share one count).
-    fn admit(&self, pid: Option<i32>) -> Option<Option<ClientSlot>> {
+    /// Counts one more connection of process `pid` ([`Counted`]). Peers
+    /// whose pid the helper cannot see are not counted: no pid, or 0, which
+    /// SO_PEERCRED reports for a process in a pid namespace the helper's
+    /// does not contain (all of them would share one count).
+    fn count(&self, pid: Option<i32>) -> Counted {
         let pid = match pid {
             Some(pid) if pid > 0 && self.max > 0 => pid,
-            _ => return Some(None),
+            _ => return Counted::Uncounted,
         };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(pid).or_insert(0);
         if *count >= self.max {
-            return None;
+            return Counted::Full;
         }
         *count += 1;
-        Some(Some(ClientSlot {
+        Counted::Slot(ClientSlot {
             pid,
             open: self.open.clone(),
-        }))
+        })
     }
+}
+
+/// What [`PerClient::count`] decided for a new connection.
+enum Counted {
+    /// Counted against its process; the slot gives the count back when the
+    /// connection ends.
+    Slot(ClientSlot),
+    /// Not counted: the helper cannot see the peer's pid, or there is no
+    /// per-client limit.
+    Uncounted,
+    /// Its process has `max_connections_per_client` open: refused.
+    Full,
 }
 
 impl Drop for ClientSlot {
@@ -357,25 +373,28 @@ mod tests {
     #[test]
     fn per_client_counts_open_connections_by_pid() {
         let p = PerClient::new(2);
-        let a1 = p.admit(Some(10)).unwrap();
-        let a2 = p.admit(Some(10)).unwrap();
-        assert!(a1.is_some() && a2.is_some());
-        assert!(p.admit(Some(10)).is_none(), "a third from pid 10");
+        let a1 = p.count(Some(10));
+        let a2 = p.count(Some(10));
+        assert!(matches!(a1, Counted::Slot(_)) && matches!(a2, Counted::Slot(_)));
+        assert!(
+            matches!(p.count(Some(10)), Counted::Full),
+            "a third from pid 10"
+        );
         // Other processes have their own count; unknown pids none.
-        let b = p.admit(Some(11)).unwrap();
-        assert!(b.is_some());
+        let b = p.count(Some(11));
+        assert!(matches!(b, Counted::Slot(_)));
         for _ in 0..5 {
-            assert!(p.admit(Some(0)).unwrap().is_none());
-            assert!(p.admit(None).unwrap().is_none());
+            assert!(matches!(p.count(Some(0)), Counted::Uncounted));
+            assert!(matches!(p.count(None), Counted::Uncounted));
         }
         drop(a1);
-        let a3 = p.admit(Some(10)).unwrap();
-        assert!(p.admit(Some(10)).is_none());
+        let a3 = p.count(Some(10));
+        assert!(matches!(a3, Counted::Slot(_)));
+        assert!(matches!(p.count(Some(10)), Counted::Full));
         drop((a2, a3, b));
         assert!(p.open.lock().unwrap().is_empty(), "counts freed");
         // 0: no limit, nothing counted.
         let p = PerClient::new(0);
-        let all: Vec<_> = (0..100).map(|_| p.admit(Some(10)).unwrap()).collect();
-        assert!(all.iter().all(Option::is_none));
+        assert!((0..100).all(|_| matches!(p.count(Some(10)), Counted::Uncounted)));
     }
 }

@@ -16,9 +16,9 @@ use crate::scsi::sgio::{self, DataPhase};
 use crate::scsi::{self, Completion, SenseCode};
 use crate::server::device::{self, Inspected};
 use crate::server::isolation::{Admission, DevKey};
-use crate::server::pool::Pool;
 #[cfg(feature = "mpath")]
-use crate::server::pool::Ticket;
+use crate::server::pool::DevicePlace;
+use crate::server::pool::Pool;
 use crate::server::ratelimit::RateLimited;
 use crate::server::reply::{response, Responder};
 
@@ -51,16 +51,16 @@ pub struct Executor {
 /// What the server needs of multipath support, which `crate::mpath`
 /// implements beside the server: whether an fd is a dm-multipath map, and
 /// handing it a request to answer. A trait, so that dependencies point one
-/// way: multipath uses the server's reply handle, pool ticket and fd
+/// way: multipath uses the server's reply handle, device place and fd
 /// inspection, and the server does not import multipath (one dynamic call
 /// per multipath request and one per detection, in `mpath` builds only).
 #[cfg(feature = "mpath")]
 pub trait MultipathBackend: Send + Sync + std::fmt::Debug {
     /// True if `fd` is a dm-multipath device (called on a pool thread).
     fn detect(&self, fd: &Inspected) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>;
-    /// Takes `request` to answer through `responder`; `ticket` is its place
+    /// Takes `request` to answer through `responder`; `place` is its place
     /// on the map (D29), given up once it is answered.
-    fn submit(&self, request: Request<OwnedFd>, responder: Responder, ticket: Ticket);
+    fn submit(&self, request: Request<OwnedFd>, responder: Responder, place: DevicePlace);
 }
 
 impl Executor {
@@ -121,15 +121,15 @@ impl Executor {
     /// as the device takes) if its device has a place free (D29); otherwise,
     /// and for a dm-multipath device, the request is returned untouched, to
     /// be queued with [`Executor::run`].
-    pub fn run_here(&self, routed: Routed, pool: &Pool) -> Ran {
+    pub fn run_here(&self, routed: Routed, pool: &Pool) -> Attempt {
         let Routed { request, fd, way } = routed;
         match way {
-            Way::Answered(response) => Ran::Answered(request, response),
+            Way::Answered(response) => Attempt::Executed(request, response),
             Way::Sgio => {
                 let key = DevKey::inspected(&fd);
                 match pool.run_on_device(key, || execute(&request, &fd, &self.config)) {
-                    Some(response) => Ran::Answered(request, response),
-                    None => Ran::Queue(Routed {
+                    Some(response) => Attempt::Executed(request, response),
+                    None => Attempt::Deferred(Routed {
                         request,
                         fd,
                         way: Way::Sgio,
@@ -137,7 +137,7 @@ impl Executor {
                 }
             }
             #[cfg(feature = "mpath")]
-            Way::Multipath(multipath) => Ran::Queue(Routed {
+            Way::Multipath(multipath) => Attempt::Deferred(Routed {
                 request,
                 fd,
                 way: Way::Multipath(multipath),
@@ -161,9 +161,9 @@ impl Executor {
                 pool.enter_or_wait(
                     DevKey::inspected(&fd),
                     Box::new(move |admission| match admission {
-                        Admission::Run(ticket) => {
+                        Admission::Run(place) => {
                             let response = execute(&request, &fd, &config);
-                            drop(ticket);
+                            drop(place);
                             responder.send(request, response);
                         }
                         Admission::Cancelled => responder.send(request, cancelled()),
@@ -175,7 +175,7 @@ impl Executor {
                 pool.enter_or_wait(
                     DevKey::inspected(&fd),
                     Box::new(move |admission| match admission {
-                        Admission::Run(ticket) => multipath.submit(request, responder, ticket),
+                        Admission::Run(place) => multipath.submit(request, responder, place),
                         Admission::Cancelled => responder.send(request, cancelled()),
                     }),
                 );
@@ -228,13 +228,14 @@ enum Way {
     Multipath(Arc<dyn MultipathBackend>),
 }
 
-/// What [`Executor::run_here`] did with a request.
-pub enum Ran {
+/// What [`Executor::run_here`] did with a request: executed it, or left it
+/// for later.
+pub enum Attempt {
     /// Executed: the request (its fd still open) and its response.
-    Answered(Request<OwnedFd>, Response),
+    Executed(Request<OwnedFd>, Response),
     /// Not executed: its device already executes its bound of commands, or
     /// it is for a dm-multipath device. Queue it with [`Executor::run`].
-    Queue(Routed),
+    Deferred(Routed),
 }
 
 /// The answer to a request that waited for a device that did not answer

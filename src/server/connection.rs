@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::fdpass::{self, Received};
 use crate::protocol::{self, Request, FEATURES_SIZE};
-use crate::server::command::{Executor, Ran, Routed};
+use crate::server::command::{Attempt, Executor, Routed};
 use crate::server::end::End;
 use crate::server::peer::Peer;
 use crate::server::pool::{Parked, Pool, Release};
@@ -107,7 +107,7 @@ pub async fn serve(
             let done = match returned {
                 Returned::Partial => Ok(()),
                 Returned::Pending(rest) => conn.write_rest(&rest).await,
-                Returned::Queue(routed) => conn.answer(Work::Routed(*routed)).await,
+                Returned::Deferred(routed) => conn.answer(PoolRequest::Routed(*routed)).await,
                 Returned::End(end) => Err(end),
                 Returned::Refused => {
                     parking = false;
@@ -134,7 +134,7 @@ pub async fn serve(
             // read, parked or not: a client that reads only once it has
             // sent everything still gets the whole of the last response.
             Ok(request) => {
-                if let Err(end) = conn.answer(Work::Arrived(request)).await {
+                if let Err(end) = conn.answer(PoolRequest::Arrived(request)).await {
                     return end;
                 }
             }
@@ -158,7 +158,7 @@ fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
 }
 
 /// What a parked connection brings back to its task.
-struct Back {
+struct Unparked {
     stream: std::os::unix::net::UnixStream,
     session: Session,
     returned: Returned,
@@ -173,8 +173,8 @@ enum Returned {
     Pending(Vec<u8>),
     /// A request routed but not executed (its device is busy, or it is for
     /// a dm-multipath device): the task queues it with the pool. Boxed:
-    /// the rare case should not make every `Back` as large as a request.
-    Queue(Box<Routed>),
+    /// the rare case should not make every `Unparked` as large as a request.
+    Deferred(Box<Routed>),
     /// The connection ends.
     End(End),
     /// The pool could not take the connection: the task stops parking it.
@@ -194,7 +194,7 @@ struct ParkedConnection {
     pool: Pool,
     /// Set by `readable` when it returns false.
     returned: Returned,
-    back: oneshot::Sender<Back>,
+    back: oneshot::Sender<Unparked>,
 }
 
 impl Parked for ParkedConnection {
@@ -218,10 +218,10 @@ impl Parked for ParkedConnection {
         let started = std::time::Instant::now();
         let executor = &self.config.executor;
         let (request, response) = match executor.run_here(executor.route(request), &self.pool) {
-            Ran::Answered(request, response) => (request, response),
+            Attempt::Executed(request, response) => (request, response),
             // Its task queues it, where it waits without a thread.
-            Ran::Queue(routed) => {
-                self.returned = Returned::Queue(Box::new(routed));
+            Attempt::Deferred(routed) => {
+                self.returned = Returned::Deferred(Box::new(routed));
                 return false;
             }
         };
@@ -263,7 +263,7 @@ impl Parked for ParkedConnection {
             )),
         };
         // The receiver is gone only if the connection task ended.
-        let _ = back.send(Back {
+        let _ = back.send(Unparked {
             stream,
             session,
             returned,
@@ -272,7 +272,7 @@ impl Parked for ParkedConnection {
 }
 
 /// A request the task has the pool execute.
-enum Work {
+enum PoolRequest {
     /// Read by the task: routed on the pool thread.
     Arrived(Request<OwnedFd>),
     /// Routed by a parked worker, which found no place for it.
@@ -416,7 +416,7 @@ impl Connection {
         loop {
             match session.pull(self.stream.as_fd(), &mut budget) {
                 Pulled::Request(request) => {
-                    if let Err(end) = self.answer(Work::Arrived(request)).await {
+                    if let Err(end) = self.answer(PoolRequest::Arrived(request)).await {
                         return end;
                     }
                 }
@@ -435,7 +435,7 @@ impl Connection {
     /// first if it is not yet); the executing thread closes the device fd as
     /// soon as the command is done and writes as much of the response as
     /// the socket takes without blocking.
-    fn dispatch(&self, work: Work) -> InFlight {
+    fn dispatch(&self, work: PoolRequest) -> InFlight {
         let (reply, in_flight) = oneshot::channel();
         let responder = Responder {
             stream: self.stream.clone(),
@@ -449,8 +449,8 @@ impl Connection {
         self.pool.run(move || {
             let executor = &config.executor;
             let routed = match work {
-                Work::Arrived(request) => executor.route(request),
-                Work::Routed(routed) => routed,
+                PoolRequest::Arrived(request) => executor.route(request),
+                PoolRequest::Routed(routed) => routed,
             };
             executor.run(routed, responder, &pool)
         });
@@ -469,7 +469,7 @@ impl Connection {
     }
 
     /// Executes a request on the pool and waits until its response is out.
-    async fn answer(&self, work: Work) -> Result<(), End> {
+    async fn answer(&self, work: PoolRequest) -> Result<(), End> {
         let in_flight = self.dispatch(work);
         self.finish(in_flight).await
     }

@@ -91,7 +91,7 @@ impl DevKey {
 
 /// What a waiting request is told when its turn comes.
 pub enum Admission<T> {
-    /// It may execute now; the ticket holds its place until dropped.
+    /// It may execute now; it holds its place until the `DevicePlace` drops.
     Run(T),
     /// The helper is shutting down and the device has not answered in time:
     /// answer without executing.

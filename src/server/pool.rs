@@ -161,7 +161,7 @@ struct Inner {
     max_threads: usize,
     name: String,
     /// Commands executing and requests waiting, per device (D29).
-    devices: Mutex<Devices<Ticket>>,
+    devices: Mutex<Devices<DevicePlace>>,
     /// Commands executing, plus [`UNKEYED`] while one executes whose
     /// device was not looked up (it started while no other executed).
     executing: AtomicUsize,
@@ -405,19 +405,19 @@ impl Pool {
             let _done = Unkeyed(&inner.executing);
             return Some(f());
         }
-        // The place is given up (or passed on) when the ticket drops.
+        // The place is given up (or passed on) when the `DevicePlace` drops.
         let _ticket = self.enter(key)?;
         Some(f())
     }
 
     /// Counts a command as executing, then takes a place on `key` for it;
     /// uncounts it if there is none.
-    fn enter(&self, key: DevKey) -> Option<Ticket> {
+    fn enter(&self, key: DevKey) -> Option<DevicePlace> {
         let before = self.inner.executing.fetch_add(1, Ordering::SeqCst);
         let unkeyed = usize::from(before & UNKEYED != 0);
         let now = Instant::now();
         if lock(&self.inner.devices).try_enter_beside(key, unkeyed, now) {
-            return Some(Ticket::new(self, key, now));
+            return Some(DevicePlace::new(self, key, now));
         }
         self.inner.executing.fetch_sub(1, Ordering::SeqCst);
         None
@@ -436,23 +436,23 @@ impl Pool {
         executing.fetch_add(admitted.len(), Ordering::SeqCst);
         executing.fetch_sub(1, Ordering::SeqCst);
         for next in admitted {
-            let ticket = Ticket::new(self, key, now);
-            self.run(move || next(Admission::Run(ticket)));
+            let place = DevicePlace::new(self, key, now);
+            self.run(move || next(Admission::Run(place)));
         }
     }
 
-    /// Calls `waiting` with a ticket for `key`: at once, on the calling
+    /// Calls `waiting` with a place for `key`: at once, on the calling
     /// thread, if the device has a place free; else, on a pool thread, as
     /// soon as one of its commands ends. At shutdown ([`Pool::close_devices`])
     /// it is called with [`Admission::Cancelled`] instead.
-    pub fn enter_or_wait(&self, key: DevKey, waiting: Waiting<Ticket>) {
+    pub fn enter_or_wait(&self, key: DevKey, waiting: Waiting<DevicePlace>) {
         let executing = &self.inner.executing;
         let before = executing.fetch_add(1, Ordering::SeqCst);
         let unkeyed = usize::from(before & UNKEYED != 0);
         let now = Instant::now();
         let admitted = lock(&self.inner.devices).enter_or_wait(key, unkeyed, waiting, now);
         match admitted {
-            Some((waiting, true)) => waiting(Admission::Run(Ticket::new(self, key, now))),
+            Some((waiting, true)) => waiting(Admission::Run(DevicePlace::new(self, key, now))),
             Some((waiting, false)) => {
                 executing.fetch_sub(1, Ordering::SeqCst);
                 waiting(Admission::Cancelled)
@@ -487,30 +487,30 @@ impl Pool {
 /// A place to execute one command on one device (D29). Dropping it gives
 /// the place to the first request waiting for the device, which then runs on
 /// a pool thread.
-pub struct Ticket {
+pub struct DevicePlace {
     pool: Pool,
     key: DevKey,
     started: Instant,
 }
 
-impl Ticket {
-    fn new(pool: &Pool, key: DevKey, started: Instant) -> Ticket {
-        Ticket {
+impl DevicePlace {
+    fn new(pool: &Pool, key: DevKey, started: Instant) -> DevicePlace {
+        DevicePlace {
             pool: pool.clone(),
             key,
             started,
         }
     }
 
-    /// The pool the ticket belongs to, to run follow-up work for the same
-    /// command (the place stays taken while the ticket lives).
+    /// The pool the place belongs to, to run follow-up work for the same
+    /// command (the place stays taken while the place lives).
     #[cfg(feature = "mpath")]
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 }
 
-impl Drop for Ticket {
+impl Drop for DevicePlace {
     fn drop(&mut self) {
         self.pool.leave(self.key, self.started);
     }
