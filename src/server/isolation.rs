@@ -101,6 +101,17 @@ pub enum Admission<T> {
 /// A request waiting for its device, called once with its admission.
 pub type Waiting<T> = Box<dyn FnOnce(Admission<T>) + Send + 'static>;
 
+/// What [`Devices::enter_or_wait`] did with a request; the caller acts on
+/// the first two at once.
+pub enum Entering<T> {
+    /// A place was taken: run the request.
+    Run(Waiting<T>),
+    /// Shutting down: cancel the request.
+    Cancel(Waiting<T>),
+    /// Queued: it runs when a place frees, or is cancelled at shutdown.
+    Queued,
+}
+
 /// A cheap hasher for device keys (a few integers chosen by the kernel, not
 /// by clients): this map is touched twice per request.
 #[derive(Default)]
@@ -223,26 +234,24 @@ impl<T> Devices<T> {
         }
     }
 
-    /// Takes a place on `key`, or queues `waiting` for one. Returns
-    /// `waiting` with what to do now: run it (a place was taken) or cancel
-    /// it (shutting down); None when it was queued.
+    /// Takes a place on `key`, or queues `waiting` for one ([`Entering`]).
     pub fn enter_or_wait(
         &mut self,
         key: DevKey,
         unkeyed: usize,
         waiting: Waiting<T>,
         now: Instant,
-    ) -> Option<(Waiting<T>, bool)> {
+    ) -> Entering<T> {
         if self.try_enter_beside(key, unkeyed, now) {
-            return Some((waiting, true));
+            return Entering::Run(waiting);
         }
         if self.closing {
-            return Some((waiting, false));
+            return Entering::Cancel(waiting);
         }
         if let Some(device) = self.map.get_mut(&key) {
             device.waiting.push_back(waiting);
         }
-        None
+        Entering::Queued
     }
 
     /// A command on `key` that started at `started` has ended `now`: its
@@ -250,7 +259,12 @@ impl<T> Devices<T> {
     /// next ones while the device, having just answered, has room. The
     /// caller must start every request returned (each owns a place,
     /// started `now`).
-    pub fn leave(&mut self, key: DevKey, started: Instant, now: Instant) -> Vec<Waiting<T>> {
+    pub fn command_ended(
+        &mut self,
+        key: DevKey,
+        started: Instant,
+        now: Instant,
+    ) -> Vec<Waiting<T>> {
         let (bound, cap) = (self.bound, self.cap);
         let Some(device) = self.map.get_mut(&key) else {
             return Vec::new();
@@ -312,23 +326,27 @@ mod tests {
         assert!(d.try_enter(a, t));
         assert!(!d.try_enter(a, t));
         for id in 0..3 {
-            assert!(d.enter_or_wait(a, 0, recorder(&log, id), t).is_none());
+            assert!(matches!(
+                d.enter_or_wait(a, 0, recorder(&log, id), t),
+                Entering::Queued
+            ));
         }
         // Another device is not affected.
         assert!(d.try_enter(b, t));
-        let (run, now) = d.enter_or_wait(b, 0, recorder(&log, 9), t).unwrap();
-        assert!(now);
+        let Entering::Run(run) = d.enter_or_wait(b, 0, recorder(&log, 9), t) else {
+            panic!("device b had a place");
+        };
         run(Admission::Run(()));
         // Places pass on in arrival order, one per command that ends (the
         // cap is the bound here), then are freed.
         for id in 0..3 {
-            let next = d.leave(a, t, t);
+            let next = d.command_ended(a, t, t);
             assert_eq!(next.len(), 1);
             next.into_iter().next().unwrap()(Admission::Run(()));
             assert_eq!(log.lock().unwrap().last(), Some(&(id, true)));
         }
-        assert!(d.leave(a, t, t).is_empty());
-        assert!(d.leave(a, t, t).is_empty());
+        assert!(d.command_ended(a, t, t).is_empty());
+        assert!(d.command_ended(a, t, t).is_empty());
         assert!(!d.map.contains_key(&a), "no entry once idle");
         assert!(d.try_enter(a, t));
     }
@@ -343,34 +361,40 @@ mod tests {
         assert!(d.try_enter(a, t0));
         assert!(d.try_enter(a, t0));
         for id in 0..4 {
-            assert!(d.enter_or_wait(a, 0, recorder(&log, id), t0).is_none());
+            assert!(matches!(
+                d.enter_or_wait(a, 0, recorder(&log, id), t0),
+                Entering::Queued
+            ));
         }
         // One command ends 1 ms later: the device is answering, so its
         // place and two more go to waiting requests (four at once, the cap).
         let t1 = t0 + ms(1);
-        assert_eq!(d.leave(a, t0, t1).len(), 3);
+        assert_eq!(d.command_ended(a, t0, t1).len(), 3);
         assert!(!d.try_enter(a, t1), "the cap");
         // Another ends: the last waiting request starts, and a newcomer
         // finds a place too while the device answers.
         let t2 = t1 + ms(1);
-        assert_eq!(d.leave(a, t0, t2).len(), 1);
+        assert_eq!(d.command_ended(a, t0, t2).len(), 1);
         assert!(!d.try_enter(a, t2), "the cap");
-        assert_eq!(d.leave(a, t1, t2).len(), 0);
+        assert_eq!(d.command_ended(a, t1, t2).len(), 0);
         assert!(d.try_enter(a, t2));
         // No command has ended for longer than ANSWERING_WITHIN, and the
         // oldest has run that long: the device is slow, back to the bound.
         let late = t2 + ANSWERING_WITHIN;
         assert_eq!(d.map[&a].executing, 4);
-        assert_eq!(d.leave(a, t1, late).len(), 0);
+        assert_eq!(d.command_ended(a, t1, late).len(), 0);
         assert!(
             !d.try_enter(a, late),
             "3 executing, the oldest for 100 ms: slow"
         );
-        assert!(d.enter_or_wait(a, 0, recorder(&log, 9), late).is_none());
+        assert!(matches!(
+            d.enter_or_wait(a, 0, recorder(&log, 9), late),
+            Entering::Queued
+        ));
         // While a command has run that long, places free only below the
         // bound: two still execute, then one.
-        assert_eq!(d.leave(a, t1, late).len(), 0);
-        assert_eq!(d.leave(a, t2, late).len(), 1);
+        assert_eq!(d.command_ended(a, t1, late).len(), 0);
+        assert_eq!(d.command_ended(a, t2, late).len(), 1);
     }
 
     #[test]
@@ -380,19 +404,29 @@ mod tests {
         let t = Instant::now();
         let a = DevKey::NotADevice;
         assert!(d.try_enter(a, t));
-        assert!(d.enter_or_wait(a, 0, recorder(&log, 1), t).is_none());
-        assert!(d.enter_or_wait(a, 0, recorder(&log, 2), t).is_none());
+        assert!(matches!(
+            d.enter_or_wait(a, 0, recorder(&log, 1), t),
+            Entering::Queued
+        ));
+        assert!(matches!(
+            d.enter_or_wait(a, 0, recorder(&log, 2), t),
+            Entering::Queued
+        ));
         let (cancelled, executing) = d.close();
         assert_eq!((cancelled.len(), executing), (2, 1));
-        let (w, now) = d.enter_or_wait(a, 0, recorder(&log, 3), t).unwrap();
-        assert!(!now, "busy device while closing: cancelled at once");
-        drop(w);
+        assert!(
+            matches!(
+                d.enter_or_wait(a, 0, recorder(&log, 3), t),
+                Entering::Cancel(_)
+            ),
+            "busy device while closing: cancelled at once"
+        );
         // A free device still runs.
-        let (_, now) = d
-            .enter_or_wait(DevKey::Rdev(7), 0, recorder(&log, 4), t)
-            .unwrap();
-        assert!(now);
-        assert!(d.leave(a, t, t).is_empty());
+        assert!(matches!(
+            d.enter_or_wait(DevKey::Rdev(7), 0, recorder(&log, 4), t),
+            Entering::Run(_)
+        ));
+        assert!(d.command_ended(a, t, t).is_empty());
     }
 
     #[test]

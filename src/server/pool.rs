@@ -79,7 +79,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::server::isolation::{Admission, DevKey, Devices, Waiting};
+use crate::server::isolation::{Admission, DevKey, Devices, Entering, Waiting};
 
 /// How long a thread may stay on one piece of work, with no other thread
 /// waiting for work, before the watchdog adds a thread.
@@ -374,7 +374,7 @@ impl Pool {
         } else if let Some(conn) = entry.take_parked(State::Vacant) {
             slab.vacate(key.0);
             drop(slab);
-            inner.leave(conn, Release::Unparked);
+            inner.stop_watching(conn, Release::Unparked);
         }
     }
 
@@ -427,9 +427,9 @@ impl Pool {
     /// (and its count) goes to the first request waiting for the device,
     /// and more places to the next ones if the device has room now (D29);
     /// each starts on a pool thread. Else the place is freed.
-    fn leave(&self, key: DevKey, started: Instant) {
+    fn command_ended(&self, key: DevKey, started: Instant) {
         let now = Instant::now();
-        let admitted = lock(&self.inner.devices).leave(key, started, now);
+        let admitted = lock(&self.inner.devices).command_ended(key, started, now);
         let executing = &self.inner.executing;
         // Counted before the leaving command is uncounted, so that the
         // count never reads zero while they execute.
@@ -452,12 +452,12 @@ impl Pool {
         let now = Instant::now();
         let admitted = lock(&self.inner.devices).enter_or_wait(key, unkeyed, waiting, now);
         match admitted {
-            Some((waiting, true)) => waiting(Admission::Run(DevicePlace::new(self, key, now))),
-            Some((waiting, false)) => {
+            Entering::Run(waiting) => waiting(Admission::Run(DevicePlace::new(self, key, now))),
+            Entering::Cancel(waiting) => {
                 executing.fetch_sub(1, Ordering::SeqCst);
                 waiting(Admission::Cancelled)
             }
-            None => {
+            Entering::Queued => {
                 executing.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -512,7 +512,7 @@ impl DevicePlace {
 
 impl Drop for DevicePlace {
     fn drop(&mut self) {
-        self.pool.leave(self.key, self.started);
+        self.pool.command_ended(self.key, self.started);
     }
 }
 
@@ -668,12 +668,12 @@ impl Inner {
         let mut slab = lock(&self.parked);
         let Some(entry) = slab.entry(key) else {
             drop(slab);
-            return self.leave(conn, Release::Unparked);
+            return self.stop_watching(conn, Release::Unparked);
         };
         if matches!(entry.state, State::Serving { release: true }) {
             slab.vacate(key);
             drop(slab);
-            return self.leave(conn, Release::Unparked);
+            return self.stop_watching(conn, Release::Unparked);
         }
         // Re-armed under the lock: a worker that sees the next event waits
         // for the lock, then finds the connection parked.
@@ -684,18 +684,18 @@ impl Inner {
                 slab.vacate(key);
                 drop(slab);
                 tracing::warn!("cannot watch a connection again: {e}");
-                self.leave(conn, Release::Done);
+                self.stop_watching(conn, Release::Done);
             }
         }
     }
 
     fn finish(&self, key: u64, conn: Box<dyn Parked>, why: Release) {
         lock(&self.parked).vacate(key);
-        self.leave(conn, why);
+        self.stop_watching(conn, why);
     }
 
     /// Stops watching `conn`'s socket and releases it.
-    fn leave(&self, conn: Box<dyn Parked>, why: Release) {
+    fn stop_watching(&self, conn: Box<dyn Parked>, why: Release) {
         // ENOENT/EBADF only if the socket is no longer registered.
         let _ = self.epoll.delete(conn.fd());
         conn.release(why);
