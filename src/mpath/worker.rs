@@ -146,7 +146,7 @@ fn handle(job: Job, s: &Settings) {
         Outcome::Probe(generic) => {
             let timeout = s.sgio_timeout;
             let pool = place.pool().clone();
-            pool.run(move || {
+            pool.spawn(move || {
                 let completion = probe(&request, generic, timeout);
                 drop(place);
                 responder.send(request, response(completion, Vec::new()));

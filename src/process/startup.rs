@@ -239,7 +239,7 @@ pub fn run(args: &ServerArgs) -> ExitCode {
             prepared.start(config.verbosity, config.sgio_timeout())
         )));
     }
-    let code = serve(listener, &config, executor, janitor, serving_on);
+    let code = run_server(listener, &config, executor, janitor, serving_on);
     // The janitor has removed the pidfile (if still ours) by now; only then
     // is its lock released.
     drop(pidfile);
@@ -312,7 +312,7 @@ fn finish_setup(config: &Config) -> Result<Option<Pidfile>, StartupError> {
 }
 
 /// Builds the runtime and serves until a terminating signal.
-fn serve(
+fn run_server(
     listener: std::os::unix::net::UnixListener,
     config: &Config,
     executor: Executor,

@@ -120,7 +120,7 @@ impl Executor {
     /// Runs a routed request on the calling thread (it blocks for as long
     /// as the device takes) if its device has a place free (D29); otherwise,
     /// and for a dm-multipath device, the request is returned untouched, to
-    /// be queued with [`Executor::run`].
+    /// be queued with [`Executor::run_when_free`].
     pub fn run_here(&self, routed: Routed, pool: &Pool) -> Attempt {
         let Routed { request, fd, way } = routed;
         match way {
@@ -152,7 +152,7 @@ impl Executor {
     /// (or is answered CHECK CONDITION 0B/08/00 if shutdown gives up on the
     /// device). Requests for dm-multipath devices go on to the multipath
     /// worker, holding their place on the map until answered.
-    pub fn run(&self, routed: Routed, responder: Responder, pool: &Pool) {
+    pub fn run_when_free(&self, routed: Routed, responder: Responder, pool: &Pool) {
         let Routed { request, fd, way } = routed;
         match way {
             Way::Answered(response) => responder.send(request, response),
@@ -186,7 +186,7 @@ impl Executor {
 
 /// A request whose fd has been inspected and whose way of execution is
 /// decided ([`Executor::route`]), ready for [`Executor::run_here`] or
-/// [`Executor::run`].
+/// [`Executor::run_when_free`].
 pub struct Routed {
     request: Request<OwnedFd>,
     fd: Inspected,
@@ -234,7 +234,7 @@ pub enum Attempt {
     /// Executed: the request (its fd still open) and its response.
     Executed(Request<OwnedFd>, Response),
     /// Not executed: its device already executes its bound of commands, or
-    /// it is for a dm-multipath device. Queue it with [`Executor::run`].
+    /// it is for a dm-multipath device. Queue it with [`Executor::run_when_free`].
     Deferred(Routed),
 }
 

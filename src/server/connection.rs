@@ -53,7 +53,7 @@ pub struct ConnectionConfig {
 ///    decides how it is executed (refused at once, SG_IO, multipath);
 /// 3. **execute**: on a pool thread, at once if its device has a place
 ///    ([`Executor::run_here`]), else queued until it has one
-///    ([`Executor::run`], D29), or on the multipath worker;
+///    ([`Executor::run_when_free`], D29), or on the multipath worker;
 /// 4. **answer**: [`respond`] logs and audits it, closes its fd, and writes
 ///    as much of the response as the socket takes without blocking.
 ///
@@ -446,13 +446,13 @@ impl Connection {
         };
         let config = self.config.clone();
         let pool = self.pool.clone();
-        self.pool.run(move || {
+        self.pool.spawn(move || {
             let executor = &config.executor;
             let routed = match work {
                 PoolRequest::Arrived(request) => executor.route(request),
                 PoolRequest::Routed(routed) => routed,
             };
-            executor.run(routed, responder, &pool)
+            executor.run_when_free(routed, responder, &pool)
         });
         in_flight
     }

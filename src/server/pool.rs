@@ -14,7 +14,7 @@
 //!   handed back to its task on the event loop, which carries on with the
 //!   same steps (`connection::serve` lists them: each is written once and
 //!   used by both);
-//! * **jobs** ([`Pool::run`]): closures queued by the event loop, counted by
+//! * **jobs** ([`Pool::spawn`]): closures queued by the event loop, counted by
 //!   an eventfd in semaphore mode, one count per job.
 //!
 //! Every command takes a place on its device first ([`Pool::run_on_device`],
@@ -315,7 +315,7 @@ impl Pool {
     /// Runs `f` on a pool thread. A panic in `f` is caught and logged; the
     /// thread survives, and whatever `f` owned (for a request: its reply
     /// channel) is dropped, which the waiting side sees.
-    pub fn run<F>(&self, f: F)
+    pub fn spawn<F>(&self, f: F)
     where
         F: FnOnce() + Send + 'static,
     {
@@ -437,7 +437,7 @@ impl Pool {
         executing.fetch_sub(1, Ordering::SeqCst);
         for next in admitted {
             let place = DevicePlace::new(self, key, now);
-            self.run(move || next(Admission::Run(place)));
+            self.spawn(move || next(Admission::Run(place)));
         }
     }
 
@@ -617,7 +617,7 @@ impl Inner {
             }
             match events[0].data() {
                 JOBS => self.run_job(),
-                key => self.serve(key),
+                key => self.on_readable(key),
             }
             slot.busy.store(false, Ordering::Release);
         }
@@ -640,7 +640,7 @@ impl Inner {
         }
     }
 
-    fn serve(&self, key: u64) {
+    fn on_readable(&self, key: u64) {
         let mut conn = {
             let mut slab = lock(&self.parked);
             // None: it left the pool since the event was harvested.
@@ -659,11 +659,11 @@ impl Inner {
                     "a request panicked on the SG_IO pool: {}",
                     panic_message(&*p)
                 );
-                return self.finish(key, conn, Release::Panicked);
+                return self.unpark(key, conn, Release::Panicked);
             }
         };
         if !again {
-            return self.finish(key, conn, Release::Done);
+            return self.unpark(key, conn, Release::Done);
         }
         let mut slab = lock(&self.parked);
         let Some(entry) = slab.entry(key) else {
@@ -689,7 +689,7 @@ impl Inner {
         }
     }
 
-    fn finish(&self, key: u64, conn: Box<dyn Parked>, why: Release) {
+    fn unpark(&self, key: u64, conn: Box<dyn Parked>, why: Release) {
         lock(&self.parked).vacate(key);
         self.stop_watching(conn, why);
     }
@@ -773,7 +773,7 @@ mod tests {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> mpsc::Receiver<R> {
         let (tx, rx) = mpsc::channel();
-        pool.run(move || {
+        pool.spawn(move || {
             let _ = tx.send(f());
         });
         rx
