@@ -2,7 +2,7 @@
 //! libmpathpersist, which registers keys on every path and works with
 //! multipathd so that paths coming back get them too (spec §7). READ FULL
 //! STATUS is the exception: it is answered with SG_IO on the map (D14,
-//! `command::Executor::run_here`), never through the library.
+//! `command::Executor::route_of`), never through the library.
 //!
 //! * [`translate`]: the pure request/reply translation (every build);
 //! * `ffi`, `detect`, `worker` (feature `mpath`): the library binding,

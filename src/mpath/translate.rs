@@ -6,7 +6,7 @@
 //! The rules are the reference's, byte for byte, with decision D2 (more
 //! than 32 TransportIDs is CHECK CONDITION 05/26/00, not an abort). READ
 //! FULL STATUS never comes here: it is answered with SG_IO on the map
-//! (D14, `command::Executor::run_here`).
+//! (D14, `command::Executor::route_of`).
 
 use crate::protocol::{CDB_SIZE, MAX_TRANSFER};
 use crate::scsi::{status, SenseCode};

@@ -86,35 +86,36 @@ impl Executor {
     /// map, which dm forwards to a path (D14), not through libmpathpersist.
     pub fn route(&self, request: Request<OwnedFd>) -> Routed {
         let fd = Inspected::of(request.fd.as_fd());
-        let way = self.way(&request, &fd);
-        Routed { request, fd, way }
+        let route = self.route_of(&request, &fd);
+        Routed { request, fd, route }
     }
 
-    fn way(&self, request: &Request<OwnedFd>, fd: &Inspected) -> Way {
+    /// The decision [`Executor::route`] describes, made once per request.
+    fn route_of(&self, request: &Request<OwnedFd>, fd: &Inspected) -> Route {
         if request.direction == Direction::Out && fd.is_read_only() {
-            return Way::Sgio;
+            return Route::Sgio;
         }
         if let Err(refused) = device::check(fd) {
             log_refusal(&refused);
-            return Way::Answered(response(refused.completion(), Vec::new()));
+            return Route::Answered(response(refused.completion(), Vec::new()));
         }
         #[cfg(feature = "mpath")]
         if let Some(multipath) = &self.multipath {
             match multipath.detect(fd) {
                 Ok(false) => {}
                 Ok(true) if is_read_full_status(request) => {}
-                Ok(true) => return Way::Multipath(multipath.clone()),
+                Ok(true) => return Route::Multipath(multipath.clone()),
                 Err(e) => {
                     // D6: the reference exits; only this request fails.
                     tracing::warn!("multipath detection failed: {e}");
-                    return Way::Answered(response(
+                    return Route::Answered(response(
                         Completion::check_condition(SenseCode::LUN_COMM_FAILURE),
                         Vec::new(),
                     ));
                 }
             }
         }
-        Way::Sgio
+        Route::Sgio
     }
 
     /// Runs a routed request on the calling thread (it blocks for as long
@@ -122,25 +123,25 @@ impl Executor {
     /// and for a dm-multipath device, the request is returned untouched, to
     /// be queued with [`Executor::run_when_free`].
     pub fn run_here(&self, routed: Routed, pool: &Pool) -> Attempt {
-        let Routed { request, fd, way } = routed;
-        match way {
-            Way::Answered(response) => Attempt::Executed(request, response),
-            Way::Sgio => {
+        let Routed { request, fd, route } = routed;
+        match route {
+            Route::Answered(response) => Attempt::Executed(request, response),
+            Route::Sgio => {
                 let key = DevKey::inspected(&fd);
                 match pool.run_on_device(key, || execute(&request, &fd, &self.config)) {
                     Some(response) => Attempt::Executed(request, response),
                     None => Attempt::Deferred(Routed {
                         request,
                         fd,
-                        way: Way::Sgio,
+                        route: Route::Sgio,
                     }),
                 }
             }
             #[cfg(feature = "mpath")]
-            Way::Multipath(multipath) => Attempt::Deferred(Routed {
+            Route::Multipath(multipath) => Attempt::Deferred(Routed {
                 request,
                 fd,
-                way: Way::Multipath(multipath),
+                route: Route::Multipath(multipath),
             }),
         }
     }
@@ -153,10 +154,10 @@ impl Executor {
     /// device). Requests for dm-multipath devices go on to the multipath
     /// worker, holding their place on the map until answered.
     pub fn run_when_free(&self, routed: Routed, responder: Responder, pool: &Pool) {
-        let Routed { request, fd, way } = routed;
-        match way {
-            Way::Answered(response) => responder.send(request, response),
-            Way::Sgio => {
+        let Routed { request, fd, route } = routed;
+        match route {
+            Route::Answered(response) => responder.send(request, response),
+            Route::Sgio => {
                 let config = self.config.clone();
                 pool.enter_or_wait(
                     DevKey::inspected(&fd),
@@ -171,7 +172,7 @@ impl Executor {
                 );
             }
             #[cfg(feature = "mpath")]
-            Way::Multipath(multipath) => {
+            Route::Multipath(multipath) => {
                 pool.enter_or_wait(
                     DevKey::inspected(&fd),
                     Box::new(move |admission| match admission {
@@ -184,13 +185,13 @@ impl Executor {
     }
 }
 
-/// A request whose fd has been inspected and whose way of execution is
+/// A request whose fd has been inspected and whose route of execution is
 /// decided ([`Executor::route`]), ready for [`Executor::run_here`] or
 /// [`Executor::run_when_free`].
 pub struct Routed {
     request: Request<OwnedFd>,
     fd: Inspected,
-    way: Way,
+    route: Route,
 }
 
 /// READ FULL STATUS exactly (the whole CDB byte 1, as the multipath
@@ -218,7 +219,7 @@ fn log_refusal(refused: &device::Refused) {
 }
 
 /// How a request is executed.
-enum Way {
+enum Route {
     /// Already answered (the fd is refused, or multipath detection failed).
     Answered(Response),
     /// With SG_IO on a pool thread.
