@@ -9,8 +9,6 @@
 /// The client subcommands: `ping`, `persist`, `probe`.
 pub mod tools;
 
-/// The `paths` subcommand: which path of a multipath map holds which
-/// registration (SG_IO on the paths; no helper involved).
 pub mod paths;
 
 use std::io::{self, IoSlice, Read, Write};

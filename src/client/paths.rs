@@ -210,7 +210,7 @@ pub struct PathReport {
     /// It holds the reservation (or is a registrant of an all-registrants
     /// one).
     pub holder: bool,
-    /// Whether the verdict counts it ([`PathFacts::active`]).
+    /// Whether the verdict counts it (`PathFacts::active`).
     pub judged: bool,
 }
 
