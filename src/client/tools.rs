@@ -392,32 +392,28 @@ pub fn describe_data(cdb: &[u8; CDB_SIZE], data: &[u8]) -> String {
         sa_in::REPORT_CAPABILITIES => match decode::capabilities(data) {
             Ok(c) => {
                 let _ = writeln!(out, "Report capabilities response:");
-                let bit = |b: u8, m: u8| u8::from(b & m != 0);
+                let bit = u8::from;
                 let _ = writeln!(
                     out,
                     "  Compatible Reservation Handling(CRH): {}",
-                    bit(c.flags, 0x10)
+                    bit(c.crh())
                 );
                 let _ = writeln!(
                     out,
                     "  Specify Initiator Ports Capable(SIP_C): {}",
-                    bit(c.flags, 0x08)
+                    bit(c.sip_c())
                 );
-                let _ = writeln!(
-                    out,
-                    "  All Target Ports Capable(ATP_C): {}",
-                    bit(c.flags, 0x04)
-                );
+                let _ = writeln!(out, "  All Target Ports Capable(ATP_C): {}", bit(c.atp_c()));
                 let _ = writeln!(
                     out,
                     "  Persist Through Power Loss Capable(PTPL_C): {}",
-                    bit(c.flags, 0x01)
+                    bit(c.ptpl_c())
                 );
-                let _ = writeln!(out, "  Type Mask Valid(TMV): {}", bit(c.flags2, 0x80));
+                let _ = writeln!(out, "  Type Mask Valid(TMV): {}", bit(c.type_mask_valid()));
                 let _ = writeln!(
                     out,
                     "  Persist Through Power Loss Active(PTPL_A): {}",
-                    bit(c.flags2, 0x01)
+                    bit(c.ptpl_a())
                 );
                 if c.type_mask_valid() {
                     let _ = writeln!(out, "    Support indicated in Type mask:");
@@ -558,9 +554,9 @@ pub fn reply_json(cdb: &[u8; CDB_SIZE], reply: &Reply) -> String {
                     .map(|c| Details::Capabilities {
                         type_mask_valid: c.type_mask_valid(),
                         types: c.types(),
-                        sip_c: c.flags & 0x08 != 0,
-                        atp_c: c.flags & 0x04 != 0,
-                        ptpl_c: c.flags & 0x01 != 0,
+                        sip_c: c.sip_c(),
+                        atp_c: c.atp_c(),
+                        ptpl_c: c.ptpl_c(),
                     })
             }
             sa_in::READ_FULL_STATUS => {
@@ -715,10 +711,10 @@ pub fn probe(args: &ProbeArgs) -> ExitCode {
         }
         println!(
             "  SIP_C={} ATP_C={} PTPL_C={} PTPL_A={}",
-            u8::from(c.flags & 0x08 != 0),
-            u8::from(c.flags & 0x04 != 0),
-            u8::from(c.flags & 0x01 != 0),
-            u8::from(c.flags2 & 0x01 != 0)
+            u8::from(c.sip_c()),
+            u8::from(c.atp_c()),
+            u8::from(c.ptpl_c()),
+            u8::from(c.ptpl_a())
         );
     }
     let (keys, data) = run(sa_in::READ_KEYS);

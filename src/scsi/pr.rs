@@ -361,6 +361,31 @@ pub mod decode {
         pub fn type_mask_valid(&self) -> bool {
             self.flags2 & 0x80 != 0
         }
+
+        /// Compatible Reservation Handling.
+        pub fn crh(&self) -> bool {
+            self.flags & 0x10 != 0
+        }
+
+        /// Specify Initiator Ports Capable.
+        pub fn sip_c(&self) -> bool {
+            self.flags & 0x08 != 0
+        }
+
+        /// All Target Ports Capable.
+        pub fn atp_c(&self) -> bool {
+            self.flags & 0x04 != 0
+        }
+
+        /// Persist Through Power Loss Capable.
+        pub fn ptpl_c(&self) -> bool {
+            self.flags & 0x01 != 0
+        }
+
+        /// Persist Through Power Loss Active.
+        pub fn ptpl_a(&self) -> bool {
+            self.flags2 & 0x01 != 0
+        }
     }
 
     /// Decodes REPORT CAPABILITIES data.
@@ -569,6 +594,12 @@ mod tests {
         let c = decode::capabilities(&[0, 8, 0x11, 0x81, 0xea, 0x01, 0, 0]).unwrap();
         assert!(c.type_mask_valid());
         assert_eq!(c.types(), vec![1, 3, 5, 6, 7, 8]);
+        // Byte 2 0x11: CRH and PTPL_C; byte 3 0x81: TMV and PTPL_A.
+        assert!(c.crh() && c.ptpl_c() && c.ptpl_a());
+        assert!(!c.sip_c() && !c.atp_c());
+        let c = decode::capabilities(&[0, 8, 0x0c, 0x00, 0, 0, 0, 0]).unwrap();
+        assert!(c.sip_c() && c.atp_c());
+        assert!(!c.crh() && !c.ptpl_c() && !c.ptpl_a() && !c.type_mask_valid());
 
         let mut f = vec![0, 0, 0, 2, 0, 0, 0, 48];
         let mut desc = vec![0u8; 24];
