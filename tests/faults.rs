@@ -232,33 +232,31 @@ fn client_vanishing_while_its_request_executes_costs_only_a_warning() {
 
 /// Sets the soft RLIMIT_NOFILE of a running process (the hard limit stays).
 fn set_nofile_soft_limit(pid: u32, soft: usize) {
+    set_soft_limit(pid, libc::RLIMIT_NOFILE, soft as libc::rlim_t);
+}
+
+/// libc's type for the resource numbers: glibc's own, an int on musl.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// Sets the soft limit `resource` of a running process to `soft` (at most
+/// the hard limit, which stays).
+fn set_soft_limit(pid: u32, resource: Resource, soft: libc::rlim_t) {
     let mut old = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: prlimit reads `new` and writes `old`, both valid.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, resource, std::ptr::null(), &mut old) };
     assert_eq!(rc, 0, "prlimit get: {}", io::Error::last_os_error());
     let new = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
+        rlim_cur: soft.min(old.rlim_max),
         rlim_max: old.rlim_max,
     };
     // SAFETY: as above.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, resource, &new, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit set: {}", io::Error::last_os_error());
 }
 
@@ -754,34 +752,7 @@ fn sigkill_and_restart_under_socket_activation_loses_no_connection_attempt() {
 
 /// Sets the soft RLIMIT_AS of a running process (the hard limit stays).
 fn set_address_space_soft_limit(pid: u32, soft: libc::rlim_t) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reads `new` and writes `old`, both valid.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_AS,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    assert_eq!(rc, 0, "prlimit get: {}", io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: soft.min(old.rlim_max),
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_AS,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit set: {}", io::Error::last_os_error());
+    set_soft_limit(pid, libc::RLIMIT_AS, soft);
 }
 
 /// Bytes waiting to be read on `stream` (FIONREAD).
@@ -803,11 +774,8 @@ fn a_connection_that_cannot_be_parked_finishes_a_response_the_socket_cannot_take
     let dev = FakeDev::mount();
     let h = Helper::ours(&["-v"]);
     h.wait_for_log("serving on", 1);
-    let vm_kib: libc::rlim_t = std::fs::read_to_string(format!("/proc/{}/status", h.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let vm_kib: libc::rlim_t = procfs::status_field(h.pid(), "VmSize")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
         .expect("VmSize");
     set_address_space_soft_limit(h.pid(), (vm_kib + 1024) * 1024);
     let mut c = h.client();

@@ -48,7 +48,7 @@ fn multipath_can_be_turned_off() {
     cmd.arg("-k").arg(&socket).args(["--multipath", "false"]);
     let mut h = Helper::spawn(Which::Ours, cmd, dir, socket);
     h.assert_serving();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", h.pid())).unwrap();
+    let status = procfs::status(h.pid());
     assert!(
         status.contains("CapEff:\t0000000000020000"),
         "only CAP_SYS_RAWIO:\n{status}"

@@ -522,9 +522,7 @@ fn read_pid(path: &Path) -> u32 {
 
 fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .contains("State:\tZ")
+        && !procfs::status(pid).contains("State:\tZ")
 }
 
 fn wait_gone(pid: u32) {
@@ -688,13 +686,7 @@ fn daemon_failure_is_reported_by_the_parent() {
 }
 
 fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("{field} missing"))
-        .trim()
-        .to_string()
+    procfs::status_field(pid, field).unwrap_or_else(|| panic!("{field} missing"))
 }
 
 #[test]
@@ -1306,7 +1298,7 @@ fn the_janitor_removes_socket_and_pidfile_and_holds_no_capability() {
     let socket = h.socket.clone();
     h.assert_serving();
     let janitor = janitor_of(h.pid());
-    let status = std::fs::read_to_string(format!("/proc/{janitor}/status")).unwrap();
+    let status = procfs::status(janitor);
     assert!(status.starts_with("Name:\tprh-janitor\n"), "{status}");
     for cap in ["CapEff:\t0000000000000000", "CapPrm:\t0000000000000000"] {
         assert!(status.contains(cap), "{status}");

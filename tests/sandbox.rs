@@ -353,7 +353,7 @@ fn only_the_janitor_may_remove_files_and_only_in_its_directories() {
 }
 
 fn status_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
+    procfs::status(pid)
 }
 
 #[test]

@@ -221,16 +221,10 @@ impl Drop for FakeDev {
 
 /// True if thread `tid` has SIGKILL pending (it is being killed).
 fn being_killed(tid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("SigPnd:")
-                .or_else(|| l.strip_prefix("ShdPnd:"))
-        })
-        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+    ["SigPnd", "ShdPnd"]
+        .into_iter()
+        .filter_map(|field| super::procfs::status_field(tid, field))
+        .filter_map(|mask| u64::from_str_radix(&mask, 16).ok())
         .any(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
 }
 

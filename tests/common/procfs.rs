@@ -1,8 +1,24 @@
-//! What /proc says about a process: CPU time used. Shared by the tests and
-//! the soak tool (benches/soak.rs includes this file).
+//! What /proc says about a process or thread: its status file and fields,
+//! CPU time used. Shared by the tests and the soak tool (benches/soak.rs
+//! includes this file).
 #![allow(dead_code)]
 
 use std::time::Duration;
+
+/// /proc/PID/status of a process (or a thread id); empty once it is gone.
+pub fn status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+/// The value of `field` ("VmSize", "CapEff", ...) in `pid`'s status,
+/// trimmed; None if the process is gone or has no such field.
+pub fn status_field(pid: u32, field: &str) -> Option<String> {
+    status(pid).lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
+}
 
 /// CPU time (user + system) `pid` has used so far; zero once it is gone.
 pub fn cpu_time(pid: u32) -> Duration {
