@@ -497,10 +497,8 @@ fn sd_notify_ready_and_stopping() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let socket = dir.path().join("s.sock");
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k")
-        .arg(&socket)
-        .env("NOTIFY_SOCKET", &notify_path);
+    let mut cmd = our_helper_command(&socket);
+    cmd.env("NOTIFY_SOCKET", &notify_path);
     let mut h = Helper::spawn(Which::Ours, cmd, dir, socket);
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).unwrap();
@@ -694,8 +692,8 @@ fn privileges_drop_to_nobody_and_keep_only_sys_rawio() {
     // The directory must let "nobody" remove the socket at exit.
     let dir = shared_tempdir();
     let socket = dir.path().join("n.sock");
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&socket).args(["-u", "nobody"]);
+    let mut cmd = our_helper_command(&socket);
+    cmd.args(["-u", "nobody"]);
     let mut h = Helper::spawn(Which::Ours, cmd, dir, socket.clone());
     h.assert_serving();
     let pid = h.pid();
@@ -778,9 +776,7 @@ fn without_root_the_helper_refuses_to_start() {
     )
     .unwrap();
     let socket = dir.path().join("u.sock");
-    let out = Command::new(our_binary())
-        .arg("-k")
-        .arg(&socket)
+    let out = our_helper_command(&socket)
         .uid(65534)
         .gid(65534)
         .stderr(Stdio::piped())
@@ -797,8 +793,8 @@ fn shutdown_exits_even_when_the_socket_cannot_be_removed() {
     // As nobody, in a root-owned 0755 directory: unlink fails with EACCES.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("k.sock");
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&socket).args(["-u", "nobody"]);
+    let mut cmd = our_helper_command(&socket);
+    cmd.args(["-u", "nobody"]);
     let mut h = Helper::spawn(Which::Ours, cmd, dir, socket.clone());
     h.assert_serving();
     let status = h.terminate();
@@ -810,8 +806,7 @@ fn shutdown_exits_even_when_the_socket_cannot_be_removed() {
     );
     assert!(socket.exists());
     // The stale socket does not stop the next start (D11).
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&socket);
+    let cmd = our_helper_command(&socket);
     let h2 = Helper::spawn(
         Which::Ours,
         cmd,
@@ -837,9 +832,7 @@ fn libvirt_managed_mode() {
     // socket exists, SIGTERM to stop.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("pr-helper0.sock");
-    let child = Command::new(our_binary())
-        .arg("-k")
-        .arg(&socket)
+    let child = our_helper_command(&socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -999,8 +992,7 @@ wait $JPID || true
 fn open_file_soft_limit_is_raised_to_the_hard_limit() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("limits.sock");
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&socket);
+    let mut cmd = our_helper_command(&socket);
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -1146,8 +1138,7 @@ fn a_socket_whose_owner_never_accepts_does_not_hang_start_up() {
     // A helper stopped with SIGSTOP: refused with room in its queue, and
     // still refused, at once, when its queue is full.
     let stopped = dir.path().join("stopped.sock");
-    let mut cmd = Command::new(our_binary());
-    cmd.arg("-k").arg(&stopped);
+    let cmd = our_helper_command(&stopped);
     let mut first = Helper::spawn(
         Which::Ours,
         cmd,
@@ -1190,10 +1181,8 @@ fn the_socket_appears_with_its_mode_and_group_already_set() {
                 }
                 None
             });
-            let mut cmd = Command::new(our_binary());
-            cmd.arg("-k")
-                .arg(&socket)
-                .args(["--socket-mode", "0600", "--socket-group", "nogroup"]);
+            let mut cmd = our_helper_command(&socket);
+            cmd.args(["--socket-mode", "0600", "--socket-group", "nogroup"]);
             let mut h = Helper::spawn(
                 Which::Ours,
                 cmd,
@@ -1240,9 +1229,7 @@ fn start_up_failures_and_early_signals_leave_nothing_behind() {
     // SIGTERM at every moment of start-up: nothing is left in the
     // directory.
     for round in 0..30u64 {
-        let mut child = Command::new(our_binary())
-            .arg("-k")
-            .arg(&socket)
+        let mut child = our_helper_command(&socket)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

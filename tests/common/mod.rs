@@ -49,6 +49,14 @@ pub fn our_binary() -> PathBuf {
     runnable(PathBuf::from(env!("CARGO_BIN_EXE_pr-helper")))
 }
 
+/// Our binary as a helper serving `socket` (`-k SOCKET`), for the tests
+/// that add their own options or environment.
+pub fn our_helper_command(socket: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(our_binary());
+    cmd.arg("-k").arg(socket);
+    cmd
+}
+
 /// `bin` itself, or, when the tests run under user-mode emulation
 /// (`PRH_TEST_RUNNER`, e.g. `qemu-aarch64-static`: tests/run's aarch64
 /// step), a script that runs `bin` through the emulator with seccomp and
