@@ -427,6 +427,7 @@ fn documented_difference(case: &Case, ours: &Observation, reference: &Observatio
     false
 }
 
+/// Not under qemu-user: SG_IO is not translated (its GOOD-device rows), and qemu-user keeps passed fds of its own.
 #[test]
 fn same_bytes_and_closes_as_the_reference() {
     let dev = FakeDev::mount();
@@ -514,6 +515,7 @@ fn stalled_request_d9() {
 
 /// D11: a regular file at the socket path is removed by the reference and
 /// refused by pr-helper.
+/// Not under qemu-user: its 500 ms budget is below the emulator's start-up.
 #[test]
 fn existing_file_at_socket_path_d11() {
     for (which, bin) in [

@@ -51,6 +51,7 @@ fn started(args: &[&str]) -> (Helper, usize) {
     (h, baseline)
 }
 
+/// Not under qemu-user: qemu-user keeps passed fds of its own, so fd counts differ.
 #[test]
 fn clients_vanishing_mid_handshake_cdb_or_parameters_disturb_nobody() {
     let (h, baseline) = started(&[]);
@@ -182,6 +183,7 @@ fn a_flood_of_bad_connections_is_logged_within_bounds_and_keeps_the_audit_record
     );
 }
 
+/// Not under qemu-user: SG_IO is not translated, and these requests are held on a fake device.
 #[test]
 fn client_vanishing_while_its_request_executes_costs_only_a_warning() {
     let dev = FakeDev::mount();
@@ -314,6 +316,7 @@ fn tasks(pid: u32) -> usize {
 /// the pool's watchdog tries again every 5 ms while a request holds the only
 /// worker; its warning is rate-limited (one per 10 s, as D10's accept
 /// warning), and the helper keeps serving with the threads it has.
+/// Not under qemu-user: RLIMIT_NPROC acts on the emulator, which runs threads of its own.
 #[test]
 fn thread_start_failures_are_warned_at_a_limited_rate() {
     let dev = FakeDev::mount();
@@ -505,6 +508,7 @@ fn replies_until_close(stream: &mut UnixStream) -> usize {
     }
 }
 
+/// Not under qemu-user: SG_IO is not translated, and these requests are held on a fake device.
 #[test]
 fn sigterm_under_full_load_answers_every_request_read() {
     let dev = FakeDev::mount();
@@ -764,6 +768,7 @@ fn queued(stream: &UnixStream) -> usize {
     n as usize
 }
 
+/// Not under qemu-user: RLIMIT_AS acts on the emulator, which reserves its own address space.
 #[test]
 fn a_connection_that_cannot_be_parked_finishes_a_response_the_socket_cannot_take_at_once() {
     // While a client connects, the helper's address space is limited to
@@ -928,6 +933,7 @@ fn threads_named(pid: u32, name: &str) -> usize {
         .count()
 }
 
+/// Not under qemu-user: SG_IO is not translated, and these requests are held on a fake device.
 #[test]
 fn a_hung_device_holds_two_threads_and_delays_no_other_device() {
     // D29. Eight requests (twice --sgio-threads) on a device that never
@@ -1012,6 +1018,7 @@ fn a_hung_device_holds_two_threads_and_delays_no_other_device() {
     h.assert_no_errors();
 }
 
+/// Not under qemu-user: SG_IO is not translated, and these requests are held on a fake device.
 #[test]
 fn sigterm_with_a_hung_device_exits_after_the_sgio_timeout() {
     // D29: SIGTERM waits for requests in flight at most --sgio-timeout (1 s
@@ -1138,6 +1145,7 @@ fn leave_one_free_fd(pid: u32) {
 /// and let SG_IO run on the whole disk. Now it needs no fd (readlinkat and
 /// fstatat relative to /sys/dev/block opened at start-up) and refuses, for
 /// PR IN and PR OUT alike; the helper recovers once fds are back.
+/// Not under qemu-user: RLIMIT_NOFILE acts on the emulator, which holds fds of its own.
 #[test]
 fn the_partition_rule_holds_when_the_helper_has_no_fd_to_spare() {
     let dir = tempfile::tempdir().unwrap();

@@ -321,6 +321,7 @@ fn trace_patterns_turn_on_trace_records() {
 /// choice. Here it comes from the name of the file the client executed, a
 /// link to pr-helper named with a newline and a terminal escape; the audit
 /// record and the connection log lines carry it escaped, one line each.
+/// Not under qemu-user: the client runs under the emulator too, so its process name is the emulator's.
 #[test]
 fn client_command_names_are_escaped_in_logs() {
     let h = Helper::ours(&["-vv"]);
@@ -687,6 +688,7 @@ fn status_field(pid: u32, field: &str) -> String {
     procfs::status_field(pid, field).unwrap_or_else(|| panic!("{field} missing"))
 }
 
+/// Not under qemu-user: /proc/PID/status is the emulator's, whose own threads started before the privilege drop.
 #[test]
 fn privileges_drop_to_nobody_and_keep_only_sys_rawio() {
     // The directory must let "nobody" remove the socket at exit.
@@ -816,6 +818,7 @@ fn shutdown_exits_even_when_the_socket_cannot_be_removed() {
     h2.assert_serving();
 }
 
+/// Not under qemu-user: it reads the socket's group as soon as the socket appears, before the emulated helper has set it.
 #[test]
 fn socket_mode_and_group() {
     use std::os::unix::fs::MetadataExt;

@@ -118,6 +118,7 @@ fn seccomp_log_child() {
 /// number): how an operator finds what another distribution's
 /// libmpathpersist needs. In kill mode the same call ends the process
 /// (seccomp_blocks_a_forbidden_syscall_with_a_clear_message).
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn seccomp_log_mode_lets_the_call_run_and_the_kernel_logs_it() {
     let dir = std::env::temp_dir().join(format!(
@@ -179,6 +180,7 @@ fn seccomp_log_mode_lets_the_call_run_and_the_kernel_logs_it() {
 /// access mode but O_RDONLY, O_CREAT, O_TRUNC, O_APPEND, O_TMPFILE) ends the
 /// process, so a compromised helper without Landlock cannot open a disk
 /// for writing; reading /proc and /sys still works.
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn seccomp_plain_profile_refuses_opens_that_could_write() {
     let stderr = killed_by_seccomp(
@@ -208,6 +210,7 @@ fn killed_by_seccomp(name: &str, mode: &str, nr: i64) -> String {
     stderr
 }
 
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn seccomp_blocks_a_forbidden_syscall_with_a_clear_message() {
     let stderr = killed_by_seccomp("seccomp_child", "seccomp", libc::SYS_mkdirat);
@@ -237,6 +240,7 @@ fn landlock_child() {
     }
 }
 
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn landlock_denies_open_but_allows_proc() {
     let stdout = child_stdout("landlock_child", "landlock");
@@ -283,6 +287,7 @@ fn landlock_multipath_child() {
 /// failed with EACCES. Now an ioctl on a device opened after the sandbox
 /// reaches the driver (/dev/null answers TCGETS with ENOTTY, not Landlock's
 /// EACCES). The host kernels of CI have ABI >= 5 (this one: 6.18).
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn landlock_multipath_profile_allows_ioctls_on_devices_opened_after_it() {
     let stdout = child_stdout("landlock_multipath_child", "landlock-multipath");
@@ -326,6 +331,7 @@ fn landlock_removal_child() {
 /// path, all of /run: other services' sockets and pidfiles too). Now the
 /// helper's ruleset removes nothing anywhere; the janitor's removes in the
 /// directories it was given only, and reads nothing.
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn only_the_janitor_may_remove_files_and_only_in_its_directories() {
     for (kind, mine_removed) in [("helper", false), ("janitor", true)] {
@@ -356,6 +362,7 @@ fn status_of(pid: u32) -> String {
     procfs::status(pid)
 }
 
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn running_helper_is_under_seccomp_and_no_new_privs() {
     let h = Helper::ours(&[]);

@@ -195,6 +195,7 @@ mod tests {
         assert_eq!(disk_sequence(file.as_fd()), Err(libc::ENOTTY));
     }
 
+    /// Not under qemu-user: SG_IO is not translated (ENOSYS).
     #[test]
     fn non_scsi_fd_fails_with_errno() {
         let file = std::fs::File::open("/dev/null").expect("open /dev/null");
