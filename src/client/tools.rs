@@ -731,3 +731,142 @@ pub fn probe(args: &ProbeArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Command, FromArgMatches};
+
+    use super::*;
+
+    /// `pr-helper persist ARGS` as clap parses it (with a device and the
+    /// default socket).
+    fn persist_args(argv: &[&str]) -> PersistArgs {
+        let mut full = vec!["persist", "-d", "/dev/null"];
+        full.extend_from_slice(argv);
+        let m = PersistArgs::augment_args(Command::new("persist"))
+            .try_get_matches_from(full)
+            .expect("valid arguments");
+        PersistArgs::from_arg_matches(&m).expect("valid arguments")
+    }
+
+    /// The CDBs and parameter lists `persist` sends, byte by byte (SPC-4
+    /// §6.15, §6.16; QEMU zero-pads the CDB to 16 bytes).
+    #[test]
+    fn persist_sends_the_cdb_and_parameter_list_of_its_action() {
+        let (cdb, params) = persist_args(&["--read-keys", "--alloc-length", "100"]).request();
+        assert_eq!(cdb[..10], [0x5e, 0x00, 0, 0, 0, 0, 0, 0, 100, 0]);
+        assert!(cdb[10..].iter().all(|b| *b == 0) && params.is_empty());
+
+        let (cdb, params) = persist_args(&["--register", "--sa-key", "0xabc"]).request();
+        assert_eq!(cdb[..10], [0x5f, 0x00, 0x00, 0, 0, 0, 0, 0, 24, 0]);
+        let mut want = vec![0u8; 24];
+        want[8..16].copy_from_slice(&0xabcu64.to_be_bytes());
+        assert_eq!(params, want);
+
+        let (cdb, params) = persist_args(&["--reserve", "--key", "5", "--type", "5"]).request();
+        assert_eq!(cdb[..3], [0x5f, 0x01, 0x05]);
+        assert_eq!(params[..8], 5u64.to_be_bytes());
+
+        // SPEC_I_PT with a TransportID: the flag, then the list's length and
+        // the TransportID after the 24 bytes.
+        let (cdb, params) = persist_args(&[
+            "--register",
+            "--sa-key",
+            "1",
+            "--spec-i-pt",
+            "--all-tg-pt",
+            "--aptpl",
+            "--transport-id",
+            "sas,5001405bbbbbbbb2",
+        ])
+        .request();
+        assert_eq!(params.len(), 24 + 4 + 24);
+        assert_eq!(cdb[5..9], (params.len() as u32).to_be_bytes());
+        assert_eq!(
+            params[20],
+            flags::SPEC_I_PT | flags::ALL_TG_PT | flags::APTPL
+        );
+        assert_eq!(params[24..28], 24u32.to_be_bytes());
+        assert_eq!(params[28..], pr::sas_transport_id(0x5001405bbbbbbbb2)[..]);
+
+        // REGISTER AND MOVE: its own list (relative target port, the
+        // TransportID's length at 20).
+        let (cdb, params) = persist_args(&[
+            "--register-move",
+            "--key",
+            "1",
+            "--sa-key",
+            "2",
+            "--type",
+            "5",
+            "--relative-target-port",
+            "2",
+            "--unreg",
+            "--transport-id",
+            "iqn.2026-12.example:h",
+        ])
+        .request();
+        assert_eq!(cdb[..3], [0x5f, 0x07, 0x05]);
+        assert_eq!(params[17], 0x02, "UNREG");
+        assert_eq!(params[18..20], 2u16.to_be_bytes());
+        let tid = pr::iscsi_transport_id("iqn.2026-12.example:h");
+        assert_eq!(params[20..24], (tid.len() as u32).to_be_bytes());
+        assert_eq!(params[24..], tid[..]);
+    }
+
+    #[test]
+    fn transport_id_forms() {
+        assert_eq!(
+            parse_transport_id("sas,0x5001405bbbbbbbb2").unwrap(),
+            pr::sas_transport_id(0x5001405bbbbbbbb2)
+        );
+        assert_eq!(
+            parse_transport_id("FCP,21000024ff000001").unwrap(),
+            pr::fc_transport_id(0x21000024ff000001)
+        );
+        assert_eq!(
+            parse_transport_id("hex,05:00 00:04 41:00:00:00").unwrap(),
+            vec![5, 0, 0, 4, 0x41, 0, 0, 0]
+        );
+        // iSCSI names keep their case.
+        assert_eq!(
+            parse_transport_id("iqn.2026-12.Example:H").unwrap(),
+            pr::iscsi_transport_id("iqn.2026-12.Example:H")
+        );
+        for bad in ["sas,zz", "hex,abc", "hex,zz", "wwn,1", "", "fcp,"] {
+            assert!(parse_transport_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_hex_u64("0XfF"), Ok(255));
+        assert!(parse_hex_u64("10000000000000000").is_err(), "65 bits");
+    }
+
+    /// sg_persist's exit codes for the statuses and sense keys a helper
+    /// answers.
+    #[test]
+    fn exit_codes_follow_sg_persist() {
+        let sense = |key: u8| {
+            let mut s = [0u8; SENSE_SIZE];
+            s[0] = 0x70;
+            s[2] = key;
+            s[7] = 10;
+            s
+        };
+        let none = [0u8; SENSE_SIZE];
+        assert_eq!(exit_code(0x00, &none), exit::OK);
+        assert_eq!(exit_code(0x18, &none), exit::RESERVATION_CONFLICT);
+        for (key, code) in [
+            (2, exit::NOT_READY),
+            (3, exit::MEDIUM_HARD),
+            (4, exit::MEDIUM_HARD),
+            (5, exit::ILLEGAL_REQUEST),
+            (6, exit::UNIT_ATTENTION),
+            (0x0b, exit::ABORTED_COMMAND),
+            (1, exit::OTHER),
+        ] {
+            assert_eq!(exit_code(0x02, &sense(key)), code, "sense key {key}");
+        }
+        // CHECK CONDITION without readable sense, BUSY.
+        assert_eq!(exit_code(0x02, &none), exit::OTHER);
+        assert_eq!(exit_code(0x08, &none), exit::OTHER);
+    }
+}
