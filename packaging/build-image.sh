@@ -48,6 +48,7 @@ if [ -n "$mpath" ]; then
         "$ctx/rootfs/usr/share/doc/pr-helper/pr-helper.cdx.json"
     install -d -m 0755 "$ctx/rootfs/run/pr-helper"
     install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/entrypoint.sh" "$ctx/rootfs/entrypoint.sh"
+    install -D -m 0644 "$PRH_ROOT/packaging/mpath-image/multipath.conf" "$ctx/rootfs/etc/multipath.conf"
     install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/multipathd-relay.pl" \
         "$ctx/rootfs/usr/lib/pr-helper/multipathd-relay.pl"
 else

@@ -478,6 +478,16 @@ t_image() {
     l1=$("$PRH_ROOT/packaging/build-image.sh" --mpath "$W/mpath/release/pr-helper" localhost/pr-helper:mpath)
     echo "$l1" >&2
     check_image_bom localhost/pr-helper:mpath "$W/image-files-mpath"
+    # A default /etc/multipath.conf for reservations; a mounted one wins.
+    local conf
+    conf=$(prh_podman run --rm --network none "${PRH_PODMAN_ULIMITS[@]}" --entrypoint cat \
+        localhost/pr-helper:mpath /etc/multipath.conf)
+    grep -qx '    reservation_key file' <<<"$conf" || fail "the multipath image's multipath.conf: $conf"
+    printf 'defaults {\n    reservation_key 0x123abc\n}\n' >"$W/host-multipath.conf"
+    conf=$(prh_podman run --rm --network none "${PRH_PODMAN_ULIMITS[@]}" --entrypoint cat \
+        -v "$W/host-multipath.conf:/etc/multipath.conf:ro" localhost/pr-helper:mpath /etc/multipath.conf)
+    grep -qx '    reservation_key 0x123abc' <<<"$conf" || fail "a mounted multipath.conf does not win: $conf"
+    figure "multipath image: /etc/multipath.conf with reservation_key file by default, a mounted one wins"
     rm -rf "$d"
     mkdir -p "$d"
     # Multipath needs device-mapper; a host without /dev/mapper/control can
