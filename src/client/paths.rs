@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::tools::describe_status;
+use super::tools::{describe_status, hex};
 use crate::scsi::pr::decode::{self, FullStatus, Registration};
 use crate::scsi::pr::{self, pr_in_cdb, sa_in, TransportId};
 use crate::scsi::sgio::{self, DataPhase};
@@ -527,10 +527,6 @@ fn describe_tid(tid: &[u8]) -> String {
         Some(t) => t.to_string(),
         None => format!("TransportID {}", hex(tid)),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Report {

@@ -294,7 +294,8 @@ pub fn exit_code(status_byte: u32, sense: &[u8; SENSE_SIZE]) -> u8 {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lower-case hex digits, no separators.
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

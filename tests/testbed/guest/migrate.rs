@@ -277,31 +277,25 @@ fn verify(name: &str, source: &Side, destination: &Side, nexuses: &Nexuses) {
             _ => Err(shown()),
         },
     );
-    let writes = |blocks: &[PathBuf]| {
-        blocks
+    // A WRITE(10) through each of `blocks` must end with `status`.
+    let writes_end_with = |blocks: &[PathBuf], status: u8| {
+        let w = blocks
             .iter()
             .map(|b| write_block(b).map(|s| (b.display().to_string(), s)))
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, String>>()?;
+        if w.iter().all(|(_, s)| *s == status) {
+            Ok(())
+        } else {
+            Err(format!("{w:x?}"))
+        }
     };
     check(
         &format!("{name}/writes-good-through-every-destination-path"),
-        writes(&nexuses.destination_blocks).and_then(|w| {
-            if w.iter().all(|(_, s)| *s == 0) {
-                Ok(())
-            } else {
-                Err(format!("{w:x?}"))
-            }
-        }),
+        writes_end_with(&nexuses.destination_blocks, 0),
     );
     check(
         &format!("{name}/writes-refused-through-every-source-path"),
-        writes(&nexuses.source_blocks).and_then(|w| {
-            if w.iter().all(|(_, s)| *s == 0x18) {
-                Ok(())
-            } else {
-                Err(format!("{w:x?}"))
-            }
-        }),
+        writes_end_with(&nexuses.source_blocks, 0x18),
     );
     // The guest after the migration: its three commands good, its key and
     // reservation seen.

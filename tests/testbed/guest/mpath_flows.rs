@@ -367,12 +367,7 @@ fn run_flow(flow: &str, subject: Subject, daemon: Daemon, bed: &Bed) -> Result<S
             set_path(bed, daemon, 1, true)?;
             // multipathd registers the key on the reinstated path, if it
             // knows it: give it a moment to.
-            let sg = &bed.lun.paths[1].sg;
-            let _ = wait_for(
-                "key on the reinstated path",
-                Duration::from_secs(10),
-                || observe_keys(sg).is_ok_and(|k| k[1] == Some(KEY)),
-            );
+            key_on_reinstated_path_b(bed);
         }
         "register-path-fails" => {
             let before = path_state(bed, daemon, 1);
@@ -393,12 +388,7 @@ fn run_flow(flow: &str, subject: Subject, daemon: Daemon, bed: &Bed) -> Result<S
             lio::set_transport(bed.index, 1, true)?;
             back?;
             set_path(bed, daemon, 1, true)?;
-            let sg = &bed.lun.paths[1].sg;
-            let _ = wait_for(
-                "key on the reinstated path",
-                Duration::from_secs(10),
-                || observe_keys(sg).is_ok_and(|k| k[1] == Some(KEY)),
-            );
+            key_on_reinstated_path_b(bed);
         }
         "release-holder-down" | "unregister-holder-down" => {
             out(sa_out::REGISTER, 0, 0, KEY);
@@ -592,6 +582,17 @@ fn wait_path(bed: &Bed, daemon: Daemon, which: usize, want: &str) -> Result<(), 
         Duration::from_secs(30),
         || path_state(bed, daemon, which).as_deref() == Some(want),
     )
+}
+
+/// Gives multipathd a moment to register the key on path B once it is
+/// reinstated (it does if it knows the key); what it did is observed later.
+fn key_on_reinstated_path_b(bed: &Bed) {
+    let sg = &bed.lun.paths[1].sg;
+    let _ = wait_for(
+        "key on the reinstated path",
+        Duration::from_secs(10),
+        || observe_keys(sg).is_ok_and(|k| k[1] == Some(KEY)),
+    );
 }
 
 /// Both map paths running and active.
