@@ -6,7 +6,9 @@
 //!
 //! * [`translate`]: the pure request/reply translation (every build);
 //! * `ffi`, `detect`, `worker` (feature `mpath`): the library binding,
-//!   device-mapper detection, and the one thread that makes library calls.
+//!   device-mapper detection, and the one thread that makes library calls;
+//! * [`multipathd`] (feature `mpath`): the `mpath_connect` pr-helper gives
+//!   the library, which talks only to a multipathd that runs as root.
 
 pub mod translate;
 
@@ -14,6 +16,8 @@ pub mod translate;
 mod detect;
 #[cfg(feature = "mpath")]
 mod ffi;
+#[cfg(feature = "mpath")]
+pub mod multipathd;
 #[cfg(feature = "mpath")]
 mod worker;
 
