@@ -49,8 +49,6 @@ if [ -n "$mpath" ]; then
     install -d -m 0755 "$ctx/rootfs/run/pr-helper"
     install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/entrypoint.sh" "$ctx/rootfs/entrypoint.sh"
     install -D -m 0644 "$PRH_ROOT/packaging/mpath-image/multipath.conf" "$ctx/rootfs/etc/multipath.conf"
-    install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/multipathd-relay.pl" \
-        "$ctx/rootfs/usr/lib/pr-helper/multipathd-relay.pl"
 else
     tag=${2:-localhost/pr-helper:latest}
     containerfile=$PRH_ROOT/Containerfile

@@ -100,11 +100,20 @@ prh_podman() {
 PRH_PODMAN_ULIMITS=(--ulimit nofile=1024:20000 --ulimit nproc=1024:1024)
 
 # The local base image of the multipath variant: no registry here, so a
-# Debian 12 root made by packaging/setup.sh with mmdebstrap from the Debian
+# Debian root made by packaging/setup.sh with mmdebstrap from the Debian
 # mirror, cached as a tarball named after what it was made from, and
-# imported into the container storage in use when first needed.
-PRH_MPATH_BASE=${PRH_MPATH_BASE:-localhost/pr-helper-mpath-base:bookworm}
-PRH_MPATH_BASE_MMDEBSTRAP=(--variant=minbase --include=multipath-tools,ca-certificates bookworm)
+# imported into the container storage in use when first needed. Debian 14
+# (forky, testing) for multipath-tools 0.15: the reservation rework of 0.13
+# and the pathname socket of 0.12 (README, "Which library"); Debian 13 has
+# 0.11. mmdebstrap runs with SOURCE_DATE_EPOCH=$PRH_ROOT_EPOCH, so the same
+# package set gives the same tarball; the image's SBOM lists that set.
+# Release files of testing carry a Valid-Until a week ahead; a mirror that
+# is a fixed copy of the archive (a snapshot, or this machine's) serves
+# them expired, so that check is off (apt still verifies the signatures).
+PRH_MPATH_BASE=${PRH_MPATH_BASE:-localhost/pr-helper-mpath-base:forky}
+PRH_MPATH_BASE_MMDEBSTRAP=(--variant=minbase --include=multipath-tools,ca-certificates
+    '--aptopt=Acquire::Check-Valid-Until "false"' forky)
+PRH_ROOT_EPOCH=1767225600
 # The systemd boot test's root: systemd as PID 1 (systemd-sysv, dbus),
 # libnss-systemd (names of dynamic users), socat (a client that holds a
 # connection).
@@ -116,7 +125,7 @@ prh_rootfs_tar() {
     shift
     printf '%s/%s-%s.tar\n' "$PRH_PKG_CACHE" "$name" "$(printf '%s\n' "$@" | sha256sum | cut -c1-16)"
 }
-PRH_MPATH_BASE_TAR=$(prh_rootfs_tar mpath-base "${PRH_MPATH_BASE_MMDEBSTRAP[@]}")
+PRH_MPATH_BASE_TAR=$(prh_rootfs_tar mpath-base "SOURCE_DATE_EPOCH=$PRH_ROOT_EPOCH" "${PRH_MPATH_BASE_MMDEBSTRAP[@]}")
 PRH_NSPAWN_TAR=$(prh_rootfs_tar nspawn "${PRH_NSPAWN_MMDEBSTRAP[@]}")
 # prh_mpath_base: make sure $PRH_MPATH_BASE is in the storage in use (from
 # the cached root; fails when setup has not made it).

@@ -18,8 +18,8 @@
 #   - every crate of Cargo.lock (and of packaging/gen-docs) in the cargo
 #     registry cache, so `cargo vendor --offline` and `cargo build --offline`
 #     work later;
-#   - the root of a local base image for the multipath variant (Debian
-#     bookworm with multipath-tools, made with mmdebstrap from the Debian
+#   - the root of a local base image for the multipath variant (Debian 14,
+#     forky, with multipath-tools 0.15, made with mmdebstrap from the Debian
 #     mirror, since registries cannot be reached here), kept as
 #     $PRH_PKG_CACHE/mpath-base-HASH.tar and imported by build-image.sh;
 #   - a Debian 12 root with systemd for packaging/systemd-boot-test.sh
@@ -59,20 +59,29 @@ fi
 # The multipath image's base and the systemd boot test's root: no registry
 # here, so Debian roots made from the Debian mirror (packaging/lib.sh says
 # what each holds; the file names carry a hash of that). With a registry,
-# Containerfile.mpath's default base (docker.io/library/debian:bookworm-slim)
+# Containerfile.mpath's default base (docker.io/library/debian:forky-slim)
 # is used instead.
-mkroot() { # TARBALL MMDEBSTRAP-ARGS...
-    local tarball=$1
+mkroot() { # TARBALL [SOURCE_DATE_EPOCH=N] MMDEBSTRAP-ARGS...
+    local tarball=$1 epoch=()
     shift
+    case $1 in SOURCE_DATE_EPOCH=*) epoch=("$1"); shift ;; esac
     [ -f "$tarball" ] && return 0
-    echo "setup: $(basename "$tarball") with mmdebstrap $*"
-    mmdebstrap --quiet --mode=root "$@" "$tarball.tmp.tar"
+    echo "setup: $(basename "$tarball") with ${epoch[*]:+${epoch[*]} }mmdebstrap $*"
+    env "${epoch[@]}" mmdebstrap --quiet --mode=root "$@" "$tarball.tmp.tar"
+    # With a fixed time, the same packages must give the same tarball: made
+    # twice, kept only when both agree (the multipath image's base).
+    if [ ${#epoch[@]} -gt 0 ]; then
+        env "${epoch[@]}" mmdebstrap --quiet --mode=root "$@" "$tarball.again.tar"
+        cmp -s "$tarball.tmp.tar" "$tarball.again.tar" ||
+            prh_die "mmdebstrap $* made two different tarballs ($tarball.tmp.tar, $tarball.again.tar)"
+        rm "$tarball.again.tar"
+    fi
     mv "$tarball.tmp.tar" "$tarball"
 }
 # Both in the background (network and disk) while cargo builds the tools
 # below (processor).
 mkdir -p "$PRH_PKG_CACHE"
-mkroot "$PRH_MPATH_BASE_TAR" "${PRH_MPATH_BASE_MMDEBSTRAP[@]}" &
+mkroot "$PRH_MPATH_BASE_TAR" "SOURCE_DATE_EPOCH=$PRH_ROOT_EPOCH" "${PRH_MPATH_BASE_MMDEBSTRAP[@]}" &
 mpath_base=$!
 mkroot "$PRH_NSPAWN_TAR" "${PRH_NSPAWN_MMDEBSTRAP[@]}" &
 nspawn_root=$!

@@ -383,24 +383,22 @@ kubevirt_spec() { # IMAGE NAME [PODMAN ARG...]
     [ "$rc" != 1 ] && grep -q 'persistent reserve in' <<<"$out" ||
         fail "$image (KubeVirt spec): uid 107 client after the chown: no answer (exit $rc)"
     if [ "$mpd" = 1 ]; then
-        # libmpathcmd inside the pod reaches "multipathd" (the stand-in
-        # below) through the socket in the shared directory, for the
-        # commands libmpathpersist sends; the relay passes no other
-        # (multipathd runs any command of root, which the relay is).
+        # /entrypoint.sh linked /run/multipathd.socket to the socket in the
+        # shared directory (as KubeVirt's image does), and libmpathcmd in
+        # the pod (0.15: the pathname socket first) reaches "multipathd"
+        # (the stand-in) there, with no host network and no relay.
         local mout
-        # -k sends the command as given (without -k the CLI appends " \n",
-        # which libmpathpersist never sends and the relay does not pass).
+        mout=$(prh_podman exec "$name" readlink /run/multipathd.socket)
+        [ "$mout" = /var/run/kubevirt/daemons/pr/multipathd.socket ] ||
+            fail "$image (KubeVirt spec): /run/multipathd.socket links to \"$mout\""
+        # -k sends the command as given (without it the CLI appends " \n").
         mout=$(prh_podman exec "$name" multipathd -k"getprstatus map mpatha" 2>&1) || true
         echo "$mout" >&2
         grep -q 'fake multipathd answers: getprstatus map mpatha' <<<"$mout" ||
             fail "$image (KubeVirt spec): multipathd getprstatus in the pod did not reach the shared-directory socket: $mout"
         grep -q '^getprstatus map mpatha *$' "$k/multipathd.log" ||
             fail "$image (KubeVirt spec): the stand-in multipathd got no request"
-        mout=$(prh_podman exec "$name" multipathd -kshutdown 2>&1) || true
-        echo "$mout" >&2
-        ! grep -q 'shutdown' "$k/multipathd.log" ||
-            fail "$image (KubeVirt spec): the relay passed \"shutdown\" to multipathd"
-        note="$note; libmpathcmd in the pod reached the host-side multipathd socket in the shared directory (relay, no host network; shutdown refused)"
+        note="$note; /run/multipathd.socket links to the shared directory, and libmpathcmd in the pod reached the host-side multipathd socket there (no host network, no relay)"
     fi
     prh_podman logs "$name" 2>&1 | grep -E 'error|warn' >&2 || true
     # Stopping: the root helper holds CAP_SYS_RAWIO only, so it cannot
@@ -476,7 +474,28 @@ t_image() {
     (cd "$PRH_ROOT" && CARGO_TARGET_DIR=$W/mpath cargo build --quiet --release --locked --offline \
         --features mpath --bin pr-helper)
     l1=$("$PRH_ROOT/packaging/build-image.sh" --mpath "$W/mpath/release/pr-helper" localhost/pr-helper:mpath)
+    l2=$("$PRH_ROOT/packaging/build-image.sh" --mpath "$W/mpath/release/pr-helper" localhost/pr-helper:mpath-2)
     echo "$l1" >&2
+    echo "$l2" >&2
+    [ "$(awk '{print $6}' <<<"$l1")" = "$(awk '{print $6}' <<<"$l2")" ] ||
+        fail "two multipath image builds differ: $l1 / $l2"
+    # The image's library (multipath-tools 0.13 or later, README "Which
+    # library"), and libmpathpersist there binds mpath_connect to pr-helper's
+    # own (src/mpath/multipathd.rs: only a root multipathd is used).
+    local lib bind
+    lib=$(prh_podman run --rm --network none "${PRH_PODMAN_ULIMITS[@]}" --entrypoint dpkg-query \
+        localhost/pr-helper:mpath -W -f '${Version}' libmpathpersist0)
+    dpkg --compare-versions "$lib" ge 0.13 || fail "the multipath image has libmpathpersist $lib (< 0.13)"
+    prh_podman run --rm --network none "${PRH_PODMAN_ULIMITS[@]}" --entrypoint dpkg-query \
+        localhost/pr-helper:mpath -W -f '${Package} ${Version} ${Architecture}\n' | sort >"$W/mpath-packages"
+    diff <(grep -v '^#' "$PRH_ROOT/packaging/mpath-image/packages.lock") "$W/mpath-packages" >&2 ||
+        fail "the multipath image's packages differ from packaging/mpath-image/packages.lock (diff above)"
+    bind=$(prh_podman run --rm --network none "${PRH_PODMAN_ULIMITS[@]}" -e LD_DEBUG=bindings -e LD_BIND_NOW=1 \
+        --entrypoint /usr/bin/pr-helper localhost/pr-helper:mpath --version 2>&1 >/dev/null |
+        grep 'libmpathpersist.so.0 .*`mpath_connect' || true)
+    grep -q 'to /usr/bin/pr-helper ' <<<"$bind" ||
+        fail "in the multipath image, libmpathpersist's mpath_connect is not pr-helper's: $bind"
+    figure "multipath image: libmpathpersist $lib, $(wc -l <"$W/mpath-packages") packages as packages.lock pins them; its mpath_connect binds to pr-helper's; rebuilt: same digest"
     check_image_bom localhost/pr-helper:mpath "$W/image-files-mpath"
     # A default /etc/multipath.conf for reservations; a mounted one wins.
     local conf
@@ -497,7 +516,7 @@ t_image() {
     run_image localhost/pr-helper:mpath "$d" prh-test-mpath --cap-drop ALL --cap-add SYS_RAWIO \
         --cap-add SYS_ADMIN -v /dev:/dev "${mp[@]}"
     "$BIN" ping --socket "$d/pr-helper.sock" >&2 || fail "ping to the multipath container failed"
-    figure "multipath image (local Debian 12 base + multipath-tools): digest $(awk '{print $6}' <<<"$l1") size $(awk '{print $8}' <<<"$l1") bytes; ping ok ($note)"
+    figure "multipath image (local Debian 14 base + multipath-tools $lib): digest $(awk '{print $6}' <<<"$l1") size $(awk '{print $8}' <<<"$l1") bytes; ping ok ($note)"
     prh_podman rm -f prh-test-mpath >/dev/null
     # Same fallback as above: without device-mapper in the kernel the
     # multipath build refuses to start unless told to run without it.

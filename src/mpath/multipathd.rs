@@ -27,9 +27,10 @@
 //! help): multipathd runs as root everywhere. A socket whose listener is
 //! not root is closed, logged and skipped, as if nothing listened there.
 //!
-//! `tests/multipathd_socket.rs` checks the binding (the helper's
-//! `mpath_connect` is the one libmpathpersist gets) and the refusal; the VM
-//! test bed's multipath boot runs every flow through it.
+//! D34 in README's deviations. `tests/mpath.rs` checks the binding (the
+//! helper's `mpath_connect` is the one libmpathpersist 0.9.4 and 0.15.1
+//! get) and the refusal; the VM test bed's multipath boot runs every flow
+//! through it, and its pod test plants a uid-107 socket.
 
 // Unsafe code: the exported C entry point and its socket calls.
 #![allow(unsafe_code)]
