@@ -40,15 +40,7 @@ if [ -n "$mpath" ]; then
     tag=${2:-localhost/pr-helper:mpath}
     containerfile=$PRH_ROOT/Containerfile.mpath
     prh_mpath_base
-    install -D -m 0755 "$bin" "$ctx/rootfs/usr/bin/pr-helper"
-    install -D -m 0644 "$PRH_ROOT/LICENSE" "$ctx/rootfs/usr/share/licenses/pr-helper/LICENSE"
-    install -D -m 0644 "$PRH_ROOT/packaging/licenses/THIRD-PARTY-NOTICES" \
-        "$ctx/rootfs/usr/share/licenses/pr-helper/THIRD-PARTY-NOTICES"
-    install -D -m 0644 "$PRH_ROOT/packaging/licenses/pr-helper.cdx.json" \
-        "$ctx/rootfs/usr/share/doc/pr-helper/pr-helper.cdx.json"
-    install -d -m 0755 "$ctx/rootfs/run/pr-helper"
-    install -D -m 0755 "$PRH_ROOT/packaging/mpath-image/entrypoint.sh" "$ctx/rootfs/entrypoint.sh"
-    install -D -m 0644 "$PRH_ROOT/packaging/mpath-image/multipath.conf" "$ctx/rootfs/etc/multipath.conf"
+    "$PRH_ROOT/packaging/mpath-image/layout.sh" "$bin" "$ctx/rootfs"
 else
     tag=${2:-localhost/pr-helper:latest}
     containerfile=$PRH_ROOT/Containerfile

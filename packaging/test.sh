@@ -470,7 +470,9 @@ t_image() {
         return
     fi
     prh_mpath_base
-    ldconfig -p | grep -q "libmpathpersist.so.0 " || fail "libmpathpersist missing (run packaging/setup.sh)"
+    # Not `ldconfig -p | grep -q`: grep leaving early kills ldconfig with
+    # SIGPIPE, which pipefail turns into a failure.
+    [[ $(ldconfig -p) == *"libmpathpersist.so.0 "* ]] || fail "libmpathpersist missing (run packaging/setup.sh)"
     (cd "$PRH_ROOT" && CARGO_TARGET_DIR=$W/mpath cargo build --quiet --release --locked --offline \
         --features mpath --bin pr-helper)
     l1=$("$PRH_ROOT/packaging/build-image.sh" --mpath "$W/mpath/release/pr-helper" localhost/pr-helper:mpath)

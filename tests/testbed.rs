@@ -153,6 +153,23 @@ fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// The multipath image's root filesystem (its base tarball and its own
+/// files, with the guests' multipath build as /usr/bin/pr-helper) as an
+/// ext4 image, made once per test process.
+fn pod_root() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let img = root().join("target/testbed-pod-root.img");
+        let status = Command::new(root().join("tests/testbed/build-pod-root.sh"))
+            .arg(&img)
+            .arg(&artifacts().mpath_helper)
+            .status()
+            .expect("build-pod-root.sh");
+        assert!(status.success(), "pod root build failed: {}", img.display());
+        img
+    })
+}
+
 /// A current Debian kernel (`suite` "trixie" or "sid", fetched by
 /// tests/testbed/fetch-kernels.sh) and the multipath initramfs built with
 /// its modules.
@@ -370,6 +387,20 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
         ],
         _ => &[],
     };
+    // The multipath image's root filesystem for the pod of the flows suite
+    // (tests/testbed/build-pod-root.sh), read-only on /dev/vda.
+    let pod_root = match image {
+        Image::Mpath | Image::Kernel(_) => vec![
+            "-drive".to_string(),
+            format!(
+                "file={},if=none,id=pod,format=raw,readonly=on",
+                pod_root().display()
+            ),
+            "-device".to_string(),
+            "virtio-blk-pci,drive=pod".to_string(),
+        ],
+        _ => Vec::new(),
+    };
     let _one_at_a_time = VM.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut child = Command::new(qemu)
@@ -386,6 +417,7 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
             "-no-reboot",
         ])
         .args(nvme)
+        .args(&pod_root)
         .args(["-serial", "stdio", "-kernel"])
         .arg(kernel)
         .arg("-initrd")
