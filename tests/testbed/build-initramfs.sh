@@ -192,14 +192,9 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
         copy_with_libs "$I" "$plugin" "/lib/multipath/$(basename "$plugin")"
     done
     cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$I/usr/lib/x86_64-linux-gnu/"
-    # The multipath image's /entrypoint.sh and relay (KubeVirt pod stand-in:
-    # tests/testbed/guest/mpath.rs), with perl-base and unshare.
+    # The multipath image's /entrypoint.sh and util-linux's unshare (the
+    # KubeVirt pod stand-in: tests/testbed/guest/mpath_pod.rs).
     install -D -m 0755 "$HERE/../../packaging/mpath-image/entrypoint.sh" "$I/entrypoint.sh"
-    install -D -m 0755 "$HERE/../../packaging/mpath-image/multipathd-relay.pl" \
-        "$I/usr/lib/pr-helper/multipathd-relay.pl"
-    copy_with_libs "$I" /usr/bin/perl /usr/bin/perl
-    mkdir -p "$I/usr/lib/x86_64-linux-gnu"
-    cp -a /usr/lib/x86_64-linux-gnu/perl-base "$I/usr/lib/x86_64-linux-gnu/"
     copy_with_libs "$I" /usr/bin/unshare /usr/bin/unshare
     mkdir -p "$I/usr/bin"
     ln -sf /bin/pr-helper-mpath "$I/usr/bin/pr-helper"
@@ -236,6 +231,18 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
     done
     cp -L "$SID/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$S/usr/lib/x86_64-linux-gnu/"
     touch "$S/pr-helper-mpath"
+    # The pod (tests/testbed/guest/mpath_pod.rs) runs the image's
+    # /entrypoint.sh in this root: a shell and ln for it (static busybox),
+    # /var/run -> /run as in Debian, the mount points of /entrypoint.sh and
+    # /usr/bin/pr-helper, and util-linux's setpriv (busybox's cannot change
+    # uids) for the uid-107 client.
+    mkdir -p "$S/usr/bin" "$S/var"
+    cp "$ROOT/bin/busybox" "$S/usr/bin/busybox"
+    for applet in sh ln; do ln -s busybox "$S/usr/bin/$applet"; done
+    ln -s ../run "$S/var/run"
+    touch "$S/entrypoint.sh" "$S/usr/bin/pr-helper"
+    install -m 755 /usr/bin/setpriv "$S/usr/bin/setpriv"
+    copy_sid /usr/bin/setpriv
     cp "$SID/../multipath-tools-version" "$S/multipath-tools-version"
 fi
 

@@ -18,6 +18,7 @@ mod mpath;
 mod mpath_flows;
 mod mpath_many;
 mod mpath_paths;
+mod mpath_pod;
 mod nested;
 mod scripts;
 mod tools;
@@ -42,6 +43,9 @@ impl Drop for Children {
 
 fn main() {
     let suites: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = mpath_pod::hidden_mode(&suites) {
+        std::process::exit(code);
+    }
     let mut next_lun = 0;
     // Every pr-helper this runner starts must apply its Landlock ruleset
     // (a start-up error otherwise): the suites run sandboxed as shipped,

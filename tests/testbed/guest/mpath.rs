@@ -635,8 +635,6 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             (a, b) => Err(format!("{a} and {b} registrations left")),
         },
     );
-    // The multipath image confined as KubeVirt confines its pod.
-    kubevirt_pod(&map, &paths);
     // D14, D28: READ FULL STATUS with 42 registrations, O_PATH on the map
     // (before the map is made to hang below).
     crate::mpath_many::run(index, &map, &lun, SOCKET);
@@ -791,93 +789,4 @@ fn hung_map(
         },
     );
     Ok(())
-}
-
-const POD_DIR: &str = "/run/kubevirt-pr";
-const POD_SOCKET: &str = "/run/kubevirt-pr/pr-helper.sock";
-const KEY3: u64 = 0x00c0_ffee_0000_0003;
-
-/// The multipath image as KubeVirt runs it, confined the way the pod is:
-/// its own mount and network namespace (unshare -m -n), so multipathd's
-/// abstract socket in this (the host's) network namespace is out of reach.
-/// What crosses is what virt-handler arranges: the host's multipathd socket
-/// bind-mounted into the shared directory. multipathd 0.9.4 here listens on
-/// the abstract name only, so a relay on the host side offers it on that
-/// pathname (as multipath-tools 0.12 does itself). The image's
-/// /entrypoint.sh (packaging/mpath-image) then starts its own relay inside
-/// the pod and pr-helper. The stand-in is a namespace rather than a
-/// container: the test bed has no container runtime, and for Unix sockets
-/// the network namespace is what matters; the entrypoint, relay, binary and
-/// libraries are the image's.
-fn kubevirt_pod(map: &Path, paths: &[PathBuf; 2]) {
-    let _ = std::fs::create_dir_all(POD_DIR);
-    let host_side = Command::new("/usr/bin/perl")
-        .args([
-            "/usr/lib/pr-helper/multipathd-relay.pl",
-            "@/org/kernel/linux/storage/multipathd",
-            "/run/kubevirt-pr/multipathd.socket",
-        ])
-        .spawn();
-    let pod = Command::new("/usr/bin/unshare")
-        .args(["-m", "-n", "--", "/entrypoint.sh", "-k", POD_SOCKET])
-        .env("DM_DISABLE_UDEV", "1")
-        .env("MULTIPATHD_SOCKET", "/run/kubevirt-pr/multipathd.socket")
-        .spawn();
-    let (mut host_side, mut pod) = match (host_side, pod) {
-        (Ok(h), Ok(p)) => (h, p),
-        (h, p) => {
-            check("kubevirt-pod-start", Err(format!("{h:?} {p:?}")));
-            return;
-        }
-    };
-    let r = (|| {
-        wait_for("pod helper socket", Duration::from_secs(20), || {
-            Path::new(POD_SOCKET).exists()
-        })?;
-        let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-        if ns(pod.id()).is_none() || ns(pod.id()) == ns(std::process::id()) {
-            return Err("the pod helper runs in the host's network namespace".to_string());
-        }
-        let p = ParamList {
-            sa_key: KEY3,
-            ..Default::default()
-        }
-        .encode();
-        good(exec::run_socket(
-            POD_SOCKET,
-            map,
-            &pr_out_cdb(sa_out::REGISTER, 0, 0, p.len() as u32),
-            &p,
-            false,
-        ))?;
-        match (
-            registrations(&paths[0], KEY3),
-            registrations(&paths[1], KEY3),
-        ) {
-            (2, 2) => {}
-            (a, b) => {
-                return Err(format!(
-                    "path A sees {a}, path B {b} registrations of the key (want 2 and 2)"
-                ))
-            }
-        }
-        let c = ParamList {
-            key: KEY3,
-            ..Default::default()
-        }
-        .encode();
-        good(exec::run_socket(
-            POD_SOCKET,
-            map,
-            &pr_out_cdb(sa_out::CLEAR, 0, 0, c.len() as u32),
-            &c,
-            false,
-        ))?;
-        Ok(())
-    })();
-    check("kubevirt-pod-registers-on-both-paths", r);
-    let _ = pod.kill();
-    let _ = pod.wait();
-    let _ = host_side.kill();
-    let _ = host_side.wait();
 }

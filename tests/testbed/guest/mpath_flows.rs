@@ -35,7 +35,11 @@
 //! same pr-helper-mpath binary on unstable's libraries, both in the
 //! unstable root (/sid, chroot). First against bookworm's multipathd (the
 //! mix a container with a current library meets on a Debian 12 or RHEL 9
-//! node), then against unstable's.
+//! node), then against unstable's. Against unstable's multipathd, also
+//! the multipath image's pod (`pod-sid`: tests/testbed/guest/mpath_pod.rs,
+//! the image's /entrypoint.sh and pr-helper-mpath on unstable's library in
+//! KubeVirt's confinement), compared with mpathpersist like the other
+//! pr-helper subjects; then the pod's own checks.
 //!
 //! pr-helper must leave the device as mpathpersist with the same library
 //! leaves it, in every flow; with the current library the migrate
@@ -257,7 +261,32 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
                 .any(|l| l.split_whitespace().next() == Some(serial.as_str()))
         },
     )?;
-    run_all(&bed, Daemon::Sid, &sid_subjects, &mut results);
+    // The multipath image in KubeVirt's pod, on the socket unstable's
+    // multipathd listens on (bookworm's has none to mount into the pod).
+    let pod = match crate::mpath_pod::start() {
+        Ok(pod) => {
+            children.0.push(pod);
+            check("pod-start", Ok(()));
+            true
+        }
+        Err(e) => {
+            check("pod-start", Err(e));
+            false
+        }
+    };
+    let pod_subject = [(
+        "pod-sid",
+        Subject::Helper {
+            socket: crate::mpath_pod::POD_SOCKET,
+        },
+    )];
+    let sid_and_pod = [&sid_subjects[..], &pod_subject[..pod as usize]].concat();
+    run_all(&bed, Daemon::Sid, &sid_and_pod, &mut results);
+    if pod {
+        if let Some(child) = children.0.last() {
+            crate::mpath_pod::checks(child, &bed, &serial, check);
+        }
+    }
     let _ = reset(&bed.source);
 
     let get = |flow: &str, daemon: Daemon, subject: &str| {
@@ -274,6 +303,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             (Daemon::Bookworm, "pr-helper-0.9.4", "mpathpersist-0.9.4"),
             (Daemon::Bookworm, "pr-helper-sid", "mpathpersist-sid"),
             (Daemon::Sid, "pr-helper-sid", "mpathpersist-sid"),
+            (Daemon::Sid, "pod-sid", "mpathpersist-sid"),
         ] {
             check(
                 &format!("{flow}/{}/{ours}-same-as-{theirs}", daemon.name()),
