@@ -20,3 +20,5 @@ install -D -m 0644 "$root/packaging/licenses/pr-helper.cdx.json" \
 install -d -m 0755 "$dir/run/pr-helper"
 install -D -m 0755 "$root/packaging/mpath-image/entrypoint.sh" "$dir/entrypoint.sh"
 install -D -m 0644 "$root/packaging/mpath-image/multipath.conf" "$dir/etc/multipath.conf"
+# Where the prkeys file lives; KubeVirt mounts the host's directory here.
+install -d -m 0755 "$dir/etc/multipath"

@@ -118,6 +118,16 @@ add_modules() {
     done
     MODULE_COUNT=${#order[@]}
 }
+# The multipath variants also mount the multipath image's root filesystem
+# (ext4 on a virtio disk: tests/testbed/build-pod-root.sh) for the pod.
+# ext4 asks the crypto API for crc32c when it mounts, which loads no
+# module by itself here: the generic one (crc32c-cryptoapi from 7.x).
+if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
+    WANTED="$WANTED virtio_pci virtio_blk ext4"
+    for m in crc32c_generic crc32c-cryptoapi; do
+        ! grep -qE "/$m\.ko(\.xz)?:" "$MODDIR/modules.dep" || WANTED="$WANTED $m"
+    done
+fi
 add_modules "$I" $WANTED
 
 # aarch64: the libraries BINARY needs, recursively (DT_NEEDED entries,
@@ -192,10 +202,10 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
         copy_with_libs "$I" "$plugin" "/lib/multipath/$(basename "$plugin")"
     done
     cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$I/usr/lib/x86_64-linux-gnu/"
-    # The multipath image's /entrypoint.sh and util-linux's unshare (the
-    # KubeVirt pod stand-in: tests/testbed/guest/mpath_pod.rs).
-    install -D -m 0755 "$HERE/../../packaging/mpath-image/entrypoint.sh" "$I/entrypoint.sh"
+    # util-linux's unshare and the mount point of the multipath image's root
+    # (the KubeVirt pod: tests/testbed/guest/mpath_pod.rs).
     copy_with_libs "$I" /usr/bin/unshare /usr/bin/unshare
+    mkdir -p "$I/pod"
     mkdir -p "$I/usr/bin"
     ln -sf /bin/pr-helper-mpath "$I/usr/bin/pr-helper"
 
@@ -231,18 +241,6 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
     done
     cp -L "$SID/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$S/usr/lib/x86_64-linux-gnu/"
     touch "$S/pr-helper-mpath"
-    # The pod (tests/testbed/guest/mpath_pod.rs) runs the image's
-    # /entrypoint.sh in this root: a shell and ln for it (static busybox),
-    # /var/run -> /run as in Debian, the mount points of /entrypoint.sh and
-    # /usr/bin/pr-helper, and util-linux's setpriv (busybox's cannot change
-    # uids) for the uid-107 client.
-    mkdir -p "$S/usr/bin" "$S/var"
-    cp "$ROOT/bin/busybox" "$S/usr/bin/busybox"
-    for applet in sh ln; do ln -s busybox "$S/usr/bin/$applet"; done
-    ln -s ../run "$S/var/run"
-    touch "$S/entrypoint.sh" "$S/usr/bin/pr-helper"
-    install -m 755 /usr/bin/setpriv "$S/usr/bin/setpriv"
-    copy_sid /usr/bin/setpriv
     cp "$SID/../multipath-tools-version" "$S/multipath-tools-version"
 fi
 

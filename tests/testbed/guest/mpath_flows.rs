@@ -36,10 +36,10 @@
 //! unstable root (/sid, chroot). First against bookworm's multipathd (the
 //! mix a container with a current library meets on a Debian 12 or RHEL 9
 //! node), then against unstable's. Against unstable's multipathd, also
-//! the multipath image's pod (`pod-sid`: tests/testbed/guest/mpath_pod.rs,
-//! the image's /entrypoint.sh and pr-helper-mpath on unstable's library in
-//! KubeVirt's confinement), compared with mpathpersist like the other
-//! pr-helper subjects; then the pod's own checks.
+//! the multipath image's pod (`pod`: tests/testbed/guest/mpath_pod.rs, the
+//! image's root file system, with its libmpathpersist 0.15.1, in KubeVirt's
+//! confinement), compared with mpathpersist like the other pr-helper
+//! subjects; then the pod's own checks.
 //!
 //! pr-helper must leave the device as mpathpersist with the same library
 //! leaves it, in every flow; with the current library the migrate
@@ -275,7 +275,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
         }
     };
     let pod_subject = [(
-        "pod-sid",
+        "pod",
         Subject::Helper {
             socket: crate::mpath_pod::POD_SOCKET,
         },
@@ -303,7 +303,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
             (Daemon::Bookworm, "pr-helper-0.9.4", "mpathpersist-0.9.4"),
             (Daemon::Bookworm, "pr-helper-sid", "mpathpersist-sid"),
             (Daemon::Sid, "pr-helper-sid", "mpathpersist-sid"),
-            (Daemon::Sid, "pod-sid", "mpathpersist-sid"),
+            (Daemon::Sid, "pod", "mpathpersist-sid"),
         ] {
             check(
                 &format!("{flow}/{}/{ours}-same-as-{theirs}", daemon.name()),

@@ -5,26 +5,27 @@
 //! KubeVirt's setup, imitated: virt-handler bind-mounts the host's
 //! /run/multipathd.socket onto multipathd.socket in the shared directory
 //! /var/run/kubevirt/daemons/pr, which belongs to QEMU's uid 107; the
-//! pr-helper container has its own network namespace, root file system and
-//! /run, and gets /dev, the shared directory (same path, mount propagation
-//! from the host) and /etc/multipath from the host; it runs
-//! `/entrypoint.sh -k /var/run/kubevirt/daemons/pr/pr-helper.sock` as root.
+//! pr-helper container (`RenderPrHelperContainer`) has its own network
+//! namespace, the image's root file system and its own /run, and gets
+//! exactly three host paths: /dev (HostToContainer), the shared directory
+//! (same path, Bidirectional) and /etc/multipath (Bidirectional); it runs
+//! `/entrypoint.sh -k /var/run/kubevirt/daemons/pr/pr-helper.sock`,
+//! privileged, as root, with the image's environment.
 //!
-//! The stand-in is a namespace rather than a container (the test bed has no
-//! container runtime): `unshare -m -n`, a fresh tmpfs on the unstable
-//! root's /run (covering the flows suite's bind of the host's /run), the
-//! shared directory bound at the same path (rbind, slave: the host's later
-//! mounts there reach it), the image's /entrypoint.sh and the test bed's
-//! pr-helper-mpath (on unstable's libmpathpersist 0.15) bound into /sid,
-//! then `chroot /sid /entrypoint.sh -k ...` with MULTIPATHD_SOCKET at its
-//! default. Also bound: the host's /run/udev (the test bed's udev database
-//! holds the made-up serials the maps are built from; without it the
-//! library would not see the paths as the host's multipathd does).
+//! The root file system is the image's: its base tarball and its own files
+//! (tests/testbed/build-pod-root.sh: what packaging/build-image.sh --mpath
+//! builds the image from, with the test bed's multipath build as
+//! /usr/bin/pr-helper), read-only on /dev/vda, mounted at /pod. The
+//! container is a namespace rather than a runtime's (the test bed has none):
+//! `unshare -m -n`, then what a runtime mounts for a privileged container
+//! (a tmpfs on /run and /tmp, /proc, /sys) and the three host paths, then
+//! `chroot /pod /entrypoint.sh -k ...`. Not mounted, as in KubeVirt: the
+//! host's /run/udev, /etc/multipath.conf (the image's default is used).
 //!
-//! The pod is a subject of the flows suite (`pod-sid`), and
-//! [`checks`] adds what only the pod has: QEMU's uid in the pod cannot
-//! make multipathd do anything, and a socket that uid plants in the shared
-//! directory while the host's is not mounted gets nothing from pr-helper.
+//! The pod is a subject of the flows suite (`pod`), and [`checks`] adds what
+//! only the pod has: QEMU's uid in the pod cannot make multipathd do
+//! anything, and a socket that uid plants in the shared directory while the
+//! host's is not mounted gets nothing from pr-helper.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -38,10 +39,14 @@ use pr_helper::scsi::pr::{pr_out_cdb, sa_out, ParamList};
 
 use crate::exec;
 use crate::mpath::{run, run_in, wait_for};
-use crate::mpath_flows::{observe_keys, reset, Bed, Daemon, SID};
+use crate::mpath_flows::{observe_keys, reset, Bed, Daemon};
 
+/// Where the multipath image's root file system is mounted (read-only).
+pub(crate) const POD_ROOT: &str = "/pod";
+/// Its disk (tests/testbed.rs attaches it).
+const POD_DISK: &str = "/dev/vda";
 /// KubeVirt's shared directory (a real directory on the test-bed host:
-/// its /var/run is not a link to /run).
+/// its /var/run is not a link to /run; in the image it is, to /run).
 pub(crate) const SHARED_DIR: &str = "/var/run/kubevirt/daemons/pr";
 /// The pod helper's socket, in the shared directory.
 pub(crate) const POD_SOCKET: &str = "/var/run/kubevirt/daemons/pr/pr-helper.sock";
@@ -171,22 +176,37 @@ pub(crate) fn start() -> Result<Child, String> {
         }
     }
     mount_host_socket()?;
+    if !std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(" /pod ")) {
+        if let (false, out) = run("mount", &["-t", "ext4", "-o", "ro", POD_DISK, POD_ROOT]) {
+            return Err(format!("mount {POD_DISK} on {POD_ROOT}: {out}"));
+        }
+    }
+    // The image's /var/run is a link to /run, the pod's own tmpfs: the
+    // shared directory goes there.
     let script = format!(
         "set -e
-mount -t tmpfs -o mode=0755 pod-run {SID}/run
-mkdir -p {SID}{SHARED_DIR} {SID}/run/udev
-mount --rbind {SHARED_DIR} {SID}{SHARED_DIR}
-mount --bind /run/udev {SID}/run/udev
-mount --bind /entrypoint.sh {SID}/entrypoint.sh
-mount --bind /bin/pr-helper-mpath {SID}/usr/bin/pr-helper
-exec chroot {SID} /entrypoint.sh -k {POD_SOCKET}"
+mount -t tmpfs -o mode=0755 pod-run {POD_ROOT}/run
+mount -t tmpfs -o mode=1777 pod-tmp {POD_ROOT}/tmp
+mount -t proc proc {POD_ROOT}/proc
+mount -t sysfs sysfs {POD_ROOT}/sys
+mount --rbind /dev {POD_ROOT}/dev
+mkdir -p {POD_ROOT}/run/kubevirt/daemons/pr
+mount --rbind {SHARED_DIR} {POD_ROOT}/run/kubevirt/daemons/pr
+mount --rbind /etc/multipath {POD_ROOT}/etc/multipath
+exec chroot {POD_ROOT} /entrypoint.sh -k {POD_SOCKET}"
     );
     let stderr = std::fs::File::create(STDERR).map_err(|e| format!("{STDERR}: {e}"))?;
+    // The image's environment (Containerfile.mpath's ENV), nothing else.
     let mut pod = Command::new("/usr/bin/unshare")
         .args(["-m", "-n", "--propagation", "slave", "--", "/bin/sh", "-c"])
         .arg(&script)
-        .env("DM_DISABLE_UDEV", "1")
-        .env_remove("MULTIPATHD_SOCKET")
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("PR_HELPER_SOCKET", "/run/pr-helper/pr-helper.sock")
+        .env("PR_HELPER_LOG_TARGET", "stderr")
         .stderr(stderr)
         .spawn()
         .map_err(|e| format!("unshare: {e}"))?;
@@ -237,7 +257,9 @@ fn pod_out(bed: &Bed, sa: u8, key: u64, sa_key: u64) -> Result<(), String> {
 /// The file at the shared directory's multipathd.socket as the pod sees it
 /// (through its root) is the host's `want`.
 fn pod_sees(pod: u32, want: &str) -> Result<(), String> {
-    let inside = format!("/proc/{pod}/root{SOCKET_IN_DIR}");
+    // The image's /var/run is a link to /run, which would resolve in the
+    // runner's root: the pod's own path after the link.
+    let inside = format!("/proc/{pod}/root/run/kubevirt/daemons/pr/multipathd.socket");
     let id = |p: &str| {
         std::fs::metadata(p)
             .map(|m| (m.dev(), m.ino()))
@@ -296,7 +318,7 @@ fn uid_107(pod: u32, bed: &Bed, serial: &str) -> Result<(), String> {
                 "-n",
                 "--",
                 "chroot",
-                SID,
+                POD_ROOT,
                 "/usr/bin/setpriv",
                 "--reuid",
                 "107",
