@@ -118,6 +118,10 @@ PRH_ROOT_EPOCH=1767225600
 # libnss-systemd (names of dynamic users), socat (a client that holds a
 # connection).
 PRH_NSPAWN_MMDEBSTRAP=(--variant=minbase --include=systemd,systemd-sysv,dbus,libnss-systemd,socat bookworm)
+# The VM test bed's systemd boot (tests/testbed/build-systemd-root.sh): the
+# multipath variant's unit under systemd as PID 1, with multipathd, udev
+# and sg3-utils (Debian 12's, the library the RPM's Fedora peers are near).
+PRH_SYSTEMD_MPATH_MMDEBSTRAP=(--variant=minbase --include=systemd,systemd-sysv,dbus,libnss-systemd,udev,multipath-tools,sg3-utils bookworm)
 # prh_rootfs_tar NAME ARGS...: the cache path of the root made by
 # `mmdebstrap ARGS...`: the name carries a hash of the arguments.
 prh_rootfs_tar() {
@@ -127,6 +131,7 @@ prh_rootfs_tar() {
 }
 PRH_MPATH_BASE_TAR=$(prh_rootfs_tar mpath-base "SOURCE_DATE_EPOCH=$PRH_ROOT_EPOCH" "${PRH_MPATH_BASE_MMDEBSTRAP[@]}")
 PRH_NSPAWN_TAR=$(prh_rootfs_tar nspawn "${PRH_NSPAWN_MMDEBSTRAP[@]}")
+PRH_SYSTEMD_MPATH_TAR=$(prh_rootfs_tar systemd-mpath "${PRH_SYSTEMD_MPATH_MMDEBSTRAP[@]}")
 # prh_mpath_base: make sure $PRH_MPATH_BASE is in the storage in use (from
 # the cached root; fails when setup has not made it).
 prh_mpath_base() {

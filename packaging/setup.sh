@@ -23,7 +23,9 @@
 #     mirror, since registries cannot be reached here), kept as
 #     $PRH_PKG_CACHE/mpath-base-HASH.tar and imported by build-image.sh;
 #   - a Debian 12 root with systemd for packaging/systemd-boot-test.sh
-#     (mmdebstrap, kept as $PRH_PKG_CACHE/nspawn-HASH.tar).
+#     (mmdebstrap, kept as $PRH_PKG_CACHE/nspawn-HASH.tar), and one with
+#     systemd and multipath-tools for the VM test bed's systemd boot
+#     ($PRH_PKG_CACHE/systemd-mpath-HASH.tar).
 #   HASH: of the mmdebstrap arguments (packaging/lib.sh), so a changed
 #   package list makes a new root.
 #
@@ -85,6 +87,8 @@ mkroot "$PRH_MPATH_BASE_TAR" "SOURCE_DATE_EPOCH=$PRH_ROOT_EPOCH" "${PRH_MPATH_BA
 mpath_base=$!
 mkroot "$PRH_NSPAWN_TAR" "${PRH_NSPAWN_MMDEBSTRAP[@]}" &
 nspawn_root=$!
+mkroot "$PRH_SYSTEMD_MPATH_TAR" "${PRH_SYSTEMD_MPATH_MMDEBSTRAP[@]}" &
+systemd_mpath_root=$!
 
 echo "setup: rust targets ${PRH_ARCHES[*]/%/-unknown-linux-musl}"
 rustup target add "${PRH_ARCHES[@]/%/-unknown-linux-musl}" >/dev/null
@@ -109,4 +113,5 @@ echo "setup: cargo fetch (crates for offline builds and cargo vendor)"
 
 wait "$mpath_base" || prh_die "mmdebstrap of the multipath base failed"
 wait "$nspawn_root" || prh_die "mmdebstrap of the systemd boot test root failed"
+wait "$systemd_mpath_root" || prh_die "mmdebstrap of the test bed's systemd root failed"
 echo "setup: done"

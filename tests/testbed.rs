@@ -170,6 +170,26 @@ fn pod_root() -> &'static Path {
     })
 }
 
+/// The systemd boot's root (Debian 12 with systemd and multipath-tools,
+/// the multipath build, the units as the RPM installs them) as ext4.
+fn systemd_root() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let img = root().join("target/testbed-systemd-root.img");
+        let status = Command::new(root().join("tests/testbed/build-systemd-root.sh"))
+            .arg(&img)
+            .arg(&artifacts().mpath_helper)
+            .status()
+            .expect("build-systemd-root.sh");
+        assert!(
+            status.success(),
+            "systemd root build failed: {}",
+            img.display()
+        );
+        img
+    })
+}
+
 /// A current Debian kernel (`suite` "trixie" or "sid", fetched by
 /// tests/testbed/fetch-kernels.sh) and the multipath initramfs built with
 /// its modules.
@@ -330,6 +350,9 @@ enum Image {
     Kernel(&'static str),
     /// The arm64 guest (LIO suites only).
     Aarch64,
+    /// The multipath initramfs, then systemd as PID 1 from a second root
+    /// (tests/testbed/build-systemd-root.sh).
+    Systemd,
 }
 
 fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
@@ -363,7 +386,7 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
                 let a = artifacts();
                 let initramfs = match image {
                     Image::Nested => &a.nested_initramfs,
-                    Image::Mpath => &a.mpath_initramfs,
+                    Image::Mpath | Image::Systemd => &a.mpath_initramfs,
                     _ => &a.initramfs,
                 };
                 (
@@ -398,6 +421,16 @@ fn boot(suites: &str, image: Image, memory: &str, limit: Duration) -> Run {
             ),
             "-device".to_string(),
             "virtio-blk-pci,drive=pod".to_string(),
+        ],
+        // A copy-on-write view: systemd writes to its root, the file stays.
+        Image::Systemd => vec![
+            "-drive".to_string(),
+            format!(
+                "file={},if=none,id=sd,format=raw,snapshot=on",
+                systemd_root().display()
+            ),
+            "-device".to_string(),
+            "virtio-blk-pci,drive=sd".to_string(),
         ],
         _ => Vec::new(),
     };
@@ -649,4 +682,19 @@ fn multipath_map_through_libmpathpersist() {
         .matches("libmpathpersist is older than multipath-tools 0.13: these flows")
         .count();
     assert!(warned >= 1, "no start-up warning about the old library");
+}
+
+/// The multipath variant's unit under systemd as PID 1 (issue 21): the
+/// RPM's pr-helper.socket and .service with the pr-helper-multipath drop-in
+/// start by socket activation with the identity the drop-in gives (uid 0,
+/// CAP_SYS_RAWIO and CAP_SYS_ADMIN only) and serve a REGISTER on a real
+/// two-path map (multipathd and udev under systemd make the map), answered
+/// as mpathpersist answers on the same map, with the key on both paths and
+/// in multipathd (tests/testbed/systemd-root/prh-test.sh). It failed before
+/// the drop-in's ProcSubset=all: the unit hid /proc/devices from
+/// libdevmapper and the helper exited at start.
+#[test]
+fn multipath_unit_under_systemd() {
+    let run = boot("systemd", Image::Systemd, "1G", Duration::from_secs(600));
+    run.assert_all_passed(10);
 }

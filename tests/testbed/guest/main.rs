@@ -72,6 +72,20 @@ fn main() {
             "devices" => devices::run_suite(&mut next_lun),
             "flows" => mpath_flows::run_suite(&mut next_lun),
             "migrate" => migrate::run_suite(&mut next_lun),
+            "systemd" => {
+                // A LUN with two paths for the multipath unit under
+                // systemd; init switches to systemd's root after this.
+                let r = lio::create(next_lun).map(|_| ());
+                next_lun += 1;
+                let ok = r.is_ok();
+                result("systemd-lio-lun", r);
+                if ok {
+                    result(
+                        "systemd-switch-root-requested",
+                        std::fs::write("/switch-root", "").map_err(|e| e.to_string()),
+                    );
+                }
+            }
             other => result(&format!("suite-{other}"), Err("unknown suite".into())),
         }
         println!(
