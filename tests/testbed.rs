@@ -153,41 +153,32 @@ fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// Runs `script IMAGE BINARY` (with the guests' multipath build) to make
+/// the ext4 image `target/FILE`, and returns its path.
+fn build_disk(script: &str, file: &str) -> PathBuf {
+    let img = root().join("target").join(file);
+    let status = Command::new(root().join("tests/testbed").join(script))
+        .arg(&img)
+        .arg(&artifacts().mpath_helper)
+        .status()
+        .expect(script);
+    assert!(status.success(), "{script} failed: {}", img.display());
+    img
+}
+
 /// The multipath image's root filesystem (its base tarball and its own
 /// files, with the guests' multipath build as /usr/bin/pr-helper) as an
 /// ext4 image, made once per test process.
 fn pod_root() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let img = root().join("target/testbed-pod-root.img");
-        let status = Command::new(root().join("tests/testbed/build-pod-root.sh"))
-            .arg(&img)
-            .arg(&artifacts().mpath_helper)
-            .status()
-            .expect("build-pod-root.sh");
-        assert!(status.success(), "pod root build failed: {}", img.display());
-        img
-    })
+    P.get_or_init(|| build_disk("build-pod-root.sh", "testbed-pod-root.img"))
 }
 
 /// The systemd boot's root (Debian 12 with systemd and multipath-tools,
 /// the multipath build, the units as the RPM installs them) as ext4.
 fn systemd_root() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let img = root().join("target/testbed-systemd-root.img");
-        let status = Command::new(root().join("tests/testbed/build-systemd-root.sh"))
-            .arg(&img)
-            .arg(&artifacts().mpath_helper)
-            .status()
-            .expect("build-systemd-root.sh");
-        assert!(
-            status.success(),
-            "systemd root build failed: {}",
-            img.display()
-        );
-        img
-    })
+    P.get_or_init(|| build_disk("build-systemd-root.sh", "testbed-systemd-root.img"))
 }
 
 /// A current Debian kernel (`suite` "trixie" or "sid", fetched by

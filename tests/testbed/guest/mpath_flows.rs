@@ -82,7 +82,7 @@ fn check(name: &str, r: Result<(), String>) {
 
 /// Who sends the map's PR OUT commands.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Subject {
+pub(crate) enum Subject {
     /// mpathpersist, bookworm's or (`sid`) unstable's.
     Mpathpersist { sid: bool },
     /// pr-helper-mpath on `socket`.
@@ -445,7 +445,14 @@ fn run_flow(flow: &str, subject: Subject, daemon: Daemon, bed: &Bed) -> Result<S
 }
 
 /// One PR OUT on the map, sent by `subject`.
-fn send(subject: Subject, map: &Path, sa: u8, ty: u8, key: u64, sa_key: u64) -> Result<(), String> {
+pub(crate) fn send(
+    subject: Subject,
+    map: &Path,
+    sa: u8,
+    ty: u8,
+    key: u64,
+    sa_key: u64,
+) -> Result<(), String> {
     match subject {
         Subject::Mpathpersist { sid } => {
             let action = match sa {

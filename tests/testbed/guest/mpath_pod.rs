@@ -35,11 +35,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pr_helper::scsi::pr::{pr_out_cdb, sa_out, ParamList};
+use pr_helper::scsi::pr::sa_out;
 
-use crate::exec;
 use crate::mpath::{run, run_in, wait_for};
-use crate::mpath_flows::{observe_keys, reset, Bed, Daemon};
+use crate::mpath_flows::{observe_keys, reset, send, Bed, Daemon, Subject};
 
 /// Where the multipath image's root file system is mounted (read-only).
 pub(crate) const POD_ROOT: &str = "/pod";
@@ -232,26 +231,16 @@ fn stderr_text(from: usize) -> String {
         .unwrap_or_default()
 }
 
-/// PR OUT through the pod helper.
+/// PR OUT through the pod helper (the flows suite's sender).
 fn pod_out(bed: &Bed, sa: u8, key: u64, sa_key: u64) -> Result<(), String> {
-    let p = ParamList {
+    send(
+        Subject::Helper { socket: POD_SOCKET },
+        &bed.map,
+        sa,
+        0,
         key,
         sa_key,
-        ..Default::default()
-    }
-    .encode();
-    let o = exec::run_socket(
-        POD_SOCKET,
-        &bed.map,
-        &pr_out_cdb(sa, 0, 0, p.len() as u32),
-        &p,
-        false,
-    )?;
-    if o.status == 0 {
-        Ok(())
-    } else {
-        Err(format!("PR OUT {sa:#x} through the pod: {}", o.show()))
-    }
+    )
 }
 
 /// The file at the shared directory's multipathd.socket as the pod sees it
