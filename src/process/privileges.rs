@@ -62,6 +62,8 @@ pub struct Target {
 /// Returns the uid and, for a name, the user's primary group.
 /// Id 4294967295 is refused, by number or by name (D32).
 pub fn resolve_user(name: &str) -> Result<(Uid, Option<Gid>), PrivilegeError> {
+    #[cfg(test)]
+    env_guard::assert_held(name);
     let found = match User::from_name(name) {
         Ok(Some(user)) => (user.uid, Some(user.gid)),
         _ => name
@@ -78,6 +80,8 @@ pub fn resolve_user(name: &str) -> Result<(Uid, Option<Gid>), PrivilegeError> {
 /// Looks up a group by name, else as a number. Id 4294967295 is refused
 /// (D32).
 pub fn resolve_group(name: &str) -> Result<Gid, PrivilegeError> {
+    #[cfg(test)]
+    env_guard::assert_held(name);
     let gid = match Group::from_name(name) {
         Ok(Some(group)) => group.gid,
         _ => name
@@ -245,6 +249,50 @@ fn cap_name(cap: Capability) -> &'static str {
     }
 }
 
+/// Unit tests only: the user and group lookups go through glibc's NSS,
+/// which reads the environment with getenv, outside Rust's environment
+/// lock; the config tests change the environment (figment's Jail: setenv,
+/// unsetenv, clear). The two at once crash the test process now and then
+/// (SIGSEGV: getenv walks an `environ` that setenv has just freed). So every
+/// unit test that looks up an id does it inside [`env_guard::jail`], which
+/// holds the Jail's lock, and a lookup outside it fails the test at once
+/// instead of crashing one run in hundreds.
+#[cfg(test)]
+pub(crate) mod env_guard {
+    use std::cell::Cell;
+
+    thread_local! {
+        static HELD: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// figment's Jail (environment and working directory isolated, under
+    /// its process-wide lock), marked as held on this thread.
+    #[allow(clippy::result_large_err)] // figment's Jail closure type
+    pub(crate) fn jail(f: impl FnOnce(&mut figment::Jail) -> figment::error::Result<()>) {
+        struct Held;
+        impl Drop for Held {
+            fn drop(&mut self) {
+                HELD.with(|h| h.set(false));
+            }
+        }
+        figment::Jail::expect_with(|jail| {
+            HELD.with(|h| h.set(true));
+            let _held = Held;
+            f(jail)
+        });
+    }
+
+    /// Panics unless the calling thread is inside [`jail`].
+    pub(crate) fn assert_held(name: &str) {
+        assert!(
+            HELD.with(Cell::get),
+            "looking up '{name}' (glibc NSS reads the environment) outside \
+             privileges::env_guard::jail races the tests that change the \
+             environment"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,12 +300,8 @@ mod tests {
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail closure type
     fn user_and_group_lookup() {
-        // The lookups go through glibc's NSS, which reads the environment
-        // with getenv; the config tests beside this one change it (figment's
-        // Jail: setenv, unsetenv), and the two at once crashed the test
-        // process now and then (SIGSEGV). Holding the Jail's lock keeps
-        // them apart.
-        figment::Jail::expect_with(|_| {
+        // Inside the guard: see [`env_guard`].
+        env_guard::jail(|_| {
             assert_eq!(
                 resolve_user("root").unwrap(),
                 (Uid::from_raw(0), Some(Gid::from_raw(0)))

@@ -453,16 +453,22 @@ mod tests {
     /// text unchanged (what `pr-helper: ...` prints), and the messages that
     /// start-up adds are the ones it always printed.
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure type
     fn start_up_errors_keep_their_messages() {
+        // The lookups only inside the guard (see privileges::env_guard).
+        let mut lookups = None;
+        privileges::env_guard::jail(|_| {
+            lookups = Some((
+                privileges::resolve_user("-1").unwrap_err(),
+                privileges::resolve_group("no-such-group-pr-helper").unwrap_err(),
+            ));
+            Ok(())
+        });
+        let (user, group) = lookups.unwrap();
         let cases: Vec<(StartupError, String)> = vec![
+            (user.into(), "invalid user '-1'".into()),
             (
-                privileges::resolve_user("-1").unwrap_err().into(),
-                "invalid user '-1'".into(),
-            ),
-            (
-                privileges::resolve_group("no-such-group-pr-helper")
-                    .unwrap_err()
-                    .into(),
+                group.into(),
                 "invalid group 'no-such-group-pr-helper'".into(),
             ),
             (

@@ -44,6 +44,7 @@ mod tests {
 
     use super::layers::toml_value;
     use super::*;
+    use crate::process::privileges::env_guard;
     use crate::process::sandbox::seccomp::Mode;
 
     fn args(argv: &[&str]) -> ServerArgs {
@@ -56,9 +57,9 @@ mod tests {
     }
 
     fn load_env(argv: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
-        // figment::Jail isolates the process environment and cwd.
+        // The Jail isolates the process environment and cwd.
         let mut result = None;
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.clear_env();
             for (k, v) in env {
                 jail.set_env(k, v);
@@ -102,7 +103,7 @@ mod tests {
 
     #[test]
     fn each_layer_wins_over_the_one_below() {
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.clear_env();
             jail.create_file(
                 "c.toml",
@@ -193,7 +194,7 @@ mod tests {
         let long = format!("/{}", "s".repeat(108));
         let e = load_env(&["-k", &long], &[]).unwrap_err().0;
         assert!(e.contains("too long"), "{e}");
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.create_file("bad.toml", "socket = [\n")?;
             let e = load(&args(&["--config", "bad.toml"])).unwrap_err().0;
             assert!(e.contains("bad.toml"), "{e}");
@@ -219,7 +220,7 @@ mod tests {
         assert_eq!("0o600".parse::<SocketMode>().unwrap(), SocketMode(0o600));
         assert!("999".parse::<SocketMode>().is_err());
         assert!("17777".parse::<SocketMode>().is_err());
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.create_file("m.toml", "socket_mode = \"0640\"\n")?;
             let l = load(&args(&["--config", "m.toml"])).unwrap();
             assert_eq!(l.config.socket_mode, Some(SocketMode(0o640)));
@@ -254,7 +255,7 @@ mod tests {
         assert_eq!(env("false").unwrap(), Mode::None);
         assert_eq!(env("true").unwrap(), Mode::Kill);
         assert!(env("sometimes").is_err());
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             for (text, want) in [
                 ("seccomp = false\n", Mode::None),
                 ("seccomp = true\n", Mode::Kill),
@@ -301,7 +302,7 @@ mod tests {
                 .allowed_uids,
             vec![107]
         );
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.create_file("u.toml", "allowed_uids = [0, 65534]\n")?;
             assert_eq!(
                 load(&args(&["--config", "u.toml"]))
@@ -330,7 +331,7 @@ mod tests {
                 .max_connections_per_client,
             64
         );
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.clear_env();
             jail.create_file("p.toml", "max_connections_per_client = 4\n")?;
             let l = load(&args(&["--config", "p.toml"])).unwrap();
@@ -390,7 +391,7 @@ mod tests {
             .filter(|l| !l.starts_with("socket_group ") && !l.starts_with("multipath "))
             .map(|l| format!("{l}\n"))
             .collect();
-        figment::Jail::expect_with(|jail| {
+        env_guard::jail(|jail| {
             jail.clear_env();
             jail.create_file("example.toml", &uncommented)?;
             let l = load(&args(&["--config", "example.toml"])).unwrap();
