@@ -419,7 +419,7 @@ fn the_parser_sees_grouped_and_nested_imports() {
 
 /// Issue 23, item 2: the check used to stop reading a file at its first
 /// `#[cfg(test)]`, so an import after a test module (`use crate::process as
-/// _;` at the end of server/pool.rs) went unseen. Only the test items are
+/// _;` at the end of server/pool.rs, now server/pool/mod.rs) went unseen. Only the test items are
 /// skipped now.
 #[test]
 fn code_after_a_test_module_is_checked() {
@@ -429,9 +429,9 @@ fn code_after_a_test_module_is_checked() {
     let mut found = paths_after(&without_test_items(&code), "crate::");
     found.sort();
     assert_eq!(found, ["a", "process"]);
-    // The probe against the real tree: server/pool.rs with an upward
+    // The probe against the real tree: server/pool/mod.rs with an upward
     // import after its tests is flagged, naming the file.
-    let pool = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/pool.rs");
+    let pool = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/pool/mod.rs");
     let probed = code_only(&format!(
         "{}\nuse crate::process as _;\n",
         std::fs::read_to_string(pool).unwrap()

@@ -7,7 +7,7 @@
 //! * [`translate`]: the pure request/reply translation (every build);
 //! * `ffi`, `detect`, `worker` (feature `mpath`): the library binding,
 //!   device-mapper detection, and the one thread that makes library calls;
-//! * [`multipathd`] (feature `mpath`): the `mpath_connect` pr-helper gives
+//! * `multipathd` (feature `mpath`): the `mpath_connect` pr-helper gives
 //!   the library, which talks only to a multipathd that runs as root.
 
 pub mod translate;

@@ -39,42 +39,14 @@ pub struct ConnectionConfig {
     pub audit: bool,
 }
 
-/// Serves one accepted connection until it ends, then says why.
-///
-/// # One way through for a request
-///
-/// Every request takes the same steps, each written once, whoever drives
-/// it:
-///
-/// 1. **read and decode**: [`Session::pull`] reads what has arrived
-///    without blocking, sized as the reference sizes its reads, and feeds
-///    it to the connection's decoder until a whole request has arrived;
-/// 2. **route**: [`Executor::route`] inspects the request's fd once and
-///    decides how it is executed (refused at once, SG_IO, multipath);
-/// 3. **execute**: on a pool thread, at once if its device has a place
-///    ([`Executor::run_here`]), else queued until it has one
-///    ([`Executor::run_when_free`], D29), or on the multipath worker;
-/// 4. **answer**: [`respond`] logs and audits it, closes its fd, and writes
-///    as much of the response as the socket takes without blocking.
-///
-/// Two drivers take a request through those steps. Between requests the
-/// connection is normally parked in the worker pool (see [`crate::server::pool`]):
-/// the worker that sees a request arrive pulls it, executes it and writes
-/// the response, so a request costs the event loop nothing. This task then
-/// only waits, and takes over whenever the pool hands the connection back:
-/// half a request (this task pulls the rest, under the request timeout), a
-/// response the socket did not take at once (this task writes the rest), a
-/// request whose device has no place free or that is for a dm-multipath
-/// device (this task queues it with the pool, where it waits without
-/// holding a thread), the end of the connection, or shutdown.
-///
-/// When the pool cannot take the connection (it cannot watch the socket or
-/// start a thread), this task pulls every request and has it routed and
-/// executed on the pool, whose thread writes as much of the response as the
-/// socket takes; this task writes the rest before it reads the next
-/// request. Either way the protocol stays strictly one-at-a-time: a request
-/// is read and executed only after the previous response has been written
-/// in full.
+/// Serves one accepted connection until it ends, then says why: the
+/// connection's task. The path of its requests (pull, route, execute,
+/// answer: [`Session::pull`], [`Executor::route`], [`Executor::run_here`] or
+/// [`Executor::run_when_free`], [`respond`]), and which parts the parked
+/// worker ([`ParkedConnection::readable`]) or this task drive, is described
+/// once, in ARCHITECTURE.md ("The path of a request"). Here: the
+/// handshake, then park; each [`Returned`] says what this task does when the
+/// connection comes back.
 pub async fn serve(
     stream: UnixStream,
     peer: Peer,

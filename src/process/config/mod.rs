@@ -17,7 +17,7 @@
 //! values are start-up errors that name the key, the value and the layer it
 //! came from.
 //!
-//! The rooms: [`settings`] defines the settings (and their value types);
+//! The rooms: `settings` defines the settings (and their value types);
 //! `args` is the command line around them (clap, by hand where the
 //! derive cannot say which options were given); `layers` loads and
 //! checks the layers and renders `--print-config`; `docs` makes the

@@ -177,7 +177,7 @@ pub struct Config {
 }
 
 /// What `verbosity` means; the one key without an option of its own (`-v`
-/// adds one per use to the default 1, `-q` sets 0, see [`ServerArgs`]).
+/// adds one per use to the default 1, `-q` sets 0, see [`super::ServerArgs`]).
 pub const VERBOSITY_HELP: &str = "Log level: 0 errors, 1 warnings, 2 info, 3 debug (one record \
      per request), 4 trace. On the command line each -v adds one to the default 1 and -q sets \
      0 (and wins over -v).";
