@@ -6,6 +6,7 @@
 //! data. ARCHITECTURE.md explains the design; the modules are its layers,
 //! each using only the ones listed before it (tests/layers.rs checks this):
 //!
+//! * [`sys`]: system calls no crate wraps safely, as safe functions;
 //! * [`protocol`]: the wire format (pure encode/decode) and fd passing;
 //! * [`scsi`]: status and sense rules, the SG_IO ioctl, and the SPC
 //!   persistent-reservation constants, CDBs and TransportIDs;
@@ -22,7 +23,7 @@
 
 #![warn(missing_docs)]
 // Unsafe code only where a module says why it needs it, with
-// `#![allow(unsafe_code)]` (the kernel interfaces: SG_IO, fd passing,
+// `#![allow(unsafe_code)]` (the kernel interfaces: sys, SG_IO, fd passing,
 // device-mapper, libmpathpersist, seccomp, signals, fork, socket
 // activation), and every unsafe block documented (`// SAFETY:`).
 #![deny(unsafe_code)]
@@ -34,3 +35,4 @@ pub mod process;
 pub mod protocol;
 pub mod scsi;
 pub(crate) mod server;
+pub(crate) mod sys;

@@ -8,7 +8,7 @@
 //! framed identically, including which fds the kernel discards.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,18 +115,6 @@ pub async fn serve(
             Err(end) => return end,
         }
     }
-}
-
-/// Bytes received on `sock` and not read yet (FIONREAD).
-#[allow(unsafe_code)] // the FIONREAD ioctl: nix has no wrapper for it.
-fn queued_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD stores one int through the pointer, which is valid.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// What a parked connection brings back to its task.
@@ -381,7 +369,7 @@ impl Connection {
     /// Only the bytes queued on the socket now are read: a client that keeps
     /// sending requests back to back cannot keep the helper alive.
     async fn answer_arrived(&self, session: &mut Session) -> End {
-        let mut budget = match queued_bytes(self.stream.as_fd()) {
+        let mut budget = match crate::sys::socket::queued_bytes(self.stream.as_fd()) {
             Ok(n) => n,
             Err(_) => return End::Shutdown,
         };

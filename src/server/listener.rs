@@ -19,7 +19,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -167,7 +167,7 @@ pub fn bind_with(path: &Path, setup: &Setup) -> Result<BoundSocket, ListenerErro
     // checked to be the one probed (else exchanged back and checked again).
     // What was displaced ends up in the private directory, removed with it.
     let rename = |flags| {
-        renameat2(
+        crate::sys::fs::renameat2(
             private.fd.as_fd(),
             PRIVATE_NAME.as_ref(),
             parent_fd.as_fd(),
@@ -430,37 +430,6 @@ pub fn remove_if_ours(path: &Path, id: FileId) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("cannot remove socket {}: {e}", path.display()),
     }
-}
-
-/// renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE or 0).
-///
-/// nix offers it only for glibc targets and musl's wrapper is recent, so
-/// the system call is made directly: the static musl binaries need it too.
-#[allow(unsafe_code)]
-fn renameat2(
-    old_dir: BorrowedFd<'_>,
-    old: &std::ffi::OsStr,
-    new_dir: BorrowedFd<'_>,
-    new: &std::ffi::OsStr,
-    flags: libc::c_uint,
-) -> nix::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let old = std::ffi::CString::new(old.as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let new = std::ffi::CString::new(new.as_bytes()).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: both directory fds are borrowed for the call and both names
-    // are NUL-terminated strings that outlive it; renameat2 reads nothing
-    // else and writes no memory of ours.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            old_dir.as_raw_fd(),
-            old.as_ptr(),
-            new_dir.as_raw_fd(),
-            new.as_ptr(),
-            flags,
-        )
-    };
-    Errno::result(rc).map(drop)
 }
 
 #[cfg(test)]
