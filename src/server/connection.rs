@@ -45,7 +45,7 @@ pub struct ConnectionConfig {
 /// [`Executor::run_when_free`], [`respond`]), and which parts the parked
 /// worker ([`ParkedConnection::readable`]) or this task drive, is described
 /// once, in ARCHITECTURE.md ("The path of a request"). Here: the
-/// handshake, then park; each [`Returned`] says what this task does when the
+/// handshake, then park; each [`HandBack`] says what this task does when the
 /// connection comes back.
 pub async fn serve(
     stream: UnixStream,
@@ -71,21 +71,21 @@ pub async fn serve(
     let mut session = Session::new();
     loop {
         if parking && session.is_idle() {
-            let returned;
-            (conn, session, returned) = match conn.park(session, &shutdown).await {
+            let hand_back;
+            (conn, session, hand_back) = match conn.park(session, &shutdown).await {
                 Ok(parked) => parked,
                 Err(end) => return end,
             };
-            let done = match returned {
-                Returned::Partial => Ok(()),
-                Returned::Pending(rest) => conn.write_rest(&rest).await,
-                Returned::Deferred(routed) => conn.answer(PoolRequest::Routed(*routed)).await,
-                Returned::End(end) => Err(end),
-                Returned::Refused => {
+            let done = match hand_back {
+                HandBack::Partial => Ok(()),
+                HandBack::Pending(rest) => conn.write_rest(&rest).await,
+                HandBack::Deferred(routed) => conn.answer(PoolRequest::Routed(*routed)).await,
+                HandBack::End(end) => Err(end),
+                HandBack::Refused => {
                     parking = false;
                     Ok(())
                 }
-                Returned::Shutdown => return conn.answer_arrived(&mut session).await,
+                HandBack::Shutdown => return conn.answer_arrived(&mut session).await,
             };
             if let Err(end) = done {
                 return end;
@@ -118,14 +118,15 @@ pub async fn serve(
 }
 
 /// What a parked connection brings back to its task.
-struct Unparked {
+struct HandedBack {
     stream: std::os::unix::net::UnixStream,
     session: Session,
-    returned: Returned,
+    why: HandBack,
 }
 
-/// Why a parked connection came back to its task, and what the task does.
-enum Returned {
+/// Why the pool hands a parked connection back to its task, and what the
+/// task does then.
+enum HandBack {
     /// Half a request has arrived (or the pool stopped watching the
     /// connection): the task reads on, under the request timeout.
     Partial,
@@ -133,7 +134,7 @@ enum Returned {
     Pending(Vec<u8>),
     /// A request routed but not executed (its device is busy, or it is for
     /// a dm-multipath device): the task queues it with the pool. Boxed:
-    /// the rare case should not make every `Unparked` as large as a request.
+    /// the rare case should not make every `HandedBack` as large as a request.
     Deferred(Box<Routed>),
     /// The connection ends.
     End(End),
@@ -153,8 +154,8 @@ struct ParkedConnection {
     config: Arc<ConnectionConfig>,
     pool: Pool,
     /// Set by `readable` when it returns false.
-    returned: Returned,
-    back: oneshot::Sender<Unparked>,
+    hand_back: HandBack,
+    back: oneshot::Sender<HandedBack>,
 }
 
 impl Parked for ParkedConnection {
@@ -171,7 +172,7 @@ impl Parked for ParkedConnection {
             // Half a request: its task reads the rest, under the timeout.
             Pulled::Blocked => return self.session.is_idle(),
             Pulled::End(end) => {
-                self.returned = Returned::End(end);
+                self.hand_back = HandBack::End(end);
                 return false;
             }
         };
@@ -181,7 +182,7 @@ impl Parked for ParkedConnection {
             Attempt::Executed(request, response) => (request, response),
             // Its task queues it, where it waits without a thread.
             Attempt::Deferred(routed) => {
-                self.returned = Returned::Deferred(Box::new(routed));
+                self.hand_back = HandBack::Deferred(Box::new(routed));
                 return false;
             }
         };
@@ -196,11 +197,11 @@ impl Parked for ParkedConnection {
         ) {
             Ok(rest) if rest.is_empty() => true,
             Ok(rest) => {
-                self.returned = Returned::Pending(rest);
+                self.hand_back = HandBack::Pending(rest);
                 false
             }
             Err(e) => {
-                self.returned = Returned::End(End::Write(e));
+                self.hand_back = HandBack::End(End::Write(e));
                 false
             }
         }
@@ -210,23 +211,23 @@ impl Parked for ParkedConnection {
         let ParkedConnection {
             stream,
             session,
-            returned,
+            hand_back,
             back,
             ..
         } = *self;
-        let returned = match why {
-            Release::Done => returned,
-            Release::Unparked => Returned::Shutdown,
-            Release::Refused => Returned::Refused,
-            Release::Panicked => Returned::End(End::Internal(
+        let hand_back = match why {
+            Release::Done => hand_back,
+            Release::Unparked => HandBack::Shutdown,
+            Release::Refused => HandBack::Refused,
+            Release::Panicked => HandBack::End(End::Internal(
                 "a request panicked (see the error above)".to_string(),
             )),
         };
         // The receiver is gone only if the connection task ended.
-        let _ = back.send(Unparked {
+        let _ = back.send(HandedBack {
             stream,
             session,
-            returned,
+            why: hand_back,
         });
     }
 }
@@ -316,7 +317,7 @@ impl Connection {
         self,
         session: Session,
         shutdown: &CancellationToken,
-    ) -> Result<(Connection, Session, Returned), End> {
+    ) -> Result<(Connection, Session, HandBack), End> {
         let Connection {
             stream,
             peer,
@@ -337,7 +338,7 @@ impl Connection {
             peer,
             config: config.clone(),
             pool: pool.clone(),
-            returned: Returned::Partial,
+            hand_back: HandBack::Partial,
             back: tx,
         }));
         let back = tokio::select! {
@@ -359,7 +360,7 @@ impl Connection {
             config,
             pool,
         };
-        Ok((conn, back.session, back.returned))
+        Ok((conn, back.session, back.why))
     }
 
     /// At shutdown, answers the requests that have fully arrived (a client
