@@ -212,7 +212,7 @@ fn execute(request: &Request<OwnedFd>, s: &Settings) -> Outcome {
                 Err(sense) => return refused(sense),
             };
             let (rc, reply) = ffi::reserve_in(fd, sa, s.noisy, s.verbose);
-            finish(rc).unwrap_or_else(|| {
+            answer_for(rc).unwrap_or_else(|| {
                 Outcome::Answer(Response {
                     status: status::GOOD,
                     sense: [0; crate::protocol::SENSE_SIZE],
@@ -226,7 +226,7 @@ fn execute(request: &Request<OwnedFd>, s: &Settings) -> Outcome {
                 Err(sense) => return refused(sense),
             };
             let rc = ffi::reserve_out(fd, &prout, s.noisy, s.verbose);
-            finish(rc).unwrap_or_else(|| Outcome::Answer(Response::status_only(status::GOOD)))
+            answer_for(rc).unwrap_or_else(|| Outcome::Answer(Response::status_only(status::GOOD)))
         }
     }
 }
@@ -236,7 +236,7 @@ fn refused(sense: SenseCode) -> Outcome {
 }
 
 /// `None` for success, else what to answer with.
-fn finish(rc: i32) -> Option<Outcome> {
+fn answer_for(rc: i32) -> Option<Outcome> {
     match translate::map_result(rc) {
         Mapped::Status(status::GOOD, _) => None,
         Mapped::Status(st, sense) => Some(Outcome::Answer(response(

@@ -21,7 +21,7 @@ use crate::process::daemon::{self, Daemon, DaemonError, Pidfile};
 use crate::process::janitor::{Janitor, JanitorError};
 use crate::process::privileges::PrivilegeError;
 use crate::process::sandbox::SandboxError;
-use crate::server::accept::{self as server, ServerConfig};
+use crate::server::accept::{self, ServerConfig};
 use crate::server::command::{ExecConfig, Executor};
 use crate::server::connection::ConnectionConfig;
 use crate::server::listener::ListenerError;
@@ -343,7 +343,7 @@ fn run_server(
             or_log!(tokio::net::UnixListener::from_std(listener).map_err(StartupError::Register));
         info!(pid = std::process::id(), "serving on {serving_on}");
         activation::notify("READY=1");
-        server::run(listener, server_config, signals::terminated(), || {
+        accept::serve_until_shutdown(listener, server_config, signals::terminated(), || {
             activation::notify("STOPPING=1");
             if let Some(j) = janitor.as_mut() {
                 j.remove_socket();

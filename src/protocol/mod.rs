@@ -212,7 +212,7 @@ impl<F> RequestDecoder<F> {
         let complete = body.params_len() == 0;
         self.body = Some(body);
         Ok(if complete {
-            self.finish()
+            self.hand_out()
         } else {
             Progress::Incomplete
         })
@@ -229,7 +229,7 @@ impl<F> RequestDecoder<F> {
         if body.params.len() < body.params_len() {
             return Progress::Incomplete;
         }
-        self.finish()
+        self.hand_out()
     }
 
     /// The 16 CDB bytes are in: apply spec §3.4 steps 1–4.
@@ -266,7 +266,7 @@ impl<F> RequestDecoder<F> {
     }
 
     /// Hands out the complete request and resets for the next one.
-    fn finish(&mut self) -> Progress<F> {
+    fn hand_out(&mut self) -> Progress<F> {
         match self.body.take() {
             Some(body) => Progress::Complete(Request {
                 cdb: self.cdb,

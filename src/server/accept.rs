@@ -26,7 +26,7 @@ use crate::server::peer::Peer;
 use crate::server::pool::Pool;
 use crate::server::ratelimit::RateLimited;
 
-/// Settings for [`run`].
+/// Settings for [`serve_until_shutdown`].
 #[derive(Clone)]
 pub struct ServerConfig {
     /// Most connections served at once (D18); further clients are accepted
@@ -68,7 +68,7 @@ impl AccessPolicy {
 /// Serves `listener` until `shutdown` completes, then stops accepting, runs
 /// `on_stop` (which removes the socket path), lets requests that were
 /// already read finish and send their responses, and returns.
-pub async fn run(
+pub async fn serve_until_shutdown(
     listener: UnixListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -95,7 +95,7 @@ pub async fn run(
     };
     acceptor.reserve_fd = reserve_fd(&acceptor.listener);
     tokio::select! {
-        _ = acceptor.run() => {}
+        _ = acceptor.accept_forever() => {}
         _ = shutdown => info!("shutting down: no new connections; finishing requests in flight"),
     }
     // Stop accepting: close the listening socket, then let the caller unlink
@@ -175,7 +175,7 @@ impl Acceptor {
     /// Accepts forever. Never returns an error: accept failures are logged
     /// (rate-limited) and retried after a back-off, since the helper must
     /// keep serving the connections it has.
-    async fn run(&mut self) {
+    async fn accept_forever(&mut self) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             match self.listener.accept().await {

@@ -419,7 +419,7 @@ impl Connection {
     }
 
     /// Waits for a dispatched request and sends what is left of its response.
-    async fn finish(&self, in_flight: InFlight) -> Result<(), End> {
+    async fn await_reply(&self, in_flight: InFlight) -> Result<(), End> {
         let rest = in_flight
             .await
             .map_err(|_| {
@@ -432,7 +432,7 @@ impl Connection {
     /// Executes a request on the pool and waits until its response is out.
     async fn answer(&self, work: PoolRequest) -> Result<(), End> {
         let in_flight = self.dispatch(work);
-        self.finish(in_flight).await
+        self.await_reply(in_flight).await
     }
 
     /// Writes the part of a response that the executing thread could not

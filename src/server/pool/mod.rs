@@ -339,7 +339,7 @@ impl Inner {
             let inner = self.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-watch", self.name))
-                .spawn(move || inner.watchdog.run(&inner));
+                .spawn(move || inner.watchdog.watch(&inner));
             threads.watchdog_started = spawned.is_ok();
         }
     }
@@ -394,7 +394,7 @@ impl Inner {
                         caught("a request panicked on the SG_IO pool", job);
                     }
                 }
-                key => self.parked.serve(&self.epoll, key),
+                key => self.parked.on_readable(&self.epoll, key),
             }
             self.watchdog.work_ended(&slot);
         }

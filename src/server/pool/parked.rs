@@ -4,7 +4,7 @@
 //! parks it again; or the connection leaves ([`Parked::release`]).
 //!
 //! [`Parking`] keeps them by key and watches their sockets in the epoll set
-//! the pool gives it; the pool's workers call [`Parking::serve`] for the
+//! the pool gives it; the pool's workers call [`Parking::on_readable`] for the
 //! keys epoll reports.
 
 use std::os::fd::BorrowedFd;
@@ -173,7 +173,7 @@ impl Parking {
 
     /// `epoll` reported the socket of `key` readable: serves it on the
     /// calling worker, then parks it again or releases it.
-    pub(super) fn serve(&self, epoll: &Epoll, key: u64) {
+    pub(super) fn on_readable(&self, epoll: &Epoll, key: u64) {
         let mut conn = {
             let mut slab = lock(&self.slab);
             // None: it left the pool since the event was harvested.

@@ -73,7 +73,7 @@ impl Watchdog {
     /// The watchdog thread's loop: adds a worker when one has been on the
     /// same work for a tick, or every one is slow, and none is waiting for
     /// work; sleeps after [`QUIET_TICKS`] ticks without work.
-    pub(super) fn run(&self, workers: &impl Workers) -> ! {
+    pub(super) fn watch(&self, workers: &impl Workers) -> ! {
         let mut quiet = 0;
         loop {
             std::thread::sleep(STALL);
