@@ -206,8 +206,6 @@ if [ -n "${TESTBED_MPATH_HELPER:-}" ]; then
     # (the KubeVirt pod: tests/testbed/guest/mpath_pod.rs).
     copy_with_libs "$I" /usr/bin/unshare /usr/bin/unshare
     mkdir -p "$I/pod"
-    mkdir -p "$I/usr/bin"
-    ln -sf /bin/pr-helper-mpath "$I/usr/bin/pr-helper"
 
     # multipath-tools from Debian unstable (the current libmpathpersist) in
     # its own root, /sid, run with chroot: its programs and plugins, and
