@@ -266,20 +266,24 @@ pub(crate) mod env_guard {
     }
 
     /// figment's Jail (environment and working directory isolated, under
-    /// its process-wide lock), marked as held on this thread.
+    /// its process-wide lock), marked as held on this thread; returns what
+    /// `f` returns (an error fails the test, as in the Jail).
     #[allow(clippy::result_large_err)] // figment's Jail closure type
-    pub(crate) fn jail(f: impl FnOnce(&mut figment::Jail) -> figment::error::Result<()>) {
+    pub(crate) fn jail<R>(f: impl FnOnce(&mut figment::Jail) -> figment::error::Result<R>) -> R {
         struct Held;
         impl Drop for Held {
             fn drop(&mut self) {
                 HELD.with(|h| h.set(false));
             }
         }
+        let mut out = None;
         figment::Jail::expect_with(|jail| {
             HELD.with(|h| h.set(true));
             let _held = Held;
-            f(jail)
+            out = Some(f(jail)?);
+            Ok(())
         });
+        out.expect("expect_with panics on an error")
     }
 
     /// Panics unless the calling thread is inside [`jail`].

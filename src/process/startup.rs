@@ -456,15 +456,12 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment's Jail closure type
     fn start_up_errors_keep_their_messages() {
         // The lookups only inside the guard (see privileges::env_guard).
-        let mut lookups = None;
-        privileges::env_guard::jail(|_| {
-            lookups = Some((
+        let (user, group) = privileges::env_guard::jail(|_| {
+            Ok((
                 privileges::resolve_user("-1").unwrap_err(),
                 privileges::resolve_group("no-such-group-pr-helper").unwrap_err(),
-            ));
-            Ok(())
+            ))
         });
-        let (user, group) = lookups.unwrap();
         let cases: Vec<(StartupError, String)> = vec![
             (user.into(), "invalid user '-1'".into()),
             (

@@ -58,16 +58,13 @@ mod tests {
 
     fn load_env(argv: &[&str], env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
         // The Jail isolates the process environment and cwd.
-        let mut result = None;
         env_guard::jail(|jail| {
             jail.clear_env();
             for (k, v) in env {
                 jail.set_env(k, v);
             }
-            result = Some(load(&args(argv)));
-            Ok(())
-        });
-        result.unwrap()
+            Ok(load(&args(argv)))
+        })
     }
 
     #[test]
