@@ -54,7 +54,9 @@ result systemd-multipathd-has-the-key $? "$prkey"
 pid=$(systemctl show -p MainPID --value pr-helper.service)
 status=$(grep -E '^(Uid|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/$pid/status 2>/dev/null | tr '\t\n' '  ')
 echo "TESTBED-SYSTEMD service pid=$pid $status" >$out
-echo "$status" | grep -q 'Uid: 0 0 0 0' && echo "$status" | grep -q 'CapEff: 0000000000220000'
+echo "$status" | grep -q 'Uid: 0 0 0 0' && echo "$status" | grep -q 'CapEff: 0000000000220000' &&
+    echo "$status" | grep -q 'CapBnd: 0000000000220000' && echo "$status" | grep -q 'NoNewPrivs: 1' &&
+    echo "$status" | grep -q 'Seccomp: 2'
 result systemd-unit-identity $? "$status"
 both=0
 for p in $paths; do
