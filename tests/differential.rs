@@ -513,6 +513,39 @@ fn stalled_request_d9() {
     }
 }
 
+/// D9: the request timeout counts from a request's first byte, whichever
+/// worker reads the rest: a client that trickles a CDB a byte every 200 ms
+/// (each byte wakes the pool, which hands the connection back to its task
+/// and is given it again) is closed a timeout after its first byte, not
+/// kept alive by each new one. (The reference waits forever, as above.)
+#[test]
+fn trickled_request_times_out_from_its_first_byte_d9() {
+    let ours = Helper::ours(&["--request-timeout", "1"]);
+    let f = fds::rw_file(ours.dir.path());
+    let mut c = ours.client();
+    let cdb = pr_in_cdb(0, 8);
+    let first = std::time::Instant::now();
+    send_with_fds(c.stream(), &cdb[..1], &[f.as_fd()]);
+    let mut sent = 1;
+    let closed_after = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        // EPIPE or a reset once the helper has closed the connection.
+        if sent == cdb.len() - 1 || c.stream().write_all(&cdb[sent..sent + 1]).is_err() {
+            let (bytes, closed) = read_until_close(c.stream(), Duration::from_millis(2500));
+            assert!(bytes.is_empty(), "no reply to an unfinished request");
+            assert!(closed, "a trickled request is closed");
+            break first.elapsed();
+        }
+        sent += 1;
+    };
+    assert!(sent < cdb.len() - 1, "the CDB was never finished");
+    assert!(
+        closed_after >= Duration::from_millis(950) && closed_after < Duration::from_millis(1900),
+        "closed {closed_after:?} after the first byte (timeout 1 s; {sent} bytes sent)"
+    );
+    ours.assert_serving();
+}
+
 /// D11: a regular file at the socket path is removed by the reference and
 /// refused by pr-helper.
 /// Not under qemu-user: its 500 ms budget is below the emulator's start-up.

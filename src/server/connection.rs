@@ -1,10 +1,16 @@
-//! One client connection: handshake, then request → execute → response, one
-//! request at a time, until the client leaves, breaks the protocol, or the
-//! helper shuts down.
+//! One client connection's task, on the event loop: the handshake, then
+//! the waits of its requests that need no thread, until the client leaves,
+//! breaks the protocol, or the helper shuts down.
 //!
-//! Reads are sized exactly as the reference sizes them (4 handshake bytes,
-//! then the rest of a 16-byte CDB with a control buffer, then exactly the PR
-//! OUT parameter bytes without one), so the same byte-and-fd stream is
+//! Requests themselves are served by one driver, [`Requests::serve_next`]
+//! (`server/request.rs`), on a pool worker: the task parks the connection
+//! in the pool, and the worker that sees its socket readable serves it. The
+//! worker hands the connection back where a step must wait; this task does
+//! that wait ([`Reached`] says which) and parks the connection again.
+//! ARCHITECTURE.md ("The path of a request") walks the whole path.
+//!
+//! The handshake's reads are sized exactly as the reference sizes them (4
+//! bytes, without a control buffer), so the same byte-and-fd stream is
 //! framed identically, including which fds the kernel discards.
 
 use std::io;
@@ -15,17 +21,22 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::fdpass::{self, Received};
 use crate::protocol::{self, Request, FEATURES_SIZE};
-use crate::server::command::{Attempt, Executor, Routed};
+use crate::server::command::{Executor, Routed};
 use crate::server::end::End;
 use crate::server::peer::Peer;
 use crate::server::pool::{Parked, Pool, Release};
-use crate::server::reply::{respond, InFlight, Responder};
-use crate::server::session::{Pulled, Session};
+use crate::server::reply::{InFlight, Responder};
+use crate::server::request::{Reached, Requests};
+
+/// How long a connection the pool could not take waits before it is
+/// offered again (the pool could not start a thread or watch the socket;
+/// it has warned).
+const REFUSED_RETRY: Duration = Duration::from_millis(100);
 
 /// Per-connection settings shared by all connections.
 #[derive(Debug, Clone)]
@@ -40,13 +51,7 @@ pub struct ConnectionConfig {
 }
 
 /// Serves one accepted connection until it ends, then says why: the
-/// connection's task. The path of its requests (pull, route, execute,
-/// answer: [`Session::pull`], [`Executor::route`], [`Executor::run_here`] or
-/// [`Executor::run_when_free`], [`respond`]), and which parts the parked
-/// worker ([`ParkedConnection::readable`]) or this task drive, is described
-/// once, in ARCHITECTURE.md ("The path of a request"). Here: the
-/// handshake, then park; each [`HandBack`] says what this task does when the
-/// connection comes back.
+/// connection's task.
 pub async fn serve(
     stream: UnixStream,
     peer: Peer,
@@ -54,107 +59,45 @@ pub async fn serve(
     pool: Pool,
     shutdown: CancellationToken,
 ) -> End {
-    let mut conn = Connection {
+    let conn = Connection {
         stream: Arc::new(stream),
-        peer,
-        config,
-        pool,
+        requests: Requests::new(peer, config.executor.clone(), config.audit, pool),
+        request_timeout: config.request_timeout,
     };
     let end = tokio::select! {
         end = conn.handshake() => end,
         _ = shutdown.cancelled() => Err(End::Shutdown),
     };
-    if let Err(end) = end {
-        return end;
-    }
-    let mut parking = true;
-    let mut session = Session::new();
-    loop {
-        if parking && session.is_idle() {
-            let hand_back;
-            (conn, session, hand_back) = match conn.park(session, &shutdown).await {
-                Ok(parked) => parked,
-                Err(end) => return end,
-            };
-            let done = match hand_back {
-                HandBack::Partial => Ok(()),
-                HandBack::Pending(rest) => conn.write_rest(&rest).await,
-                HandBack::Deferred(routed) => conn.answer(PoolRequest::Routed(*routed)).await,
-                HandBack::End(end) => Err(end),
-                HandBack::Refused => {
-                    parking = false;
-                    Ok(())
-                }
-                HandBack::Shutdown => return conn.answer_arrived(&mut session).await,
-            };
-            if let Err(end) = done {
-                return end;
-            }
-            if session.is_idle() {
-                continue;
-            }
-        }
-        // Waiting for (and reading) a request is the only part shutdown
-        // interrupts; `biased` makes shutdown win over a pipelined request.
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => Err(End::Shutdown),
-            r = conn.read_request(&mut session) => r,
-        };
-        match next {
-            // The response is written in full before the next request is
-            // read, parked or not: a client that reads only once it has
-            // sent everything still gets the whole of the last response.
-            Ok(request) => {
-                if let Err(end) = conn.answer(PoolRequest::Arrived(request)).await {
-                    return end;
-                }
-            }
-            // Requests that have fully arrived are answered, as when parked.
-            Err(End::Shutdown) => return conn.answer_arrived(&mut session).await,
-            Err(end) => return end,
-        }
+    match end {
+        Ok(()) => conn.carry(&shutdown).await,
+        Err(end) => end,
     }
 }
 
 /// What a parked connection brings back to its task.
 struct HandedBack {
     stream: std::os::unix::net::UnixStream,
-    session: Session,
+    requests: Requests,
     why: HandBack,
 }
 
-/// Why the pool hands a parked connection back to its task, and what the
-/// task does then.
+/// Why the pool hands a parked connection back.
 enum HandBack {
-    /// Half a request has arrived (or the pool stopped watching the
-    /// connection): the task reads on, under the request timeout.
-    Partial,
-    /// The socket did not take the whole response: the task writes the rest.
-    Pending(Vec<u8>),
-    /// A request routed but not executed (its device is busy, or it is for
-    /// a dm-multipath device): the task queues it with the pool. Boxed:
-    /// the rare case should not make every `HandedBack` as large as a request.
-    Deferred(Box<Routed>),
-    /// The connection ends.
-    End(End),
-    /// The pool could not take the connection: the task stops parking it.
+    /// The driver stopped at a step that must wait (never
+    /// [`Reached::Answered`]), or the task took the connection back.
+    Stopped(Reached),
+    /// The pool could not take the connection.
     Refused,
-    /// Unparked for shutdown.
-    Shutdown,
 }
 
 /// A connection between requests, parked in the pool. It belongs to the
 /// pool while parked and to the worker serving it while served; it goes
-/// back to its task (with the stream and the session) when released.
+/// back to its task when released.
 struct ParkedConnection {
     stream: std::os::unix::net::UnixStream,
-    session: Session,
-    peer: Peer,
-    config: Arc<ConnectionConfig>,
-    pool: Pool,
-    /// Set by `readable` when it returns false.
-    hand_back: HandBack,
+    requests: Requests,
+    /// Where the driver stopped, when `readable` returned false.
+    stopped: Option<Reached>,
     back: oneshot::Sender<HandedBack>,
 }
 
@@ -163,45 +106,17 @@ impl Parked for ParkedConnection {
         self.stream.as_fd()
     }
 
-    /// One request, the whole way through on this worker thread (see
-    /// [`serve`]); anything unusual goes back to the task.
+    /// The next request, served on this worker thread; parked again unless
+    /// the driver stopped at a step that must wait.
     fn readable(&mut self) -> bool {
         let mut unbounded = usize::MAX;
-        let request = match self.session.pull(self.stream.as_fd(), &mut unbounded) {
-            Pulled::Request(request) => request,
-            // Half a request: its task reads the rest, under the timeout.
-            Pulled::Blocked => return self.session.is_idle(),
-            Pulled::End(end) => {
-                self.hand_back = HandBack::End(end);
-                return false;
-            }
-        };
-        let started = std::time::Instant::now();
-        let executor = &self.config.executor;
-        let (request, response) = match executor.run_here(executor.route(request), &self.pool) {
-            Attempt::Executed(request, response) => (request, response),
-            // Its task queues it, where it waits without a thread.
-            Attempt::Deferred(routed) => {
-                self.hand_back = HandBack::Deferred(Box::new(routed));
-                return false;
-            }
-        };
-        let sock = self.stream.as_fd();
-        match respond(
-            sock,
-            &self.peer,
-            started,
-            self.config.audit,
-            request,
-            response,
-        ) {
-            Ok(rest) if rest.is_empty() => true,
-            Ok(rest) => {
-                self.hand_back = HandBack::Pending(rest);
-                false
-            }
-            Err(e) => {
-                self.hand_back = HandBack::End(End::Write(e));
+        match self
+            .requests
+            .serve_next(self.stream.as_fd(), &mut unbounded)
+        {
+            Reached::Answered | Reached::Idle => true,
+            stopped => {
+                self.stopped = Some(stopped);
                 false
             }
         }
@@ -210,47 +125,38 @@ impl Parked for ParkedConnection {
     fn release(self: Box<Self>, why: Release) {
         let ParkedConnection {
             stream,
-            session,
-            hand_back,
+            mut requests,
+            stopped,
             back,
-            ..
         } = *self;
-        let hand_back = match why {
-            Release::Done => hand_back,
-            Release::Unparked => HandBack::Shutdown,
-            Release::Refused => HandBack::Refused,
-            Release::Panicked => HandBack::End(End::Internal(
+        let why = match (why, stopped) {
+            (Release::Refused, _) => HandBack::Refused,
+            (Release::Panicked, _) => HandBack::Stopped(Reached::End(End::Internal(
                 "a request panicked (see the error above)".to_string(),
-            )),
+            ))),
+            (Release::Done, Some(stopped)) => HandBack::Stopped(stopped),
+            // Taken back by its task, or no longer watched.
+            (Release::Done | Release::Unparked, _) => HandBack::Stopped(requests.arrival()),
         };
         // The receiver is gone only if the connection task ended.
         let _ = back.send(HandedBack {
             stream,
-            session,
-            why: hand_back,
+            requests,
+            why,
         });
     }
 }
 
-/// A request the task has the pool execute.
-enum PoolRequest {
-    /// Read by the task: routed on the pool thread.
-    Arrived(Request<OwnedFd>),
-    /// Routed by a parked worker, which found no place for it.
-    Routed(Routed),
-}
-
 struct Connection {
     stream: Arc<UnixStream>,
-    peer: Peer,
-    config: Arc<ConnectionConfig>,
-    pool: Pool,
+    requests: Requests,
+    request_timeout: Duration,
 }
 
 impl Connection {
     /// Spec §2.2: the helper speaks first, then checks the client's word.
     async fn handshake(&self) -> Result<(), End> {
-        let deadline = Instant::now() + self.config.request_timeout;
+        let deadline = Instant::now() + self.request_timeout;
         self.write_all(
             &protocol::encode_features(protocol::SUPPORTED_FEATURES),
             deadline,
@@ -276,53 +182,79 @@ impl Connection {
         protocol::check_requested_features(word).map_err(End::Violation)
     }
 
-    /// Reads one whole request ([`Session::pull`] each time the socket is
-    /// readable). Idle time before its first byte is unbounded; once it has
-    /// started, the rest must arrive within the request timeout (counted
-    /// from now if `session` already holds part of it).
-    async fn read_request(&self, session: &mut Session) -> Result<Request<OwnedFd>, End> {
-        let mut unbounded = usize::MAX;
-        let mut deadline = None;
+    /// The task's loop: has the driver serve the connection's requests
+    /// (parked in the pool; at shutdown, in a pool job), and does what each
+    /// stop asks for.
+    ///
+    /// A response is written in full before the next request is read: a
+    /// client that reads only once it has sent everything still gets the
+    /// whole of the last response. Waiting for a request is the only wait
+    /// shutdown interrupts.
+    async fn carry(mut self, shutdown: &CancellationToken) -> End {
+        // The request timeout of the request now arriving (D9); idle time
+        // between requests is unbounded.
+        let mut deadline: Option<std::time::Instant> = None;
+        // At shutdown: the bytes queued on the socket when it began.
+        let mut budget: Option<usize> = None;
         loop {
-            if deadline.is_none() && !session.is_idle() {
-                deadline = Some(Instant::now() + self.config.request_timeout);
-            }
-            let what = session.reading();
-            let readable = self.stream.readable();
-            match deadline {
-                None => readable.await,
-                Some(deadline) => timeout_at(deadline, readable)
-                    .await
-                    .map_err(|_| End::Timeout(what, self.config.request_timeout))?,
-            }
-            .map_err(End::Read)?;
-            // Blocked clears the readiness, as tokio requires.
-            let pulled = self.stream.try_io(Interest::READABLE, || {
-                match session.pull(self.stream.as_fd(), &mut unbounded) {
-                    Pulled::Blocked => Err(io::ErrorKind::WouldBlock.into()),
-                    pulled => Ok(pulled),
+            let reached;
+            if shutdown.is_cancelled() {
+                let budget = budget.get_or_insert_with(|| {
+                    crate::sys::socket::queued_bytes(self.stream.as_fd()).unwrap_or(0)
+                });
+                let request = match self.requests.pull(self.stream.as_fd(), budget) {
+                    Ok(request) => request,
+                    // Whatever comes later, or the rest of a request, is not
+                    // answered; an idle connection just closes. So does a
+                    // broken one, without a reply.
+                    Err(Reached::End(End::Closed)) => return End::Closed,
+                    Err(_) => return End::Shutdown,
+                };
+                (self, reached) = match self.serve_on_pool(request).await {
+                    Ok(served) => served,
+                    Err(end) => return end,
+                };
+            } else {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    return End::Timeout(self.requests.reading(), self.request_timeout);
                 }
-            });
-            match pulled {
-                Ok(Pulled::Request(request)) => return Ok(request),
-                Ok(Pulled::End(end)) => return Err(end),
-                Ok(Pulled::Blocked) | Err(_) => {}
+                (self, reached) = match self.park(deadline, shutdown).await {
+                    Ok(parked) => parked,
+                    Err(end) => return end,
+                };
+            }
+            deadline = None;
+            let done = match reached {
+                Reached::Answered | Reached::Idle => Ok(()),
+                Reached::Partial { since } => {
+                    deadline = Some(since + self.request_timeout);
+                    Ok(())
+                }
+                Reached::DeviceFull(routed, started) => {
+                    self.answer_when_free(*routed, started).await
+                }
+                Reached::Unsent(rest) => self.write_rest(&rest).await,
+                Reached::End(end) => Err(end),
+            };
+            if let Err(end) = done {
+                return end;
             }
         }
     }
 
-    /// Hands the connection to the pool until a worker gives it back (see
-    /// [`serve`]), or shutdown takes it back.
+    /// Hands the connection to the pool until a worker gives it back, or
+    /// this task takes it back: at shutdown, or at `deadline` (the request
+    /// timeout of a request that has partly arrived). Where the driver
+    /// stopped, or where reading stands when it was taken back.
     async fn park(
         self,
-        session: Session,
+        deadline: Option<std::time::Instant>,
         shutdown: &CancellationToken,
-    ) -> Result<(Connection, Session, HandBack), End> {
+    ) -> Result<(Connection, Reached), End> {
         let Connection {
             stream,
-            peer,
-            config,
-            pool,
+            requests,
+            request_timeout,
         } = self;
         // Responders drop their reference before replying, so this is the
         // only one; the stream leaves tokio's reactor while parked, so that
@@ -331,19 +263,29 @@ impl Connection {
             .map_err(|_| End::Internal("a response still holds the connection".to_string()))?
             .into_std()
             .map_err(End::Read)?;
+        let pool = requests.pool().clone();
         let (tx, mut rx) = oneshot::channel();
         let key = pool.park(Box::new(ParkedConnection {
             stream,
-            session,
-            peer,
-            config: config.clone(),
-            pool: pool.clone(),
-            hand_back: HandBack::Partial,
+            requests,
+            stopped: None,
             back: tx,
         }));
+        let timeout = async {
+            match deadline {
+                Some(deadline) => sleep_until(Instant::from_std(deadline)).await,
+                None => std::future::pending().await,
+            }
+        };
         let back = tokio::select! {
             back = &mut rx => back,
             _ = shutdown.cancelled() => {
+                if let Some(key) = key {
+                    pool.unpark(key);
+                }
+                rx.await
+            }
+            _ = timeout => {
                 if let Some(key) = key {
                     pool.unpark(key);
                 }
@@ -354,71 +296,79 @@ impl Connection {
             End::Internal("a parked connection was dropped (see the error above)".to_string())
         })?;
         let stream = UnixStream::from_std(back.stream).map_err(End::Read)?;
-        let conn = Connection {
+        let mut conn = Connection {
             stream: Arc::new(stream),
-            peer,
-            config,
-            pool,
+            requests: back.requests,
+            request_timeout,
         };
-        Ok((conn, back.session, back.why))
-    }
-
-    /// At shutdown, answers the requests that have fully arrived (a client
-    /// that sent one before shutdown began gets its response, as when the
-    /// event loop read every request at once), then ends the connection.
-    ///
-    /// Only the bytes queued on the socket now are read: a client that keeps
-    /// sending requests back to back cannot keep the helper alive.
-    async fn answer_arrived(&self, session: &mut Session) -> End {
-        let mut budget = match crate::sys::socket::queued_bytes(self.stream.as_fd()) {
-            Ok(n) => n,
-            Err(_) => return End::Shutdown,
-        };
-        loop {
-            match session.pull(self.stream.as_fd(), &mut budget) {
-                Pulled::Request(request) => {
-                    if let Err(end) = self.answer(PoolRequest::Arrived(request)).await {
-                        return end;
-                    }
+        match back.why {
+            HandBack::Stopped(reached) => Ok((conn, reached)),
+            HandBack::Refused => {
+                tokio::select! {
+                    _ = sleep(REFUSED_RETRY) => {}
+                    _ = shutdown.cancelled() => {}
                 }
-                // Whatever comes later, or the rest of a request, is not
-                // answered; an idle connection just closes. So is a broken
-                // connection.
-                Pulled::Blocked => return End::Shutdown,
-                Pulled::End(End::Closed) => return End::Closed,
-                // Half a request, or a broken one: closed without a reply.
-                Pulled::End(_) => return End::Shutdown,
+                let reached = conn.requests.arrival();
+                Ok((conn, reached))
             }
         }
     }
 
-    /// Starts executing a request on the SG_IO pool (routing it there
-    /// first if it is not yet); the executing thread closes the device fd as
-    /// soon as the command is done and writes as much of the response as
-    /// the socket takes without blocking.
-    fn dispatch(&self, work: PoolRequest) -> InFlight {
+    /// At shutdown, steps 2 to 4 of a request the task has pulled, in a
+    /// pool job ([`Requests::serve_pulled`]): a client that sent a request
+    /// before shutdown began gets its response. Only the bytes queued on the
+    /// socket when shutdown began are read, so a client that keeps sending
+    /// requests back to back cannot keep the helper alive.
+    async fn serve_on_pool(self, request: Request<OwnedFd>) -> Result<(Connection, Reached), End> {
+        let Connection {
+            stream,
+            requests,
+            request_timeout,
+        } = self;
+        let pool = requests.pool().clone();
+        let (tx, rx) = oneshot::channel();
+        let sock = stream.clone();
+        pool.spawn(move || {
+            let reached = requests.serve_pulled(sock.as_fd(), request);
+            // The stream goes first, so that the task, once it has the
+            // reply, holds the only reference to it.
+            drop(sock);
+            // The receiver is gone only if the connection task ended.
+            let _ = tx.send((requests, reached));
+        });
+        let (requests, reached) = rx.await.map_err(|_| {
+            End::Internal("a request was dropped unanswered (see the error above)".to_string())
+        })?;
+        let conn = Connection {
+            stream,
+            requests,
+            request_timeout,
+        };
+        Ok((conn, reached))
+    }
+
+    /// Has a request whose device was full executed once it has a place
+    /// ([`Requests::execute_when_free`]), and sends what is left of its
+    /// response. `started` is when it had arrived.
+    async fn answer_when_free(
+        &self,
+        routed: Routed,
+        started: std::time::Instant,
+    ) -> Result<(), End> {
         let (reply, in_flight) = oneshot::channel();
         let responder = Responder {
             stream: self.stream.clone(),
-            peer: self.peer,
-            started: std::time::Instant::now(),
-            audit: self.config.audit,
+            peer: self.requests.peer(),
+            started,
+            audit: self.requests.audit(),
             reply,
         };
-        let config = self.config.clone();
-        let pool = self.pool.clone();
-        self.pool.spawn(move || {
-            let executor = &config.executor;
-            let routed = match work {
-                PoolRequest::Arrived(request) => executor.route(request),
-                PoolRequest::Routed(routed) => routed,
-            };
-            executor.run_when_free(routed, responder, &pool)
-        });
-        in_flight
+        self.requests.execute_when_free(routed, responder);
+        self.await_reply(in_flight).await
     }
 
-    /// Waits for a dispatched request and sends what is left of its response.
+    /// Waits for a request executing elsewhere and sends what is left of
+    /// its response.
     async fn await_reply(&self, in_flight: InFlight) -> Result<(), End> {
         let rest = in_flight
             .await
@@ -429,19 +379,13 @@ impl Connection {
         self.write_rest(&rest).await
     }
 
-    /// Executes a request on the pool and waits until its response is out.
-    async fn answer(&self, work: PoolRequest) -> Result<(), End> {
-        let in_flight = self.dispatch(work);
-        self.await_reply(in_flight).await
-    }
-
     /// Writes the part of a response that the executing thread could not
     /// write without blocking, within the request timeout.
     async fn write_rest(&self, rest: &[u8]) -> Result<(), End> {
         if rest.is_empty() {
             return Ok(());
         }
-        self.write_all(rest, Instant::now() + self.config.request_timeout)
+        self.write_all(rest, Instant::now() + self.request_timeout)
             .await
     }
 
@@ -476,7 +420,7 @@ impl Connection {
         };
         timeout_at(deadline, read)
             .await
-            .map_err(|_| End::Timeout(what, self.config.request_timeout))?
+            .map_err(|_| End::Timeout(what, self.request_timeout))?
     }
 
     /// Writes all of `bytes` before `deadline`.
@@ -495,7 +439,7 @@ impl Connection {
         };
         match timeout_at(deadline, write).await {
             Ok(result) => result.map_err(End::Write),
-            Err(_) => Err(End::Timeout("response write", self.config.request_timeout)),
+            Err(_) => Err(End::Timeout("response write", self.request_timeout)),
         }
     }
 }

@@ -3,8 +3,11 @@
 //! * [`listener`]: the socket, made in a private directory and renamed into
 //!   place;
 //! * [`accept`]: the accept loop, the connection limits, graceful shutdown;
-//! * [`connection`]: one client, from handshake to its last reply: the
-//!   connection task and the parked worker, the two drivers of a request;
+//! * [`connection`]: one client's task, from handshake to its last reply:
+//!   parks the connection in the pool and does the waits that need no
+//!   thread;
+//! * [`request`]: the way of one request (pull, route, execute, respond),
+//!   and the one driver that walks it;
 //! * [`peer`]: who is on the other end;
 //! * [`session`]: reading and decoding requests;
 //! * [`reply`]: answering a request: response, log, audit, write;
@@ -30,4 +33,5 @@ pub mod peer;
 pub mod pool;
 pub mod ratelimit;
 pub mod reply;
+pub mod request;
 pub mod session;

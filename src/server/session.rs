@@ -1,9 +1,8 @@
 //! The reading side of a connection: reads sized as the reference sizes
 //! them (the rest of a 16-byte CDB with room for fds, then exactly the PR
-//! OUT parameter bytes without), fed to the request decoder. Both drivers
-//! of a connection (the parked worker and the connection task) read
-//! through it, so the same byte-and-fd stream is framed identically,
-//! including which fds the kernel discards.
+//! OUT parameter bytes without), fed to the request decoder, so the same
+//! byte-and-fd stream is framed identically, including which fds the
+//! kernel discards. Step 1 of the driver ([`crate::server::request`]).
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -14,8 +13,8 @@ use crate::server::end::End;
 
 /// The reading side of one connection's protocol after the handshake: the
 /// request decoder and its read buffer. It moves with the connection (into
-/// the pool when parked, back to the task when returned), so half a request
-/// read by one driver is finished by the other.
+/// the pool when parked, back to the task between), so half a request read
+/// on one worker is finished on another.
 pub(crate) struct Session {
     decoder: RequestDecoder<OwnedFd>,
     buf: Vec<u8>,

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::survive::{caught, lock};
+use crate::server::ratelimit::RateLimited;
 
 /// A connection parked in the pool between requests.
 pub trait Parked: Send + 'static {
@@ -148,7 +149,15 @@ impl Parking {
             Err(e) => {
                 slab.vacate(key);
                 drop(slab);
-                tracing::warn!("cannot watch a connection on the worker threads: {e}");
+                // Its task offers it again shortly: rate-limited (as D10's).
+                static LOG: Mutex<RateLimited> =
+                    Mutex::new(RateLimited::new(std::time::Duration::from_secs(10)));
+                if let Some(suppressed) = lock(&LOG).allow() {
+                    tracing::warn!(
+                        suppressed,
+                        "cannot watch a connection on the worker threads: {e}"
+                    );
+                }
                 conn.release(Release::Refused);
                 None
             }
