@@ -6,7 +6,7 @@
 //! data. ARCHITECTURE.md explains the design; the modules are its layers,
 //! each using only the ones listed before it (tests/layers.rs checks this):
 //!
-//! * [`sys`]: system calls no crate wraps safely, as safe functions;
+//! * `sys`: system calls no crate wraps safely, as safe functions;
 //! * [`protocol`]: the wire format (pure encode/decode) and fd passing;
 //! * [`scsi`]: status and sense rules, the SG_IO ioctl, and the SPC
 //!   persistent-reservation constants, CDBs and TransportIDs;

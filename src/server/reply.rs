@@ -35,9 +35,10 @@ pub fn response(completion: Completion, mut data: Vec<u8>) -> Response {
 /// blocking.
 pub(crate) type InFlight = oneshot::Receiver<io::Result<Vec<u8>>>;
 
-/// Sends the response for one request, from whichever thread executed it
-/// when the connection's task dispatched it: [`respond`], then hands the
-/// rest (and any write error) back to the connection task. Dropping it
+/// Sends the response for one request that waited for its device, from
+/// whichever thread executed it (a pool thread, the multipath worker):
+/// [`respond`], then hands the rest (and any write error) back to the
+/// connection task. Dropping it
 /// unsent (a panic) tells the connection task something went wrong.
 pub struct Responder {
     pub(crate) stream: Arc<UnixStream>,
