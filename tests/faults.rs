@@ -350,6 +350,49 @@ fn thread_start_failures_are_warned_at_a_limited_rate() {
     h.assert_no_errors();
 }
 
+/// The first SG_IO worker starts with the helper, before it serves (the
+/// event loop may not start threads once serving: sandbox::seccomp::Role).
+/// When it cannot start (RLIMIT_NPROC 2: the helper's main thread and the
+/// janitor, no more), start-up fails with a message that says so, instead of serving
+/// connections that no thread would answer.
+/// Not under qemu-user: RLIMIT_NPROC acts on the emulator, which runs threads of its own.
+#[test]
+fn start_up_fails_clearly_when_no_sgio_thread_can_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("prh-test")
+        .tempdir()
+        .unwrap();
+    let socket = dir.path().join("helper.sock");
+    let mut cmd = Command::new(our_binary());
+    cmd.arg("-k")
+        .arg(&socket)
+        .args(["-u", "54331", "-g", "54331"]);
+    cmd.stdin(std::process::Stdio::null());
+    let limit = libc::rlimit {
+        rlim_cur: 2,
+        rlim_max: 2,
+    };
+    // SAFETY: setrlimit is async-signal-safe; `limit` is copied into the
+    // closure. Root (the helper until it drops to 54331) is exempt.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("cannot set up the SG_IO threads: ")
+            && stderr.contains("Resource temporarily unavailable"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("serving on"), "{stderr}");
+}
+
 /// Connects and reads the feature word: `true` if the helper took the/// Connects and reads the feature word: `true` if the helper took the
 /// connection (the handshake is then completed: an idle client is never
 /// timed out), `false` if it closed it without a byte (a clean refusal).
@@ -754,11 +797,6 @@ fn sigkill_and_restart_under_socket_activation_loses_no_connection_attempt() {
     second.assert_no_errors();
 }
 
-/// Sets the soft RLIMIT_AS of a running process (the hard limit stays).
-fn set_address_space_soft_limit(pid: u32, soft: libc::rlim_t) {
-    set_soft_limit(pid, libc::RLIMIT_AS, soft);
-}
-
 /// Bytes waiting to be read on `stream` (FIONREAD).
 fn queued(stream: &UnixStream) -> usize {
     let mut n: libc::c_int = 0;
@@ -768,24 +806,17 @@ fn queued(stream: &UnixStream) -> usize {
     n as usize
 }
 
-/// Not under qemu-user: RLIMIT_AS acts on the emulator, which reserves its own address space.
+/// A response the socket does not take at once: the worker that answered
+/// hands the connection back (`Reached::Unsent`), its task writes the rest
+/// once the client reads, then parks the connection again. (Before the one
+/// driver, this tested the task's second path, taken when the pool could
+/// not start its first thread; that thread now starts with the helper.)
 #[test]
-fn a_connection_that_cannot_be_parked_finishes_a_response_the_socket_cannot_take_at_once() {
-    // While a client connects, the helper's address space is limited to
-    // 1 MiB more than it uses: too little for a thread's stack, so the pool
-    // cannot start its first thread and refuses to park the connection,
-    // which its task on the event loop serves from then on (the fallback).
-    // The limit is then lifted, so that requests can execute.
+fn a_response_the_socket_cannot_take_at_once_is_finished_by_the_task() {
     let dev = FakeDev::mount();
     let h = Helper::ours(&["-v"]);
     h.wait_for_log("serving on", 1);
-    let vm_kib: libc::rlim_t = procfs::status_field(h.pid(), "VmSize")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
-        .expect("VmSize");
-    set_address_space_soft_limit(h.pid(), (vm_kib + 1024) * 1024);
     let mut c = h.client();
-    h.wait_for_log("cannot start an SG_IO thread", 1);
-    set_address_space_soft_limit(h.pid(), libc::RLIM_INFINITY);
 
     // Requests with 8 KiB responses, pipelined without reading, until the
     // socket no longer takes a response whole: the helper's send buffer is
@@ -1005,6 +1036,18 @@ fn a_hung_device_holds_two_threads_and_delays_no_other_device() {
     );
     assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
     assert_eq!(dev.held(), 2);
+    // The workers the watchdog started narrowed their seccomp filter as
+    // the first one did (sandbox::seccomp::Role).
+    let workers: Vec<u32> = common::procfs::seccomp_filters_by_thread(h.pid())
+        .into_iter()
+        .filter(|(name, _)| name == "prh-sgio")
+        .map(|(_, filters)| filters)
+        .collect();
+    assert!(workers.len() >= 3, "{workers:?}");
+    assert!(
+        workers.iter().all(|&n| n == 2),
+        "filters per worker: {workers:?}"
+    );
     // Once the device answers, every waiting request is answered in turn.
     let before = dev.ioctls();
     dev.release();

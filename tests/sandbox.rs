@@ -8,8 +8,8 @@
 
 mod common;
 
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -210,6 +210,96 @@ fn killed_by_seccomp(name: &str, mode: &str, nr: i64) -> String {
     stderr
 }
 
+/// In the child: the plain filter, then a thread kind's narrowing
+/// (`Role`), then a call that kind may make and one it may not. Modes:
+/// `worker` (an SG_IO ioctl is allowed, accept4 is not), `event-loop` (accept4
+/// is allowed, an SG_IO ioctl is not), `event-loop-thread` (starting a
+/// thread is not).
+#[test]
+fn seccomp_role_child() {
+    use sandbox::seccomp::{Narrowing, Role};
+    let mode = std::env::var(CHILD).unwrap_or_default();
+    let role = match mode.as_str() {
+        "worker" => Role::Worker,
+        "event-loop" | "event-loop-thread" => Role::EventLoop,
+        _ => return,
+    };
+    sandbox::seccomp::install(Profile::Plain, false).unwrap();
+    let narrowing = Narrowing::new(role, false).unwrap();
+    narrowing.apply().unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let sgio = || {
+        // SAFETY: SG_IO on /dev/null fails with ENOTTY before reading
+        // its argument (a zeroed header of the right size).
+        let mut hdr = [0u8; 88];
+        unsafe {
+            libc::ioctl(
+                null.as_raw_fd(),
+                0x2285 as _, // SG_IO (<scsi/sg.h>)
+                hdr.as_mut_ptr(),
+            )
+        }
+    };
+    let accept = || {
+        // SAFETY: accept4 on a bad fd, with no address buffer.
+        unsafe { libc::accept4(-1, std::ptr::null_mut(), std::ptr::null_mut(), 0) }
+    };
+    match mode.as_str() {
+        "worker" => {
+            assert_eq!(sgio(), -1);
+            eprintln!("SG_IO allowed: {}", std::io::Error::last_os_error());
+            accept();
+        }
+        "event-loop" => {
+            assert_eq!(accept(), -1);
+            eprintln!("accept4 allowed: {}", std::io::Error::last_os_error());
+            sgio();
+        }
+        _ => {
+            eprintln!("starting a thread");
+            let _ = std::thread::spawn(|| ()).join();
+        }
+    }
+    eprintln!("STILL ALIVE");
+}
+
+/// A thread kind's narrowing takes away what that kind never does, and
+/// leaves it the rest: an SG_IO worker cannot accept a connection, the
+/// event loop cannot issue SG_IO or start a thread.
+/// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
+#[test]
+fn each_thread_kind_is_refused_what_the_other_does() {
+    let stderr = killed_by_seccomp("seccomp_role_child", "worker", libc::SYS_accept4);
+    assert!(
+        stderr.contains("SG_IO allowed: Inappropriate ioctl"),
+        "{stderr}"
+    );
+    let stderr = killed_by_seccomp("seccomp_role_child", "event-loop", libc::SYS_ioctl);
+    assert!(
+        stderr.contains("accept4 allowed: Bad file descriptor"),
+        "{stderr}"
+    );
+    // Starting a thread ends the process. glibc blocks every signal around
+    // clone3, so the kernel kills it with SIGSYS itself (the handler's line
+    // is not written); musl's clone reaches the handler.
+    let out = child("seccomp_role_child", "event-loop-thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let by_handler = out.status.code() == Some(159)
+        && [libc::SYS_clone3, libc::SYS_clone]
+            .iter()
+            .any(|nr| stderr.contains(&format!("the seccomp filter blocked system call {nr} (")));
+    let by_kernel = out.status.signal() == Some(libc::SIGSYS);
+    assert!(
+        by_handler || by_kernel,
+        "{:?}, stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("starting a thread") && !stderr.contains("STILL ALIVE"),
+        "{stderr}"
+    );
+}
+
 /// Not under qemu-user: qemu-user implements neither seccomp(2) nor Landlock.
 #[test]
 fn seccomp_blocks_a_forbidden_syscall_with_a_clear_message() {
@@ -375,9 +465,29 @@ fn running_helper_is_under_seccomp_and_no_new_privs() {
         let t = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
         assert!(t.contains("Seccomp:\t2"), "{t}");
     }
+    // Each kind of thread narrows the process's filter for itself: the
+    // event loop (the main thread) and the SG_IO workers stack a second
+    // one; the watchdog, which starts workers, keeps the process's.
+    let threads: std::collections::BTreeSet<_> = procfs::seccomp_filters_by_thread(h.pid())
+        .into_iter()
+        .collect();
+    assert_eq!(
+        threads,
+        [
+            ("pr-helper".to_string(), 2),
+            ("prh-sgio".to_string(), 2),
+            ("prh-sgio-watch".to_string(), 1)
+        ]
+        .into_iter()
+        .collect(),
+        "thread names and their filters"
+    );
     let h = Helper::ours(&["--seccomp", "false"]);
     h.assert_serving();
     assert!(status_of(h.pid()).contains("Seccomp:\t0"));
+    assert!(procfs::seccomp_filters_by_thread(h.pid())
+        .iter()
+        .all(|(_, n)| *n == 0));
     // Log mode: a filter is installed (the kernel logs what it does not
     // list) and start-up says that it does not sandbox.
     let h = Helper::ours(&["--seccomp", "log"]);

@@ -20,6 +20,7 @@ use crate::process::config::{self, Config, ConfigError, ServerArgs};
 use crate::process::daemon::{self, Daemon, DaemonError, Pidfile};
 use crate::process::janitor::{Janitor, JanitorError};
 use crate::process::privileges::PrivilegeError;
+use crate::process::sandbox::seccomp::{Mode, Narrowing, Role};
 use crate::process::sandbox::SandboxError;
 use crate::server::accept::{self, ServerConfig};
 use crate::server::command::{ExecConfig, Executor};
@@ -324,6 +325,30 @@ fn run_server(
         .build()
         .map_err(StartupError::EventLoop));
     let pool = or_log!(Pool::new("prh-sgio", config.sgio_threads).map_err(StartupError::Pool));
+    // Each kind of thread narrows the process's seccomp filter for itself
+    // (sandbox::seccomp::Role): the workers as they start, the event loop
+    // once the first worker and the watchdog, which starts the others, run.
+    let narrowing = |role| -> Result<Option<Narrowing>, StartupError> {
+        match config.seccomp {
+            Mode::None => Ok(None),
+            mode => Narrowing::new(role, mode == Mode::Log)
+                .map(Some)
+                .map_err(|e| StartupError::Sandbox(e.into())),
+        }
+    };
+    let worker = or_log!(narrowing(Role::Worker));
+    or_log!(pool
+        .start_workers(move || {
+            if let Some(Err(e)) = worker.as_ref().map(Narrowing::apply) {
+                error!("seccomp: cannot narrow an SG_IO worker's filter: {e}");
+            }
+        })
+        .map_err(StartupError::Pool));
+    if let Some(event_loop) = or_log!(narrowing(Role::EventLoop)) {
+        or_log!(event_loop
+            .apply()
+            .map_err(|e| StartupError::Sandbox(e.into())));
+    }
     let server_config = ServerConfig {
         max_connections: config.max_connections,
         max_connections_per_client: config.max_connections_per_client,

@@ -35,3 +35,25 @@ pub fn cpu_time(pid: u32) -> Duration {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
+
+/// Each thread of `pid`: its name and how many seccomp filters are stacked
+/// on it ("Seccomp_filters", Linux 5.9 and later).
+pub fn seccomp_filters_by_thread(pid: u32) -> Vec<(String, u32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let filters = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp_filters:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((comm.trim_end().to_string(), filters))
+        })
+        .collect()
+}

@@ -2,7 +2,9 @@
 //! then a seccomp filter allows only the system calls serving needs. Both
 //! are installed before any thread starts (Landlock applies to the calling
 //! thread and its future children only; seccomp filters are inherited), so
-//! every thread of the helper runs under them.
+//! every thread of the helper runs under them. Once serving, the event loop
+//! and each SG_IO worker stack a narrower filter of their own
+//! ([`seccomp::Role`], [`seccomp::Narrowing`]).
 //!
 //! The two layers cover different things: Landlock stops the helper from
 //! opening files even with a syscall that must stay allowed (openat is

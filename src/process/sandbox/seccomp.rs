@@ -25,6 +25,12 @@
 //! glibc still make there (open, stat, poll, ...), which aarch64 does not
 //! have.
 //!
+//! Per thread kind ([`Role`]): the event loop and the SG_IO workers each
+//! stack a second filter that takes away what the other kind does (no
+//! SG_IO or thread start on the event loop; no accept, socket or thread
+//! start on a worker). It allows every other call unconditionally, so the
+//! kernel's seccomp cache (Linux 5.11+) answers those without running it.
+//!
 //! Architectures with a table: x86_64 and aarch64. Elsewhere (ppc64le,
 //! s390x, riscv64, ...) the crate builds, but [`install`] reports
 //! [`Outcome::Unavailable`]: start-up logs a warning that system calls are
@@ -142,6 +148,7 @@ mod table {
     };
 
     use crate::process::sandbox::profile::Profile;
+    use crate::process::sandbox::seccomp::Role;
 
     #[cfg(target_arch = "x86_64")]
     pub const TARGET: TargetArch = TargetArch::x86_64;
@@ -366,6 +373,9 @@ mod table {
         | libc::O_APPEND
         | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u64;
 
+    /// seccomp(2)'s operation that installs a filter (<linux/seccomp.h>).
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+
     fn cond(arg: u8, value: u64) -> Result<SeccompCondition, BackendError> {
         SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
     }
@@ -409,12 +419,73 @@ mod table {
                     .collect::<Result<_, _>>()?,
             );
         }
+        // A thread's own narrowing filter (Role), stacked as it starts:
+        // seccomp(SECCOMP_SET_MODE_FILTER) only, which can only take calls
+        // away.
+        rules.insert(
+            libc::SYS_seccomp,
+            vec![SeccompRule::new(vec![cond(0, SECCOMP_SET_MODE_FILTER)?])?],
+        );
         // sd_notify's STOPPING=1 opens a Unix datagram socket.
         rules.insert(
             libc::SYS_socket,
             vec![SeccompRule::new(vec![cond(0, libc::AF_UNIX as u64)?])?],
         );
         Ok(rules)
+    }
+
+    /// The calls a thread of `role` never makes once serving (system call
+    /// number -> the rules under which it is denied; an empty list: always):
+    ///
+    /// * the event loop accepts, reads handshakes, writes the rests of
+    ///   responses and reads at shutdown, but never executes a command: no
+    ///   SG_IO, no BLKGETDISKSEQ (the device check runs on the workers); and
+    ///   it starts no thread (the pool's first worker and the watchdog are
+    ///   started before it narrows, later workers by the watchdog);
+    /// * an SG_IO worker reads requests, executes and answers them, but
+    ///   never accepts a connection, opens a socket or starts a thread.
+    ///
+    /// The same in both profiles: libmpathpersist runs on its own thread,
+    /// which keeps the process's filter.
+    pub fn denied(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = [libc::SYS_clone, libc::SYS_clone3]
+            .into_iter()
+            .map(|s| (s, Vec::new()))
+            .collect();
+        match role {
+            Role::EventLoop => {
+                rules.insert(
+                    libc::SYS_ioctl,
+                    [crate::scsi::sgio::SG_IO, crate::scsi::sgio::BLKGETDISKSEQ]
+                        .into_iter()
+                        .map(|req| SeccompRule::new(vec![cond(1, req)?]))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            Role::Worker => {
+                for call in [libc::SYS_accept, libc::SYS_accept4, libc::SYS_socket] {
+                    rules.insert(call, Vec::new());
+                }
+            }
+        }
+        Ok(rules)
+    }
+
+    /// The second filter a thread of `role` stacks on the process's: the
+    /// calls [`denied`] lists trap (or, with `log`, run and are logged);
+    /// everything else is left to the process's filter.
+    pub fn narrowing(role: Role, log: bool) -> Result<BpfProgram, BackendError> {
+        SeccompFilter::new(
+            denied(role)?,
+            SeccompAction::Allow,
+            if log {
+                SeccompAction::Log
+            } else {
+                SeccompAction::Trap
+            },
+            TARGET,
+        )?
+        .try_into()
     }
 
     /// The filter for `profile`; a call outside it traps (SIGSYS, the
@@ -436,6 +507,51 @@ mod table {
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use table::{program, WRITE_FLAGS};
+
+/// The kinds of thread that narrow the process's filter for themselves,
+/// as cloud-hypervisor and firecracker give each kind of thread its own:
+/// a thread taken over through one kind of work cannot do the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The event loop (the main thread, once serving).
+    EventLoop,
+    /// An SG_IO worker of the pool.
+    Worker,
+}
+
+/// A narrowing filter, compiled ([`Narrowing::new`]) before it is stacked
+/// on a thread ([`Narrowing::apply`]), so that a thread start does not
+/// compile it again and a compile error is a start-up error.
+#[derive(Debug, Clone)]
+pub struct Narrowing {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    program: seccompiler::BpfProgram,
+}
+
+impl Narrowing {
+    /// The filter for `role`; `log`: [`Mode::Log`].
+    pub fn new(role: Role, log: bool) -> Result<Narrowing, SeccompError> {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            Ok(Narrowing {
+                program: table::narrowing(role, log)?,
+            })
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (role, log);
+            Ok(Narrowing {})
+        }
+    }
+
+    /// Stacks the filter on the calling thread only (threads it starts
+    /// later inherit it). Where this build has no allow-list, does nothing.
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        seccompiler::apply_filter(&self.program)?;
+        Ok(())
+    }
+}
 
 /// Number of system calls the filter for `profile` allows on this
 /// architecture (for docs and the closing figures); 0 where there is no
@@ -596,7 +712,7 @@ mod tests {
             .chain(table::MULTIPATH)
             .chain(table::MULTIPATH_ARCH)
             .copied()
-            .chain([libc::SYS_ioctl, libc::SYS_socket])
+            .chain([libc::SYS_ioctl, libc::SYS_socket, libc::SYS_seccomp])
             .collect();
         let set: std::collections::BTreeSet<i64> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "duplicate entries");

@@ -24,7 +24,9 @@
 //!
 //! The number of threads adapts, as QEMU's own thread pool does not:
 //!
-//! * one thread is started on demand and kept: under load it takes request
+//! * one thread is started with the pool's workers ([`Pool::start_workers`],
+//!   at start-up, before the event loop narrows its seccomp filter and may
+//!   no longer start threads) and kept: under load it takes request
 //!   after request, and a second kept thread would only be woken (a futex or
 //!   epoll wake, a context switch, in a VM an inter-processor interrupt) for
 //!   requests of a few microseconds;
@@ -80,7 +82,7 @@
 //! and `survive`, how work's panics and poisoned locks are lived through.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -137,6 +139,8 @@ struct Inner {
     watchdog: Watchdog,
     max_threads: usize,
     name: String,
+    /// Called first on every worker thread ([`Pool::start_workers`]).
+    on_start: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -164,8 +168,29 @@ impl Pool {
                 watchdog: Watchdog::default(),
                 max_threads: max_threads.max(1),
                 name: name.to_string(),
+                on_start: OnceLock::new(),
             }),
         })
+    }
+
+    /// Starts the first worker (and the watchdog) now, instead of with the
+    /// first piece of work; every worker calls `on_start` first, on its own
+    /// thread (start-up narrows the worker's seccomp filter with it).
+    /// Later workers are started by the watchdog, so once this has
+    /// succeeded the caller never starts a thread: the event loop may then
+    /// be forbidden to. Fails if the thread cannot be started.
+    pub fn start_workers(
+        &self,
+        on_start: impl Fn() + Send + Sync + 'static,
+    ) -> std::io::Result<()> {
+        if self.inner.on_start.set(Box::new(on_start)).is_err() {
+            return Err(std::io::Error::other("the workers were already started"));
+        }
+        self.inner.start_thread()?;
+        if self.inner.thread_count.load(Ordering::Acquire) == 0 {
+            return Err(std::io::Error::other("no worker could be started"));
+        }
+        Ok(())
     }
 
     /// Runs `f` on a pool thread. A panic in `f` is caught and logged; the
@@ -301,27 +326,29 @@ impl Inner {
         if self.thread_count.load(Ordering::Acquire) > 0 {
             return true;
         }
-        self.start_thread();
+        let _ = self.start_thread();
         self.thread_count.load(Ordering::Acquire) > 0
     }
 
     /// Starts a worker, up to the bound (and the watchdog with the first).
-    fn start_thread(self: &Arc<Self>) {
+    /// The error is the thread's, already warned about.
+    fn start_thread(self: &Arc<Self>) -> std::io::Result<()> {
         let mut threads = lock(&self.threads);
         if threads.slots.len() >= self.max_threads {
-            return;
+            return Ok(());
         }
         let slot = Arc::new(Slot::default());
         let (inner, mine) = (self.clone(), slot.clone());
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
             .spawn(move || inner.worker(mine));
-        match spawned {
+        let started = match spawned {
             Ok(_) => {
                 threads.slots.push(slot);
                 threads.peak = threads.peak.max(threads.slots.len());
                 self.thread_count
                     .store(threads.slots.len(), Ordering::Release);
+                Ok(())
             }
             // Out of threads (RLIMIT_NPROC, memory): work still goes through
             // the threads that exist. The watchdog retries every STALL while
@@ -333,8 +360,9 @@ impl Inner {
                 if let Some(suppressed) = lock(&LOG).allow() {
                     tracing::warn!(suppressed, "cannot start an SG_IO thread: {e}");
                 }
+                Err(e)
             }
-        }
+        };
         if !threads.watchdog_started && !threads.slots.is_empty() {
             let inner = self.clone();
             let spawned = std::thread::Builder::new()
@@ -342,6 +370,7 @@ impl Inner {
                 .spawn(move || inner.watchdog.watch(&inner));
             threads.watchdog_started = spawned.is_ok();
         }
+        started
     }
 
     /// Removes the calling thread unless it is the last one.
@@ -360,6 +389,9 @@ impl Inner {
     /// job or a parked connection's request; retires after [`IDLE_EXIT`]
     /// without work unless it is the last.
     fn worker(self: Arc<Self>, slot: Arc<Slot>) {
+        if let Some(on_start) = self.on_start.get() {
+            on_start();
+        }
         let mut events = [EpollEvent::empty(); 1];
         loop {
             // The last thread waits for ever; the others retire when idle.
@@ -411,6 +443,6 @@ impl Workers for Arc<Inner> {
     }
 
     fn add_worker(&self) {
-        self.start_thread();
+        let _ = self.start_thread();
     }
 }
