@@ -86,7 +86,8 @@ enum HandBack {
     /// The driver stopped at a step that must wait (never
     /// [`Reached::Answered`]), or the task took the connection back.
     Stopped(Reached),
-    /// The pool could not take the connection.
+    /// The pool could not take the connection (its epoll set could not
+    /// watch the socket): offered again after [`REFUSED_RETRY`].
     Refused,
 }
 
