@@ -811,6 +811,7 @@ fn queued(stream: &UnixStream) -> usize {
 /// once the client reads, then parks the connection again. (Before the one
 /// driver, this tested the task's second path, taken when the pool could
 /// not start its first thread; that thread now starts with the helper.)
+/// Not under qemu-user: SG_IO is not translated, and these responses come from a fake device.
 #[test]
 fn a_response_the_socket_cannot_take_at_once_is_finished_by_the_task() {
     let dev = FakeDev::mount();
