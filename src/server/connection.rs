@@ -34,8 +34,8 @@ use crate::server::reply::{InFlight, Responder};
 use crate::server::request::{Reached, Requests};
 
 /// How long a connection the pool could not take waits before it is
-/// offered again (the pool could not start a thread or watch the socket;
-/// it has warned).
+/// offered again (the workers' epoll set could not watch the socket; the
+/// pool has warned).
 const REFUSED_RETRY: Duration = Duration::from_millis(100);
 
 /// Per-connection settings shared by all connections.
@@ -231,7 +231,7 @@ impl Connection {
                     deadline = Some(since + self.request_timeout);
                     Ok(())
                 }
-                Reached::DeviceFull(routed, started) => {
+                Reached::WaitsForPlace(routed, started) => {
                     self.answer_when_free(*routed, started).await
                 }
                 Reached::Unsent(rest) => self.write_rest(&rest).await,
@@ -272,21 +272,22 @@ impl Connection {
             stopped: None,
             back: tx,
         }));
-        let timeout = async {
-            match deadline {
-                Some(deadline) => sleep_until(Instant::from_std(deadline)).await,
-                None => std::future::pending().await,
+        // This task takes the connection back at shutdown or at the deadline.
+        let take_back = async {
+            let timeout = async {
+                match deadline {
+                    Some(deadline) => sleep_until(Instant::from_std(deadline)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = timeout => {}
             }
         };
         let back = tokio::select! {
             back = &mut rx => back,
-            _ = shutdown.cancelled() => {
-                if let Some(key) = key {
-                    pool.unpark(key);
-                }
-                rx.await
-            }
-            _ = timeout => {
+            _ = take_back => {
                 if let Some(key) = key {
                     pool.unpark(key);
                 }

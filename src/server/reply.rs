@@ -38,8 +38,8 @@ pub(crate) type InFlight = oneshot::Receiver<io::Result<Vec<u8>>>;
 /// Sends the response for one request that waited for its device, from
 /// whichever thread executed it (a pool thread, the multipath worker):
 /// [`respond`], then hands the rest (and any write error) back to the
-/// connection task. Dropping it
-/// unsent (a panic) tells the connection task something went wrong.
+/// connection task. Dropping it unsent (a panic) tells the connection task
+/// something went wrong.
 pub struct Responder {
     pub(crate) stream: Arc<UnixStream>,
     pub(crate) peer: Peer,

@@ -12,9 +12,10 @@
 //! It runs on a pool worker and never blocks except in SG_IO: the worker
 //! that sees a parked connection's socket readable calls it. (At shutdown
 //! the connection's task takes step 1 itself, on the event loop, and a pool
-//! job the rest: [`Requests::pull`], [`Requests::serve_pulled`].) Where a step must wait, it stops and says which
-//! ([`Reached`]); those waits need no thread, so the connection's task does
-//! them ([`crate::server::connection`]) and then hands the connection back.
+//! job the rest: [`Requests::pull`], [`Requests::serve_pulled`].) Where a
+//! step must wait, it stops and says which ([`Reached`]); those waits need
+//! no thread, so the connection's task does them
+//! ([`crate::server::connection`]) and then hands the connection back.
 //! The only step that resumes elsewhere is execute, for a request whose
 //! device is full ([`Requests::execute_when_free`]). ARCHITECTURE.md ("The
 //! path of a request") walks the whole path.
@@ -58,7 +59,7 @@ pub(crate) enum Reached {
     /// bound of commands, or it is for a dm-multipath device. It waits for
     /// a place without a thread ([`Requests::execute_when_free`]). Boxed:
     /// the rare case should not make every `Reached` as large as a request.
-    DeviceFull(Box<Routed>, Instant),
+    WaitsForPlace(Box<Routed>, Instant),
     /// The socket did not take the whole response: the rest, to be written
     /// once it is writable.
     Unsent(Vec<u8>),
@@ -115,7 +116,7 @@ impl Requests {
         let executor = &self.executor;
         let (request, response) = match executor.run_here(executor.route(request), &self.pool) {
             Attempt::Executed(request, response) => (request, response),
-            Attempt::Deferred(routed) => return Reached::DeviceFull(Box::new(routed), started),
+            Attempt::Deferred(routed) => return Reached::WaitsForPlace(Box::new(routed), started),
         };
         // 4. respond
         match respond(sock, &self.peer, started, self.audit, request, response) {
@@ -137,7 +138,7 @@ impl Requests {
         }
     }
 
-    /// Step 3 for a request that stopped at [`Reached::DeviceFull`]: it is
+    /// Step 3 for a request that stopped at [`Reached::WaitsForPlace`]: it is
     /// queued with the pool, where it waits for a place without a thread,
     /// and is executed and answered (step 4, through `responder`) on a pool
     /// thread once it has one.

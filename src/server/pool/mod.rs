@@ -186,11 +186,7 @@ impl Pool {
         if self.inner.on_start.set(Box::new(on_start)).is_err() {
             return Err(std::io::Error::other("the workers were already started"));
         }
-        self.inner.start_thread()?;
-        if self.inner.thread_count.load(Ordering::Acquire) == 0 {
-            return Err(std::io::Error::other("no worker could be started"));
-        }
-        Ok(())
+        self.inner.start_thread()
     }
 
     /// Runs `f` on a pool thread. A panic in `f` is caught and logged; the
