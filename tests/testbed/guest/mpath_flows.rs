@@ -299,12 +299,7 @@ fn suite(next_lun: &mut usize) -> Result<(), String> {
     // pr-helper leaves the device as mpathpersist with the same library
     // leaves it, flow by flow.
     for flow in FLOWS {
-        for (daemon, ours, theirs) in [
-            (Daemon::Bookworm, "pr-helper-0.9.4", "mpathpersist-0.9.4"),
-            (Daemon::Bookworm, "pr-helper-sid", "mpathpersist-sid"),
-            (Daemon::Sid, "pr-helper-sid", "mpathpersist-sid"),
-            (Daemon::Sid, "pod", "mpathpersist-sid"),
-        ] {
+        for (daemon, ours, theirs) in COMPARED {
             check(
                 &format!("{flow}/{}/{ours}-same-as-{theirs}", daemon.name()),
                 match (get(flow, daemon, ours), get(flow, daemon, theirs)) {
@@ -373,18 +368,20 @@ fn run_all(bed: &Bed, daemon: Daemon, subjects: &[(&'static str, Subject)], resu
 }
 
 /// The pairs compared flow by flow: pr-helper (or the pod) and
-/// mpathpersist on the same library.
-const PAIRS: [(&str, &str); 3] = [
-    ("pr-helper-0.9.4", "mpathpersist-0.9.4"),
-    ("pr-helper-sid", "mpathpersist-sid"),
-    ("pod", "mpathpersist-sid"),
+/// mpathpersist on the same library, under each daemon.
+const COMPARED: [(Daemon, &str, &str); 4] = [
+    (Daemon::Bookworm, "pr-helper-0.9.4", "mpathpersist-0.9.4"),
+    (Daemon::Bookworm, "pr-helper-sid", "mpathpersist-sid"),
+    (Daemon::Sid, "pr-helper-sid", "mpathpersist-sid"),
+    (Daemon::Sid, "pod", "mpathpersist-sid"),
 ];
 
-/// A pair whose results differ in `flow` runs the flow once more, both
-/// sides, under the same daemon, and the second results replace the first
-/// (a FIGURE line says so). The anchor itself has transients under TCG:
-/// once, mpathpersist 0.15.1 exited non-zero in `migrate` while the device
-/// ended as pr-helper left it. A difference that holds is still one.
+/// A pair of [`COMPARED`] whose results differ in `flow` runs the flow once
+/// more, both sides, under the same daemon, and the second results replace
+/// the first (a FIGURE line says so). The anchor itself has transients
+/// under TCG: once, mpathpersist 0.15.1 exited non-zero in `migrate` while
+/// the device ended as pr-helper left it. A difference that holds is still
+/// one.
 fn run_differing_pairs_again(
     bed: &Bed,
     daemon: Daemon,
@@ -399,23 +396,16 @@ fn run_differing_pairs_again(
             .map(|(_, r)| r.clone())
     };
     let mut again: Vec<&'static str> = Vec::new();
-    for (ours, theirs) in PAIRS {
+    for (_, ours, theirs) in COMPARED.into_iter().filter(|(d, _, _)| *d == daemon) {
         if let (Some(a), Some(b)) = (state(results, ours), state(results, theirs)) {
             if a != b {
-                again.extend(
-                    [ours, theirs]
-                        .iter()
-                        .filter_map(|n| subjects.iter().find(|(s, _)| s == n).map(|(s, _)| *s)),
-                );
+                again.extend([ours, theirs]);
             }
         }
     }
     again.sort_unstable();
     again.dedup();
-    for name in again {
-        let Some((_, subject)) = subjects.iter().find(|(s, _)| *s == name) else {
-            continue;
-        };
+    for (name, subject) in subjects.iter().filter(|(s, _)| again.contains(s)) {
         let state = run_flow(flow, *subject, daemon, bed);
         match &state {
             Ok(s) => println!(
@@ -428,8 +418,8 @@ fn run_differing_pairs_again(
                 daemon.name()
             ),
         }
-        results.retain(|((f, d, s), _)| !(*f == flow && *d == daemon && *s == name));
-        results.push(((flow, daemon, name), state));
+        results.retain(|((f, d, s), _)| !(*f == flow && *d == daemon && s == name));
+        results.push(((flow, daemon, *name), state));
         let _ = paths_back(bed, daemon);
     }
 }
